@@ -1,0 +1,426 @@
+"""Soft Weight Rescaling (SWR) as an optax gradient transformation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_swr import _layers
+
+Path = _layers.Path
+
+# optax keeps its own wording (base.NO_PARAMS_MSG) private; this repeats it.
+_NO_PARAMS_MSG = (
+    "You are using a transformation that requires the current value of"
+    " parameters, but you are not passing `params` when calling `update`."
+    " swr needs the current params: call `tx.update(updates, opt_state,"
+    " params)`. If your training loop calls `tx.update(grads, opt_state)`,"
+    " pass the params as the third argument (nnx.Optimizer and Flax's"
+    " TrainState.apply_gradients already do)."
+)
+
+
+class SWRState(NamedTuple):
+  """State of :func:`swr`; read fields with ``optax.tree.get(state, name)``.
+
+  Attributes:
+    step_count: number of updates done so far (int32 scalar).
+    reference_norms: per-layer target norms n_l, float32 of shape
+      ``[num_layers]``, in forward order; taken from the params given to
+      ``init`` and replaced at ``reset_norms_at`` steps.
+    layer_scales: the factors c_l applied to each layer's weight by the last
+      update (ones after ``init``).
+    cumulative_scales: the factors C_l applied to each layer's bias by the
+      last update: the product of c from the last normalization layer (or the
+      input) up to layer l.
+    weight_norms: Frobenius norms of the weights after the last update.
+  """
+
+  step_count: jax.Array
+  reference_norms: jax.Array
+  layer_scales: jax.Array
+  cumulative_scales: jax.Array
+  weight_norms: jax.Array
+
+
+def swr(
+    coef: optax.ScalarOrSchedule = 1e-3,
+    *,
+    layers: Sequence[Path | str] | None = None,
+    classifier: int | Sequence[Path | str] | None = None,
+    classifier_coef: optax.ScalarOrSchedule | None = None,
+    reset_norms_at: Sequence[int] | int | jax.Array = (),
+) -> optax.GradientTransformation:
+  r"""Soft Weight Rescaling: shrinks each layer toward its reference norm.
+
+  After the base optimizer's step, with :math:`W_l` the new weight of layer
+  :math:`l` and :math:`n_l` its reference norm (its norm at initialisation),
+  SWR computes
+
+  .. math::
+    c_l = \frac{\lambda n_l + (1 - \lambda) \|W_l\|_F}{\|W_l\|_F}, \qquad
+    W_l \leftarrow c_l W_l, \qquad b_l \leftarrow C_l b_l,
+
+  where :math:`C_l` is the product of the :math:`c` of the layers from the
+  last normalization layer (or the input) up to :math:`l`. For a chain of
+  affine/conv layers with ReLU-like activations this scales the network's
+  output by one positive constant, so predictions are unchanged (Theorem 1 of
+  the paper), while every weight norm stays bounded (Theorem 2).
+
+  Chain it after the base optimizer; ``update`` needs the params. A layer is a
+  sub-tree of the params with a weight leaf ``kernel``, ``scale`` (a
+  normalization layer) or ``embedding``, and an optional ``bias`` leaf. Leaves
+  outside the layers, and other leaves inside them, keep the base optimizer's
+  updates.
+
+  Args:
+    coef: :math:`\lambda_f \in [0, 1]`, the rescaling strength of every layer
+      not in ``classifier``, or a schedule of the step count. 0 does nothing;
+      1 pins every layer at its reference norm.
+    layers: the parameterized layers in forward order, each a path (a tuple of
+      keys from the root of the params tree, e.g. ``("encoder", "conv1")``; a
+      string is a one-key path). ``None`` infers the order from numbered names
+      (``Dense_0`` ... ``Dense_11``) and raises ``ValueError`` where the tree
+      does not determine it.
+    classifier: the classifier layers, which use ``classifier_coef``: an int
+      ``k`` (the last ``k`` layers) or a sequence of paths.
+    classifier_coef: :math:`\lambda_c \in [0, 1]` or a schedule, for the
+      ``classifier`` layers. ``None`` uses ``coef`` for every layer.
+    reset_norms_at: step counts (updates done before this one, as optax
+      schedules count) at which the reference norms become the norms of the
+      params passed to that update ("SWR + re-init"); pass the boundaries of a
+      piecewise-constant learning-rate schedule.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is :class:`SWRState`.
+
+  Raises:
+    ValueError: for a coefficient outside [0, 1], malformed ``layers`` or
+      ``classifier``, and (at ``init`` / ``update``) for layers that are not in
+      the params tree or whose order cannot be inferred.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_swr
+    >>> params = {
+    ...     "Dense_0": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)},
+    ...     "Dense_1": {"kernel": jnp.ones((3, 1)), "bias": jnp.ones(1)},
+    ... }
+    >>> tx = optax.chain(optax.sgd(0.1), optax_swr.swr(coef=0.5))
+    >>> opt_state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, opt_state = tx.update(grads, opt_state, params)
+    >>> params = optax.apply_updates(params, updates)
+    >>> print(optax.tree.get(opt_state, "layer_scales"))
+    [1.0555556 1.0555556]
+    >>> print(params["Dense_0"]["kernel"][0].round(4))
+    [0.95 0.95 0.95]
+
+  References:
+    Oh, Park, Han and Kim, `Recovering Plasticity of Neural Networks via Soft
+    Weight Rescaling <https://arxiv.org/abs/2507.04683>`_, 2025.
+  """
+  _check_coef("coef", coef)
+  if classifier_coef is not None:
+    _check_coef("classifier_coef", classifier_coef)
+  layer_paths = _layers.normalize_layers_arg(layers)
+  classifier = _normalize_classifier(classifier, classifier_coef)
+  reset_steps = _normalize_reset_steps(reset_norms_at)
+
+  def resolve(params: Any) -> tuple[tuple[_layers.Layer, ...], np.ndarray]:
+    found = _layers.resolve_layers(_layers.leaf_paths(params), layer_paths)
+    return found, _classifier_mask(classifier, found)
+
+  def layer_coefs(step_count: jax.Array, is_classifier: np.ndarray):
+    feature_coef = _evaluate(coef, step_count)
+    if classifier_coef is None:
+      return jnp.full(is_classifier.shape, feature_coef)
+    return jnp.where(
+        is_classifier, _evaluate(classifier_coef, step_count), feature_coef
+    )
+
+  def init_fn(params: Any) -> SWRState:
+    found, _ = resolve(params)
+    norms = _weight_norms(jax.tree.leaves(params), found)
+    ones = jnp.ones_like(norms)
+    return SWRState(
+        step_count=jnp.zeros([], jnp.int32),
+        reference_norms=norms,
+        layer_scales=ones,
+        cumulative_scales=ones,
+        weight_norms=norms,
+    )
+
+  def update_fn(
+      updates: Any, state: SWRState, params: Any = None
+  ) -> tuple[Any, SWRState]:
+    if params is None:
+      raise ValueError(_NO_PARAMS_MSG)
+    _check_same_structure(updates, params)
+    found, is_classifier = resolve(params)
+    update_leaves, treedef = jax.tree.flatten(updates)
+    param_leaves = jax.tree.leaves(params)
+
+    reference_norms = state.reference_norms
+    if reset_steps is not None:
+      reference_norms = jax.lax.cond(
+          jnp.any(state.step_count == reset_steps),
+          lambda: _weight_norms(param_leaves, found),
+          lambda: reference_norms,
+      )
+    new_leaves = [_sum(p, u) for p, u in zip(param_leaves, update_leaves)]
+    norms = _weight_norms(new_leaves, found)
+    coefs = layer_coefs(state.step_count, is_classifier)
+    layer_scales = _layer_scales(norms, reference_norms, coefs)
+    cumulative_scales = _cumulative_scales(layer_scales, found)
+
+    factors = {}
+    for index, layer in enumerate(found):
+      factors[layer.weight_index] = layer_scales[index]
+      if layer.bias_index is not None:
+        factors[layer.bias_index] = cumulative_scales[index]
+    for leaf_index, factor in factors.items():
+      update_leaves[leaf_index] = _rescaled_update(
+          update_leaves[leaf_index], new_leaves[leaf_index], factor
+      )
+
+    new_state = SWRState(
+        step_count=optax.safe_increment(state.step_count),
+        reference_norms=reference_norms,
+        layer_scales=layer_scales,
+        cumulative_scales=cumulative_scales,
+        weight_norms=layer_scales * norms,
+    )
+    return treedef.unflatten(update_leaves), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def reset_reference_norms(
+    tx: optax.GradientTransformation, opt_state: Any, params: Any
+) -> Any:
+  """Makes the current weight norms the new SWR targets ("SWR + re-init").
+
+  Every :class:`SWRState` inside ``opt_state`` (also inside ``optax.chain``,
+  ``inject_hyperparams`` or ``MultiSteps`` states) gets the norms of
+  ``params`` as its reference norms; everything else is kept. Use it where a
+  fixed ``reset_norms_at`` list does not fit, e.g. when the learning rate is
+  reduced on a plateau.
+
+  Args:
+    tx: the transformation that produced ``opt_state``.
+    opt_state: the optimizer state, as returned by ``tx.init`` / ``tx.update``.
+    params: the params whose layer norms become the new references.
+
+  Returns:
+    ``opt_state`` with the reference norms replaced.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_swr
+    >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2))}}
+    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(coef=1e-2))
+    >>> opt_state = tx.init(params)
+    >>> bigger = {"Dense_0": {"kernel": 3 * jnp.ones((2, 2))}}
+    >>> opt_state = optax_swr.reset_reference_norms(tx, opt_state, bigger)
+    >>> print(optax.tree.get(opt_state, "reference_norms"))
+    [6.]
+  """
+  fresh_state = tx.init(params)
+  is_swr_state = lambda node: isinstance(node, SWRState)
+  if not any(map(is_swr_state, jax.tree.leaves(opt_state, is_swr_state))):
+    raise ValueError(
+        "reset_reference_norms: `opt_state` holds no SWRState. Pass the state "
+        "of a transformation that contains optax_swr.swr(...)."
+    )
+  return jax.tree.map(
+      lambda old, new: (
+          old._replace(reference_norms=new.reference_norms)
+          if is_swr_state(old)
+          else old
+      ),
+      opt_state,
+      fresh_state,
+      is_leaf=is_swr_state,
+  )
+
+
+def _check_coef(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is a schedule or a number in [0, 1]."""
+  if callable(value):
+    return
+  if isinstance(value, bool) or not isinstance(
+      value, (numbers.Real, np.ndarray, np.generic, jax.Array)
+  ):
+    raise ValueError(
+        f"swr: `{name}` must be a float in [0, 1] or an optax schedule; got "
+        f"{value!r}."
+    )
+  if np.ndim(value) != 0:
+    raise ValueError(
+        f"swr: `{name}` must be a scalar; got an array of shape "
+        f"{np.shape(value)}. Use `classifier_coef` for a second coefficient."
+    )
+  try:
+    number = float(value)
+  except jax.errors.ConcretizationTypeError:
+    return  # A traced value (inject_hyperparams under jit) can't be checked.
+  if not 0.0 <= number <= 1.0:  # Also rejects NaN.
+    raise ValueError(
+        f"swr: `{name}` must be in [0, 1] (0 does nothing, 1 pins every layer "
+        f"at its reference norm); got {number}. The paper uses 1e-4 to 1."
+    )
+
+
+def _normalize_classifier(
+    classifier: Any, classifier_coef: Any
+) -> int | tuple[Path, ...] | None:
+  if classifier is None:
+    if classifier_coef is not None:
+      raise ValueError(
+          "swr: `classifier_coef` is set but `classifier` is not, so no layer "
+          "would use it. Pass classifier=k (the last k layers) or a sequence "
+          "of layer paths."
+      )
+    return None
+  if isinstance(classifier, (int, np.integer)) and not isinstance(
+      classifier, bool
+  ):
+    if classifier < 0:
+      raise ValueError(
+          f"swr: `classifier` must be >= 0 (the number of last layers that "
+          f"form the classifier); got {classifier}."
+      )
+    return int(classifier)
+  if isinstance(classifier, (str, bytes)) or not isinstance(
+      classifier, Sequence
+  ):
+    raise ValueError(
+        "swr: `classifier` must be an int k (the last k layers) or a sequence "
+        f"of layer paths; got {classifier!r}. Under "
+        "optax.inject_hyperparams, pass static_args=('classifier',)."
+    )
+  return tuple(_layers.normalize_layers_arg(classifier) or ())
+
+
+def _classifier_mask(
+    classifier: int | tuple[Path, ...] | None,
+    found: tuple[_layers.Layer, ...],
+) -> np.ndarray:
+  """Static boolean mask over the layers: True for classifier layers."""
+  mask = np.zeros(len(found), dtype=bool)
+  if classifier is None:
+    return mask
+  if isinstance(classifier, int):
+    if classifier > len(found):
+      raise ValueError(
+          f"swr: `classifier={classifier}` asks for more layers than the "
+          f"network has ({len(found)})."
+      )
+    mask[len(found) - classifier :] = True
+    return mask
+  index_of = {layer.path: index for index, layer in enumerate(found)}
+  for path in classifier:
+    if path not in index_of:
+      raise ValueError(
+          f"swr: the `classifier` path {path!r} is not one of the rescaled "
+          f"layers {list(index_of)}."
+      )
+    mask[index_of[path]] = True
+  return mask
+
+
+def _normalize_reset_steps(reset_norms_at: Any) -> jax.Array | None:
+  steps = np.asarray(reset_norms_at)
+  if steps.size == 0:
+    return None
+  if not np.issubdtype(steps.dtype, np.integer) or steps.ndim > 1:
+    raise ValueError(
+        "swr: `reset_norms_at` must be a step count or a sequence of step "
+        f"counts (ints); got {reset_norms_at!r}."
+    )
+  return jnp.asarray(steps, jnp.int32).reshape(-1)
+
+
+def _check_same_structure(updates: Any, params: Any) -> None:
+  if jax.tree.structure(updates) != jax.tree.structure(params):
+    raise ValueError(
+        "swr: `updates` and `params` have different tree structures; swr "
+        "must receive the full params tree that the updates belong to.\n"
+        f"updates: {jax.tree.structure(updates)}\n"
+        f"params:  {jax.tree.structure(params)}"
+    )
+
+
+def _evaluate(coef: optax.ScalarOrSchedule, step_count: jax.Array):
+  value = coef(step_count) if callable(coef) else coef
+  return jnp.asarray(value, jnp.float32)
+
+
+def _compute_dtype(leaf: jax.Array) -> jnp.dtype:
+  """At least float32, so bf16/f16 norms neither overflow nor lose bits."""
+  return jnp.promote_types(leaf.dtype, jnp.float32)
+
+
+def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
+  dtype = jnp.promote_types(_compute_dtype(param), _compute_dtype(update))
+  return param.astype(dtype) + update.astype(dtype)
+
+
+def _weight_norms(
+    leaves: list[jax.Array], found: tuple[_layers.Layer, ...]
+) -> jax.Array:
+  """Float32 Frobenius norm of every layer's weight, in layer order."""
+  return jnp.stack([
+      jnp.linalg.norm(
+          leaves[layer.weight_index].astype(
+              _compute_dtype(leaves[layer.weight_index])
+          ).ravel()
+      ).astype(jnp.float32)
+      for layer in found
+  ])
+
+
+def _layer_scales(
+    norms: jax.Array, reference_norms: jax.Array, coefs: jax.Array
+) -> jax.Array:
+  """c_l = (lam n_l + (1 - lam) ||W_l||) / ||W_l||, and 1 where ||W_l|| = 0."""
+  nonzero = norms > 0
+  safe_norms = jnp.where(nonzero, norms, 1.0)
+  scales = coefs * reference_norms / safe_norms + (1.0 - coefs)
+  return jnp.where(nonzero, scales, 1.0)
+
+
+def _cumulative_scales(
+    layer_scales: jax.Array, found: tuple[_layers.Layer, ...]
+) -> jax.Array:
+  """C_l: the running product of c_l, restarted at every normalization layer.
+
+  A normalization layer undoes any positive scale of its input, so the scale
+  of the output only depends on the layers since the last one.
+  """
+  starts = [i for i, layer in enumerate(found) if layer.is_norm and i > 0]
+  segments = np.split(np.arange(len(found)), starts)
+  return jnp.concatenate(
+      [jnp.cumprod(layer_scales[segment]) for segment in segments]
+  )
+
+
+def _rescaled_update(
+    update: jax.Array, new_param: jax.Array, factor: jax.Array
+) -> jax.Array:
+  """The update u' with p + u' = factor * (p + u), in the update's dtype.
+
+  Written as u + (factor - 1) * (p + u) so that factor == 1 returns u exactly.
+  """
+  rescaled = update.astype(new_param.dtype) + (factor - 1) * new_param
+  return rescaled.astype(update.dtype)

@@ -1,0 +1,98 @@
+"""Small param trees and training loops shared by the tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def dense(rng: np.random.Generator, fan_in: int, fan_out: int, scale=1.0):
+  return {
+      "kernel": scale * rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in),
+      "bias": 0.1 * rng.normal(size=(fan_out,)),
+  }
+
+
+def layer_norm(rng: np.random.Generator, width: int):
+  return {
+      "scale": 1.0 + 0.1 * rng.normal(size=(width,)),
+      "bias": 0.1 * rng.normal(size=(width,)),
+  }
+
+
+def mlp_params(widths, seed=0, names=None, dtype=jnp.float32) -> dict:
+  """Dense layers named Dense_0, Dense_1, ... (or `names`) as a dict tree."""
+  rng = np.random.default_rng(seed)
+  names = names or [f"Dense_{i}" for i in range(len(widths) - 1)]
+  tree = {
+      name: dense(rng, fan_in, fan_out)
+      for name, fan_in, fan_out in zip(names, widths[:-1], widths[1:])
+  }
+  return to_jax(tree, dtype)
+
+
+def to_jax(tree, dtype=jnp.float32):
+  return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def pulling_grads(params, steps: int, seed: int = 1):
+  """Targets and per-step noise for grads g_t = p - target + noise_t.
+
+  The targets are larger than the init, so plain Adam grows the weights and
+  SWR has something to pull back.
+  """
+  rng = np.random.default_rng(seed)
+  target = jax.tree.map(lambda p: 3.0 * rng.normal(size=p.shape), params)
+  noise = [
+      jax.tree.map(lambda p: 0.5 * rng.normal(size=p.shape), params)
+      for _ in range(steps)
+  ]
+  return target, noise
+
+
+def train(tx: optax.GradientTransformation, params, target, noise, state=None):
+  """Runs tx on g_t = p - target + noise_t; returns every step's params."""
+  state = tx.init(params) if state is None else state
+
+  @jax.jit
+  def step(params, state, noise_t):
+    grads = jax.tree.map(
+        lambda p, t, n: p - t.astype(p.dtype) + n.astype(p.dtype),
+        params, target, noise_t,
+    )
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  history = []
+  for noise_t in noise:
+    params, state = step(params, state, noise_t)
+    history.append(params)
+  return history, state
+
+
+def reference_grad_fn(target, noise):
+  """The numpy float64 twin of the grads used by `train`."""
+  from tests import reference
+
+  flat_target = reference.flatten(target)
+  flat_noise = [reference.flatten(n) for n in noise]
+  return lambda p, t: {
+      k: p[k] - flat_target[k] + flat_noise[t][k] for k in p
+  }
+
+
+def relu_mlp_apply(params, names, x, eps=1e-12):
+  """A ReLU MLP over dict params; layers with a `scale` are LayerNorms."""
+  for i, name in enumerate(names):
+    layer = params[name]
+    if "scale" in layer:
+      mean = x.mean(-1, keepdims=True)
+      var = ((x - mean) ** 2).mean(-1, keepdims=True)
+      x = (x - mean) / jnp.sqrt(var + eps) * layer["scale"] + layer["bias"]
+      continue
+    x = x @ layer["kernel"] + layer["bias"]
+    if i < len(names) - 1:
+      x = jax.nn.relu(x)
+  return x
