@@ -1,0 +1,161 @@
+"""Layer resolution: paths, order inference and the errors for bad layers."""
+
+from __future__ import annotations
+
+import re
+
+import flax
+import jax.numpy as jnp
+import pytest
+
+import optax_swr
+from optax_swr import _layers
+
+
+def leaf(*shape):
+  return jnp.ones(shape)
+
+
+def inferred_paths(params):
+  return [l.path for l in _layers.resolve_layers(_layers.leaf_paths(params), None)]
+
+
+def test_numbered_names_are_ordered_numerically_not_alphabetically():
+  params = {f"Dense_{i}": {"kernel": leaf(2, 2), "bias": leaf(2)} for i in range(12)}
+  assert inferred_paths(params) == [(f"Dense_{i}",) for i in range(12)]
+
+
+def test_nested_and_list_layers_are_ordered_at_every_level():
+  params = {
+      "backbone": {
+          "blocks": [
+              {"conv": {"kernel": leaf(3, 3)}} for _ in range(11)
+          ]
+      }
+  }
+  assert inferred_paths(params) == [
+      ("backbone", "blocks", i, "conv") for i in range(11)
+  ]
+
+
+def test_frozen_dict_and_names_without_underscore():
+  params = flax.core.freeze(
+      {"layer10": {"kernel": leaf(2, 2)}, "layer2": {"kernel": leaf(2, 2)}}
+  )
+  assert inferred_paths(params) == [("layer2",), ("layer10",)]
+
+
+def test_resolved_layer_records_weight_bias_and_norm():
+  params = {
+      "a": {"kernel": leaf(2, 2), "bias": leaf(2)},
+      "b": {"scale": leaf(2), "bias": leaf(2)},
+      "c": {"embedding": leaf(4, 2)},
+  }
+  paths = _layers.leaf_paths(params)
+  a, b, c = _layers.resolve_layers(paths, (("a",), ("b",), ("c",)))
+  assert paths[a.weight_index] == ("a", "kernel") and not a.is_norm
+  assert paths[a.bias_index] == ("a", "bias")
+  assert paths[b.weight_index] == ("b", "scale") and b.is_norm
+  assert paths[c.weight_index] == ("c", "embedding") and c.bias_index is None
+
+
+def test_leaves_outside_the_layers_are_left_alone():
+  params = {
+      "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
+      "Dense_1": {"kernel": leaf(2, 2)},
+      "temperature": jnp.array(2.0),
+  }
+  tx = optax_swr.swr(coef=1.0, layers=["Dense_1"])
+  state = tx.init(params)
+  grads = {
+      "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
+      "Dense_1": {"kernel": leaf(2, 2)},
+      "temperature": jnp.array(0.5),
+  }
+  updates, _ = tx.update(grads, state, params)
+  assert (updates["Dense_0"]["kernel"] == 1).all()
+  assert (updates["Dense_0"]["bias"] == 1).all()
+  assert updates["temperature"] == 0.5
+  # coef=1 pins Dense_1 at its reference norm: p + u' = p.
+  assert jnp.allclose(updates["Dense_1"]["kernel"], 0.0, atol=1e-6)
+
+
+def error(match_text):
+  return pytest.raises(ValueError, match=re.escape(match_text))
+
+
+LINEN_LIKE = {
+    "Conv_0": {"kernel": leaf(3, 3, 1, 2)},
+    "BatchNorm_0": {"scale": leaf(2), "bias": leaf(2)},
+    "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
+}
+
+
+def test_ambiguous_layer_types_raise_and_tell_how_to_pass_layers():
+  with error("cannot infer the forward order") as info:
+    optax_swr.swr().init(LINEN_LIKE)
+  message = str(info.value)
+  assert "['BatchNorm_0', 'Conv_0', 'Dense_0'] at the root" in message
+  assert "swr(layers=[('Conv_0',)" in message
+  assert "('BatchNorm_0',)" in message  # the layers found are listed
+
+
+def test_explicit_layers_resolve_the_ambiguity():
+  layers = [("Conv_0",), ("BatchNorm_0",), ("Dense_0",)]
+  state = optax_swr.swr(layers=layers).init(LINEN_LIKE)
+  assert state.reference_norms.shape == (3,)
+
+
+def test_a_layer_that_contains_layers_is_ambiguous():
+  params = {"block": {"kernel": leaf(2, 2), "inner": {"kernel": leaf(2, 2)}}}
+  with error("('block',) is a layer and also contains layers"):
+    optax_swr.swr().init(params)
+
+
+def test_repeated_numbers_are_ambiguous():
+  params = {"dense1": {"kernel": leaf(2, 2)}, "dense_1": {"kernel": leaf(2, 2)}}
+  with error("are not one name with distinct numbers"):
+    optax_swr.swr().init(params)
+
+
+def test_a_tree_without_layers_raises():
+  with error("has no layer with a weight leaf named kernel, scale, embedding"):
+    optax_swr.swr().init({"w": leaf(2, 2)})
+
+
+def test_path_not_in_tree_names_the_path_and_lists_layers():
+  with error("the path ('Dense_9',) in `layers` is not in the params tree") as e:
+    optax_swr.swr(layers=[("Dense_9",)]).init(LINEN_LIKE)
+  assert "('Conv_0',)" in str(e.value)
+
+
+def test_path_to_a_leaf_is_rejected():
+  with error("('Dense_0', 'kernel') in `layers` points to a leaf, not to a layer"):
+    optax_swr.swr(layers=[("Dense_0", "kernel")]).init(LINEN_LIKE)
+
+
+def test_layer_without_weight_is_rejected():
+  params = {"Dense_0": {"kernel": leaf(2, 2)}, "head": {"bias": leaf(2)}}
+  with error("the layer ('head',) in `layers` has no weight leaf"):
+    optax_swr.swr(layers=["Dense_0", "head"]).init(params)
+
+
+def test_layer_with_two_weights_is_rejected():
+  params = {"odd": {"kernel": leaf(2, 2), "scale": leaf(2)}}
+  with error("the layer ('odd',) has more than one weight leaf (kernel, scale)"):
+    optax_swr.swr(layers=["odd"]).init(params)
+
+
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ("Dense_0", "`layers` must be a sequence of paths"),
+        ([], "`layers` is empty"),
+        ([()], "must be a non-empty tuple of keys"),
+        ([3], "must be a non-empty tuple of keys"),
+        ([("a",), ["a"]], "lists the path ('a',) more than once"),
+    ],
+)
+def test_malformed_layers_argument(layers, message):
+  with error(message):
+    optax_swr.swr(layers=layers)

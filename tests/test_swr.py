@@ -1,0 +1,296 @@
+"""swr inside JAX and optax machinery, and the errors for bad arguments.
+
+Modelled on optax's own contrib battery: jit without recompiles, vmap,
+inject_hyperparams, MultiSteps, masked, dtype and state stability.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_swr
+from tests import helpers
+from tests import reference
+
+WIDTHS = [5, 7, 6, 3]
+NAMES = ["Dense_0", "Dense_1", "Dense_2"]
+
+
+def random_like(params, seed, scale=1.0):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+
+
+def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
+  jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(
+          np.asarray(x, np.float32), np.asarray(y, np.float32),
+          rtol=rtol, atol=atol),
+      a, b)
+
+
+@pytest.fixture
+def params():
+  return helpers.mlp_params(WIDTHS)
+
+
+def test_jit_gives_the_eager_result_and_compiles_once(params):
+  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=0.1))
+  grads = random_like(params, 1)
+  eager = tx.update(grads, tx.init(params), params)
+
+  step = jax.jit(tx.update)
+  state = tx.init(params)
+  jitted = step(grads, state, params)
+  assert_trees_close(eager, jitted)
+  step(grads, jitted[1], params)
+  assert step._cache_size() == 1
+
+
+def test_vmap_over_an_ensemble_equals_one_member_at_a_time():
+  members = [helpers.mlp_params(WIDTHS, seed=s) for s in range(3)]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+  grads = [random_like(m, 10 + i) for i, m in enumerate(members)]
+  stacked_grads = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+  tx = optax.chain(optax.adam(0.1), optax_swr.swr(coef=0.2))
+
+  state = jax.vmap(tx.init)(stacked)
+  updates, state = jax.jit(jax.vmap(tx.update))(stacked_grads, state, stacked)
+
+  for i, member in enumerate(members):
+    single, single_state = tx.update(grads[i], tx.init(member), member)
+    assert_trees_close(jax.tree.map(lambda x: x[i], updates), single)
+    np.testing.assert_allclose(
+        state[1].layer_scales[i], single_state[1].layer_scales, rtol=1e-6)
+
+
+def test_inject_hyperparams_matches_and_coef_changes_at_run_time(params):
+  grads = random_like(params, 2, scale=3.0)
+  plain = optax_swr.swr(coef=0.1)
+  injected = optax.inject_hyperparams(optax_swr.swr)(coef=0.1)
+
+  state = jax.jit(injected.init)(params)
+  updates, new_state = jax.jit(injected.update)(grads, state, params)
+  expected, _ = plain.update(grads, plain.init(params), params)
+  assert_trees_close(updates, expected)
+
+  # coef = 0 at run time: SWR must pass the updates through unchanged.
+  state.hyperparams["coef"] = jnp.asarray(0.0)
+  updates, _ = jax.jit(injected.update)(grads, state, params)
+  assert_trees_close(updates, grads, rtol=0, atol=0)
+  # coef = 1: every weight lands back on its reference norm.
+  state.hyperparams["coef"] = jnp.asarray(1.0)
+  _, new_state = jax.jit(injected.update)(grads, state, params)
+  np.testing.assert_allclose(
+      new_state.inner_state.weight_norms, state.inner_state.reference_norms,
+      rtol=1e-6)
+
+
+def test_inject_hyperparams_with_classifier_needs_static_args(params):
+  injected = optax.inject_hyperparams(optax_swr.swr)(
+      coef=0.1, classifier=1, classifier_coef=1.0)
+  with pytest.raises(ValueError, match=re.escape("static_args=('classifier',)")):
+    jax.jit(injected.init)(params)
+
+  injected = optax.inject_hyperparams(optax_swr.swr, static_args="classifier")(
+      coef=0.1, classifier=1, classifier_coef=1.0)
+  plain = optax_swr.swr(coef=0.1, classifier=1, classifier_coef=1.0)
+  grads = random_like(params, 3, scale=3.0)
+  updates, _ = jax.jit(injected.update)(grads, injected.init(params), params)
+  expected, _ = plain.update(grads, plain.init(params), params)
+  assert_trees_close(updates, expected)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_multisteps_accumulates_then_applies_one_swr_step(dtype):
+  params = helpers.mlp_params(WIDTHS, dtype=dtype)
+  micro_grads = [random_like(params, 20 + i) for i in range(3)]
+  inner = optax.chain(optax.adam(0.1), optax_swr.swr(coef=0.3))
+  multi = optax.MultiSteps(inner, every_k_schedule=3)
+
+  state = multi.init(params)
+  update = jax.jit(multi.update)
+  for i, grads in enumerate(micro_grads):
+    updates, state = update(grads, state, params)
+    if i < 2:
+      assert all((u == 0).all() for u in jax.tree.leaves(updates))
+      assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+
+  mean_grads = jax.tree.map(lambda *g: sum(g) / 3, *micro_grads)
+  expected, _ = inner.update(mean_grads, inner.init(params), params)
+  tolerance = 1e-6 if dtype == jnp.float32 else 2e-2
+  assert_trees_close(updates, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_masked_swr_only_sees_the_unmasked_layers():
+  params = helpers.mlp_params([4, 5, 3], names=["Dense_0", "Dense_1"])
+  params["head"] = helpers.mlp_params([3, 2])["Dense_0"]
+  mask = {name: jax.tree.map(lambda _: name != "head", params[name])
+          for name in params}
+  tx = optax.masked(optax_swr.swr(coef=1.0), mask)
+  grads = random_like(params, 4, scale=2.0)
+  updates, state = tx.update(grads, tx.init(params), params)
+
+  assert_trees_close(updates["head"], grads["head"], rtol=0, atol=0)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(
+      [jnp.linalg.norm(new[n]["kernel"]) for n in ["Dense_0", "Dense_1"]],
+      state.inner_state.reference_norms, rtol=1e-5)
+
+
+class NnxMLP(nnx.Module):
+  """Layers in an nnx.List: their State keys are 0, 1, 2."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.layers = nnx.List(
+        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(WIDTHS[:-1], WIDTHS[1:])])
+
+  def __call__(self, x):
+    for layer in self.layers[:-1]:
+      x = jax.nn.relu(layer(x))
+    return self.layers[-1](x)
+
+
+def test_nnx_optimizer_with_state_params_matches_plain_dict_params():
+  model = NnxMLP(nnx.Rngs(0))
+  as_dict = nnx.to_pure_dict(nnx.state(model, nnx.Param))  # {"layers": {0: ...}}
+  tx = optax.chain(optax.adam(0.1), optax_swr.swr(coef=0.2))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  x = jnp.ones((4, WIDTHS[0]))
+  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model)
+  optimizer.update(model, grads)
+
+  dict_grads = nnx.to_pure_dict(grads)
+  updates, _ = tx.update(dict_grads, tx.init(as_dict), as_dict)
+  expected = optax.apply_updates(as_dict, updates)
+  assert_trees_close(
+      nnx.to_pure_dict(nnx.state(model, nnx.Param)), expected, rtol=1e-5)
+  scales = optax.tree.get(optimizer.opt_state, "layer_scales")
+  assert scales.shape == (3,) and not np.allclose(scales, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_updates_keep_dtype_and_state_is_float32(dtype):
+  params = helpers.mlp_params(WIDTHS, dtype=dtype)
+  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=0.1))
+  updates, state = jax.jit(tx.update)(random_like(params, 5), tx.init(params), params)
+  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    assert u.dtype == p.dtype
+  for name in ["reference_norms", "layer_scales", "cumulative_scales", "weight_norms"]:
+    assert optax.tree.get(state, name).dtype == jnp.float32
+  assert optax.tree.get(state, "step_count").dtype == jnp.int32
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_state_shape_dtype_and_sharding_are_stable_under_jit(dtype):
+  params = helpers.mlp_params(WIDTHS, dtype=dtype)
+  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=0.1, reset_norms_at=[1]))
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.tree.map(lambda p: p.astype(jnp.float32).astype(p.dtype), params)
+    # lax.cond forces both branches to agree on the state's type exactly.
+    take = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
+    updates, state = jax.lax.cond(
+        take, lambda: tx.update(grads, state, params), lambda: (params, state))
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  before = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), state)
+  params, state = step(params, state)
+  params, state = step(params, state)
+  after = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), state)
+  assert before == after
+
+
+def test_reset_reference_norms_on_demand_inside_nested_states(params):
+  tx = optax.MultiSteps(
+      optax.chain(optax.adam(0.1), optax.inject_hyperparams(optax_swr.swr)(coef=0.1)),
+      every_k_schedule=1)
+  state = tx.init(params)
+  bigger = jax.tree.map(lambda p: 2 * p, params)
+  state = optax_swr.reset_reference_norms(tx, state, bigger)
+  expected = reference.weight_norms(
+      reference.flatten(bigger), reference.dense_layers(NAMES))
+  np.testing.assert_allclose(
+      optax.tree.get(state, "reference_norms"), expected, rtol=1e-6)
+  assert optax.tree.get(state, "step_count") == 0
+
+
+def test_lam_zero_is_an_exact_no_op(params):
+  grads = random_like(params, 6)
+  updates, _ = optax_swr.swr(coef=0.0).update(grads, optax_swr.swr(coef=0.0).init(params), params)
+  assert_trees_close(updates, grads, rtol=0, atol=0)
+
+
+def error(text):
+  return pytest.raises(ValueError, match=re.escape(text))
+
+
+def test_update_without_params_follows_optax_wording_and_hints(params):
+  from optax._src import base  # the reference wording only
+
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr())
+  with pytest.raises(ValueError) as info:
+    tx.update(params, tx.init(params))
+  assert str(info.value).startswith(base.NO_PARAMS_MSG)
+  assert "swr needs the current params" in str(info.value)
+  assert "tx.update(grads, opt_state)" in str(info.value)
+
+
+def test_updates_and_params_with_different_structure(params):
+  tx = optax_swr.swr()
+  with error("`updates` and `params` have different tree structures"):
+    tx.update({"Dense_0": params["Dense_0"]}, tx.init(params), params)
+
+
+@pytest.mark.parametrize("name", ["coef", "classifier_coef"])
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), np.float32(2.0)])
+def test_coefficient_out_of_range(name, value):
+  kwargs = {name: value, "classifier": 1} if name == "classifier_coef" else {name: value}
+  with error(f"`{name}` must be in [0, 1]"):
+    optax_swr.swr(**kwargs)
+
+
+@pytest.mark.parametrize("value", ["0.1", True, None])
+def test_coefficient_of_the_wrong_type(value):
+  with error("`coef` must be a float in [0, 1] or an optax schedule"):
+    optax_swr.swr(coef=value)
+
+
+def test_coefficient_must_be_a_scalar():
+  with error("`coef` must be a scalar; got an array of shape (2,)"):
+    optax_swr.swr(coef=jnp.array([0.1, 0.2]))
+
+
+def test_classifier_errors(params):
+  with error("`classifier_coef` is set but `classifier` is not"):
+    optax_swr.swr(classifier_coef=0.1)
+  with error("`classifier` must be >= 0"):
+    optax_swr.swr(classifier=-1)
+  with error("`classifier` must be an int k (the last k layers) or a sequence"):
+    optax_swr.swr(classifier=1.5)
+  with error("`classifier=4` asks for more layers than the network has (3)"):
+    optax_swr.swr(classifier=4).init(params)
+  with error("the `classifier` path ('head',) is not one of the rescaled layers"):
+    optax_swr.swr(classifier=["head"]).init(params)
+
+
+def test_reset_norms_at_must_be_integers():
+  with error("`reset_norms_at` must be a step count or a sequence of step counts"):
+    optax_swr.swr(reset_norms_at=[1.5])
+
+
+def test_reset_reference_norms_without_swr_state(params):
+  tx = optax.adam(1e-3)
+  with error("`opt_state` holds no SWRState"):
+    optax_swr.reset_reference_norms(tx, tx.init(params), params)
