@@ -141,39 +141,43 @@ def test_zero_norm_layers_get_scale_one_and_zero_reference_shrinks():
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_step_matches_float64_rule(dtype):
-  """One SWR step on bf16/f16 params, checked leaf by leaf in float64."""
-  params = helpers.mlp_params([6, 8, 8, 4], dtype=dtype)
-  names = ["Dense_0", "Dense_1", "Dense_2"]
-  layers = reference.dense_layers(names)
-  reference_params = helpers.mlp_params([6, 8, 8, 4], seed=9, dtype=dtype)
-  tx = optax_swr.swr(coef=0.3)
-  state = tx.init(reference_params)
-  rng = np.random.default_rng(0)
-  base_updates = jax.tree.map(
-      lambda p: jnp.asarray(rng.normal(size=p.shape), dtype), params)
-  updates, state = jax.jit(tx.update)(base_updates, state, params)
-  new_params = optax.apply_updates(params, updates)
+def test_low_precision_adam_steps_match_the_float64_rule(dtype):
+  """Adam + SWR on bf16/f16 params; each SWR step checked in float64.
 
-  moved = {
-      k: p + u for (k, p), u in zip(
-          reference.flatten(params).items(),
-          reference.flatten(base_updates).values())
-  }
-  expected, c, _ = reference.swr_step(
-      moved, layers, reference.weight_norms(reference.flatten(reference_params), layers),
-      [0.3] * 3,
-  )
-  assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(new_params))
-  assert state.reference_norms.dtype == jnp.float32
-  assert state.layer_scales.dtype == jnp.float32
-  np.testing.assert_allclose(state.layer_scales, c, rtol=1e-6)
+  Low-precision trajectories drift apart from a float64 run by rounding, so
+  the oracle checks every step's SWR output from that step's params and Adam
+  updates.
+  """
+  params = helpers.mlp_params([6, 8, 8, 4], dtype=dtype)
+  layers = reference.dense_layers(["Dense_0", "Dense_1", "Dense_2"])
+  reference_norms = reference.weight_norms(reference.flatten(params), layers)
+  adam, swr = optax.adam(0.05), optax_swr.swr(coef=0.3)
+  adam_state, swr_state = adam.init(params), swr.init(params)
+  target, noise = helpers.pulling_grads(params, STEPS)
   resolution = float(jnp.finfo(dtype).eps)
-  for key, value in reference.flatten(new_params).items():
-    np.testing.assert_allclose(
-        value, expected[key], rtol=2 * resolution, atol=2 * resolution,
-        err_msg=str(key),
-    )
+  for step in range(STEPS):
+    grads = jax.tree.map(
+        lambda p, t, n: (p - t + n).astype(dtype), params, target, noise[step])
+    base_updates, adam_state = adam.update(grads, adam_state, params)
+    updates, swr_state = jax.jit(swr.update)(base_updates, swr_state, params)
+    new_params = optax.apply_updates(params, updates)
+
+    moved = {
+        k: p + u for (k, p), u in zip(
+            reference.flatten(params).items(),
+            reference.flatten(base_updates).values())
+    }
+    expected, c, _ = reference.swr_step(moved, layers, reference_norms, [0.3] * 3)
+    assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(new_params))
+    assert swr_state.reference_norms.dtype == jnp.float32
+    assert swr_state.layer_scales.dtype == jnp.float32
+    np.testing.assert_allclose(swr_state.layer_scales, c, rtol=1e-6)
+    for key, value in reference.flatten(new_params).items():
+      np.testing.assert_allclose(
+          value, expected[key], rtol=2 * resolution, atol=2 * resolution,
+          err_msg=f"step {step}, leaf {key}",
+      )
+    params = new_params
 
 
 def test_large_float16_weights_do_not_overflow_the_norm():
