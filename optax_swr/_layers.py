@@ -70,43 +70,45 @@ def leaf_paths(tree: Any) -> list[Path]:
   return paths
 
 
-def normalize_layers_arg(layers: Any) -> tuple[Path, ...] | None:
-  """Validates the user's ``layers`` argument and returns it as path tuples.
+def normalize_layers_arg(
+    layers: Any, name: str = "layers"
+) -> tuple[Path, ...] | None:
+  """Validates a sequence-of-paths argument and returns it as path tuples.
 
-  A string is accepted as a one-key path. Raises ValueError for an empty or
-  malformed sequence and for duplicate paths.
+  A string is accepted as a one-key path. Raises ValueError, naming the
+  argument ``name``, for an empty or malformed sequence and for duplicates.
   """
   if layers is None:
     return None
   if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
     raise ValueError(
-        "swr: `layers` must be a sequence of paths in forward order, e.g. "
-        f"layers=[('Dense_0',), ('Dense_1',)]; got {layers!r}."
+        f"swr: `{name}` must be a sequence of paths in forward order, e.g. "
+        f"{name}=[('Dense_0',), ('Dense_1',)]; got {layers!r}."
     )
   if not layers:
     raise ValueError(
-        "swr: `layers` is empty. Pass the network's parameterized layers in "
-        "forward order, or layers=None to infer them from the params tree."
+        f"swr: `{name}` is empty: pass at least one layer path, or leave "
+        f"`{name}` as None."
     )
-  paths = tuple(_as_path(path) for path in layers)
+  paths = tuple(_as_path(path, name) for path in layers)
   seen = set()
   for path in paths:
     if path in seen:
       raise ValueError(
-          f"swr: `layers` lists the path {path!r} more than once. Each layer "
+          f"swr: `{name}` lists the path {path!r} more than once. Each layer "
           "must appear exactly once, in forward order."
       )
     seen.add(path)
   return paths
 
 
-def _as_path(path: Any) -> Path:
+def _as_path(path: Any, name: str) -> Path:
   if isinstance(path, str):
     return (path,)
   if isinstance(path, (tuple, list)) and path:
     return tuple(path)
   raise ValueError(
-      "swr: every entry of `layers` must be a non-empty tuple of keys from "
+      f"swr: every entry of `{name}` must be a non-empty tuple of keys from "
       f"the root of the params tree, e.g. ('encoder', 'conv1'); got {path!r}."
   )
 

@@ -100,6 +100,9 @@ def swr(
   Returns:
     An ``optax.GradientTransformation`` whose state is :class:`SWRState`.
 
+  A schedule's values are not range-checked at each step (that would need a
+  check inside ``jit``); keep them in [0, 1].
+
   Raises:
     ValueError: for a coefficient outside [0, 1], malformed ``layers`` or
       ``classifier``, and (at ``init`` / ``update``) for layers that are not in
@@ -176,21 +179,26 @@ def swr(
           lambda: _weight_norms(param_leaves, found),
           lambda: reference_norms,
       )
-    new_leaves = [_sum(p, u) for p, u in zip(param_leaves, update_leaves)]
-    norms = _weight_norms(new_leaves, found)
+    moved = {
+        i: _sum(param_leaves[i], update_leaves[i]) for i in _leaf_indices(found)
+    }
+    norms = _weight_norms(moved, found)
     coefs = layer_coefs(state.step_count, is_classifier)
     layer_scales = _layer_scales(norms, reference_norms, coefs)
     cumulative_scales = _cumulative_scales(layer_scales, found)
 
-    factors = {}
     for index, layer in enumerate(found):
-      factors[layer.weight_index] = layer_scales[index]
-      if layer.bias_index is not None:
-        factors[layer.bias_index] = cumulative_scales[index]
-    for leaf_index, factor in factors.items():
-      update_leaves[leaf_index] = _rescaled_update(
-          update_leaves[leaf_index], new_leaves[leaf_index], factor
+      update_leaves[layer.weight_index] = _rescaled_update(
+          update_leaves[layer.weight_index],
+          moved[layer.weight_index],
+          layer_scales[index],
       )
+      if layer.bias_index is not None:
+        update_leaves[layer.bias_index] = _rescaled_update(
+            update_leaves[layer.bias_index],
+            moved[layer.bias_index],
+            cumulative_scales[index],
+        )
 
     new_state = SWRState(
         step_count=optax.safe_increment(state.step_count),
@@ -309,7 +317,7 @@ def _normalize_classifier(
         f"of layer paths; got {classifier!r}. Under "
         "optax.inject_hyperparams, pass static_args=('classifier',)."
     )
-  return tuple(_layers.normalize_layers_arg(classifier) or ())
+  return _layers.normalize_layers_arg(classifier, name="classifier")
 
 
 def _classifier_mask(
@@ -376,8 +384,15 @@ def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
   return param.astype(dtype) + update.astype(dtype)
 
 
+def _leaf_indices(found: tuple[_layers.Layer, ...]) -> list[int]:
+  """Indices of the weight and bias leaves of the layers."""
+  indices = [layer.weight_index for layer in found]
+  return indices + [l.bias_index for l in found if l.bias_index is not None]
+
+
 def _weight_norms(
-    leaves: list[jax.Array], found: tuple[_layers.Layer, ...]
+    leaves: Sequence[jax.Array] | dict[int, jax.Array],
+    found: tuple[_layers.Layer, ...],
 ) -> jax.Array:
   """Float32 Frobenius norm of every layer's weight, in layer order."""
   return jnp.stack([

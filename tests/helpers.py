@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tests import reference
+
 
 def dense(rng: np.random.Generator, fan_in: int, fan_out: int, scale=1.0):
   return {
@@ -74,8 +76,6 @@ def train(tx: optax.GradientTransformation, params, target, noise, state=None):
 
 def reference_grad_fn(target, noise):
   """The numpy float64 twin of the grads used by `train`."""
-  from tests import reference
-
   flat_target = reference.flatten(target)
   flat_noise = [reference.flatten(n) for n in noise]
   return lambda p, t: {

@@ -37,13 +37,31 @@ def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
       a, b)
 
 
+# The battery below runs over each of these; add new public transforms here.
+CONFIGURATIONS = {
+    "plain": lambda: optax_swr.swr(coef=0.1),
+    "classifier": lambda: optax_swr.swr(
+        coef=0.1, classifier=1, classifier_coef=1.0),
+    "schedule": lambda: optax_swr.swr(
+        coef=optax.linear_schedule(0.5, 0.0, 4),
+        classifier=[("Dense_2",)],
+        classifier_coef=optax.constant_schedule(0.9)),
+    "reset": lambda: optax_swr.swr(coef=0.1, reset_norms_at=(1, 2)),
+    "explicit_layers": lambda: optax_swr.swr(
+        coef=0.1, layers=["Dense_0", "Dense_1", "Dense_2"]),
+}
+battery = pytest.mark.parametrize("make_swr", CONFIGURATIONS.values(),
+                                  ids=CONFIGURATIONS.keys())
+
+
 @pytest.fixture
 def params():
   return helpers.mlp_params(WIDTHS)
 
 
-def test_jit_gives_the_eager_result_and_compiles_once(params):
-  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=0.1))
+@battery
+def test_jit_gives_the_eager_result_and_compiles_once(params, make_swr):
+  tx = optax.chain(optax.adam(1e-2), make_swr())
   grads = random_like(params, 1)
   eager = tx.update(grads, tx.init(params), params)
 
@@ -109,11 +127,12 @@ def test_inject_hyperparams_with_classifier_needs_static_args(params):
   assert_trees_close(updates, expected)
 
 
+@battery
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_multisteps_accumulates_then_applies_one_swr_step(dtype):
+def test_multisteps_accumulates_then_applies_one_swr_step(dtype, make_swr):
   params = helpers.mlp_params(WIDTHS, dtype=dtype)
   micro_grads = [random_like(params, 20 + i) for i in range(3)]
-  inner = optax.chain(optax.adam(0.1), optax_swr.swr(coef=0.3))
+  inner = optax.chain(optax.adam(0.1), make_swr())
   multi = optax.MultiSteps(inner, every_k_schedule=3)
 
   state = multi.init(params)
@@ -178,10 +197,11 @@ def test_nnx_optimizer_with_state_params_matches_plain_dict_params():
   assert scales.shape == (3,) and not np.allclose(scales, 1.0)
 
 
+@battery
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-def test_updates_keep_dtype_and_state_is_float32(dtype):
+def test_updates_keep_dtype_and_state_is_float32(dtype, make_swr):
   params = helpers.mlp_params(WIDTHS, dtype=dtype)
-  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=0.1))
+  tx = optax.chain(optax.adam(1e-2), make_swr())
   updates, state = jax.jit(tx.update)(random_like(params, 5), tx.init(params), params)
   for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert u.dtype == p.dtype
@@ -190,10 +210,11 @@ def test_updates_keep_dtype_and_state_is_float32(dtype):
   assert optax.tree.get(state, "step_count").dtype == jnp.int32
 
 
+@battery
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-def test_state_shape_dtype_and_sharding_are_stable_under_jit(dtype):
+def test_state_shape_dtype_and_sharding_are_stable_under_jit(dtype, make_swr):
   params = helpers.mlp_params(WIDTHS, dtype=dtype)
-  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=0.1, reset_norms_at=[1]))
+  tx = optax.chain(optax.adam(1e-2), make_swr())
 
   @jax.jit
   def step(params, state):
@@ -283,6 +304,8 @@ def test_classifier_errors(params):
     optax_swr.swr(classifier=4).init(params)
   with error("the `classifier` path ('head',) is not one of the rescaled layers"):
     optax_swr.swr(classifier=["head"]).init(params)
+  with error("`classifier` lists the path ('Dense_2',) more than once"):
+    optax_swr.swr(classifier=["Dense_2", ("Dense_2",)])
 
 
 def test_reset_norms_at_must_be_integers():
