@@ -347,7 +347,7 @@ def _classifier_mask(
   return mask
 
 
-def _normalize_reset_steps(reset_norms_at: Any) -> jax.Array | None:
+def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
   steps = np.asarray(reset_norms_at)
   if steps.size == 0:
     return None
@@ -356,7 +356,9 @@ def _normalize_reset_steps(reset_norms_at: Any) -> jax.Array | None:
         "swr: `reset_norms_at` must be a step count or a sequence of step "
         f"counts (ints); got {reset_norms_at!r}."
     )
-  return jnp.asarray(steps, jnp.int32).reshape(-1)
+  # numpy, not jnp: building the transform must not start a JAX backend
+  # (jax.distributed.initialize has to come first on multi-host setups).
+  return steps.astype(np.int32).reshape(-1)
 
 
 def _check_same_structure(updates: Any, params: Any) -> None:

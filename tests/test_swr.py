@@ -7,6 +7,8 @@ inject_hyperparams, MultiSteps, masked, dtype and state stability.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -169,7 +171,8 @@ class NnxMLP(nnx.Module):
   """Layers in an nnx.List: their State keys are 0, 1, 2."""
 
   def __init__(self, rngs: nnx.Rngs):
-    self.layers = nnx.List(
+    node_list = getattr(nnx, "List", list)  # flax < 0.12 takes plain lists
+    self.layers = node_list(
         [nnx.Linear(a, b, rngs=rngs) for a, b in zip(WIDTHS[:-1], WIDTHS[1:])])
 
   def __call__(self, x):
@@ -317,3 +320,16 @@ def test_reset_reference_norms_without_swr_state(params):
   tx = optax.adam(1e-3)
   with error("`opt_state` holds no SWRState"):
     optax_swr.reset_reference_norms(tx, tx.init(params), params)
+
+
+def test_building_swr_does_not_start_a_jax_backend():
+  # jax.distributed.initialize must run before any backend starts, and users
+  # often build their optimizer first.
+  code = (
+      "import optax_swr\n"
+      "from jax._src import xla_bridge\n"
+      "optax_swr.swr(coef=0.1, classifier=1, classifier_coef=0.5,"
+      " reset_norms_at=[3, 5], layers=['a', 'b'])\n"
+      "assert not xla_bridge.backends_are_initialized()\n"
+  )
+  subprocess.run([sys.executable, "-c", code], check=True)
