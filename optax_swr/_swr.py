@@ -40,6 +40,18 @@ class SWRState(NamedTuple):
       last update: the product of c from the last normalization layer (or the
       input) up to layer l.
     weight_norms: Frobenius norms of the weights after the last update.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_swr
+    >>> params = {"Dense_0": {"kernel": jnp.full((2, 2), 2.0)}}
+    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(coef=0.1))
+    >>> opt_state = tx.init(params)
+    >>> print(optax.tree.get(opt_state, "reference_norms"))
+    [4.]
+    >>> print(optax.tree.get(opt_state, "step_count"))
+    0
   """
 
   step_count: jax.Array
