@@ -113,7 +113,7 @@ def _as_path(path: Any, name: str) -> Path:
   )
 
 
-def _group_by_layer(paths: list[Path]) -> dict[Path, dict[str, int]]:
+def group_by_layer(paths: list[Path]) -> dict[Path, dict[str, int]]:
   """Maps every sub-tree that directly holds a weight or bias to its leaves."""
   groups: dict[Path, dict[str, int]] = {}
   for index, path in enumerate(paths):
@@ -155,7 +155,7 @@ def resolve_layers(
     ValueError: if a path is not a layer of the tree, or the order cannot be
       inferred unambiguously.
   """
-  groups = _group_by_layer(paths)
+  groups = group_by_layer(paths)
   if layers is None:
     layer_paths = [p for p, g in groups.items() if set(g) & set(WEIGHT_NAMES)]
     if not layer_paths:

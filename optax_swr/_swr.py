@@ -40,6 +40,10 @@ class SWRState(NamedTuple):
       last update: the product of c from the last normalization layer (or the
       input) up to layer l.
     weight_norms: Frobenius norms of the weights after the last update.
+    norm_input_scales: for each normalization layer, keyed by its path joined
+      with "/", the factor by which the last update scaled that layer's input
+      (C of the layer before it); :func:`sync_batch_stats` uses it to rescale
+      BatchNorm running statistics.
 
   Example:
     >>> import jax.numpy as jnp
@@ -59,6 +63,7 @@ class SWRState(NamedTuple):
   layer_scales: jax.Array
   cumulative_scales: jax.Array
   weight_norms: jax.Array
+  norm_input_scales: dict[str, jax.Array]
 
 
 def swr(
@@ -172,6 +177,7 @@ def swr(
         layer_scales=ones,
         cumulative_scales=ones,
         weight_norms=norms,
+        norm_input_scales=_norm_input_scales(ones, found),
     )
 
   def update_fn(
@@ -218,6 +224,7 @@ def swr(
         layer_scales=layer_scales,
         cumulative_scales=cumulative_scales,
         weight_norms=layer_scales * norms,
+        norm_input_scales=_norm_input_scales(cumulative_scales, found),
     )
     return treedef.unflatten(update_leaves), new_state
 
@@ -442,6 +449,24 @@ def _cumulative_scales(
   return jnp.concatenate(
       [jnp.cumprod(layer_scales[segment]) for segment in segments]
   )
+
+
+def _norm_input_scales(
+    cumulative_scales: jax.Array, found: tuple[_layers.Layer, ...]
+) -> dict[str, jax.Array]:
+  """The scale of each normalization layer's input: C of the layer before."""
+  return {
+      layer_key(layer.path): (
+          cumulative_scales[index - 1] if index else jnp.ones([], jnp.float32)
+      )
+      for index, layer in enumerate(found)
+      if layer.is_norm
+  }
+
+
+def layer_key(path: Path) -> str:
+  """The string key of a layer path in ``SWRState.norm_input_scales``."""
+  return "/".join(map(str, path))
 
 
 def _rescaled_update(

@@ -1,0 +1,459 @@
+"""The model zoo of the SWR paper (Oh et al., 2025), in Flax Linen.
+
+The paper's four *chain* networks (MLP, CNN, CNN-BN, VGG-16), whose layers run
+one after the other with ReLU and max-pooling in between, and two networks
+that are not chains (ResNet-18, a small ViT-style transformer), to ask how SWR
+behaves where its proportionality theorem does not hold.
+
+Every model is called as ``model.apply(variables, x, train=False)`` and
+returns logits ``[batch, num_classes]``. Image models take NHWC batches. With
+``train=True``, models with BatchNorm update their running statistics, so pass
+``mutable=["batch_stats"]`` to ``apply``. Layers are the standard
+``nn.Dense`` / ``nn.Conv`` / ``nn.BatchNorm`` / ``nn.LayerNorm``, so every
+layer is a sub-tree of the params with a ``kernel`` (or ``scale``) leaf and an
+optional ``bias``, which is what ``optax_swr`` looks for. They are named after
+their role (``conv1``, ``bn1``, ``fc1``, ``head``; repeated layers ``convs_0``,
+``blocks_0``, ...) with the same names as in ``examples/models_nnx.py``.
+
+Example::
+
+  from examples import models_linen
+  model, variables = models_linen.create("cnn_bn", 10, (32, 32, 3))
+  logits, updates = model.apply(
+      variables, images, train=True, mutable=["batch_stats"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CHAIN_MODELS = ("mlp", "cnn", "cnn_bn", "vgg16")
+ALL_MODELS = (*CHAIN_MODELS, "resnet18", "transformer")
+
+BN_MOMENTUM = 0.9  # PyTorch's BatchNorm defaults, as in the paper's code.
+BN_EPSILON = 1e-5
+POS_EMBEDDING_STDDEV = 0.02
+
+# Output channels of VGG-16's 13 convolutions, stage by stage; every stage
+# ends with a 2x2 max-pool.
+VGG16_STAGES = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
+
+Variables = dict[str, Any]
+
+
+# Framework-independent pieces, shared with examples/models_nnx.py.
+
+
+def check_image_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
+  """Returns ``shape`` if it is ``(height, width, channels)``, else raises."""
+  if len(shape) != 3:
+    raise ValueError(
+        f"{what} must be (height, width, channels), got {tuple(shape)}. "
+        "Image models take NHWC batches: reshape flat inputs, e.g. "
+        "x.reshape(-1, 8, 8, 1) for 8x8 grey digits."
+    )
+  return tuple(shape)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """Max-pools NHWC maps by 2x2 with stride 2, flooring odd sizes.
+
+  A map that is already 1 pixel high or wide is returned as it is, so that
+  deep networks also run on small images (8x8 digits) instead of pooling to
+  an empty map.
+  """
+  if min(x.shape[-3], x.shape[-2]) < 2:
+    return x
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def pooled_size(size: tuple[int, int]) -> tuple[int, int]:
+  """The (height, width) that ``max_pool_2x2`` turns ``size`` into."""
+  if min(size) < 2:
+    return size
+  return size[0] // 2, size[1] // 2
+
+
+def vgg16_convs(width: int) -> tuple[tuple[int, bool], ...]:
+  """``(channels, pool_after)`` of VGG-16's convolutions at a base ``width``.
+
+  Every channel count is multiplied by ``width / 64``: 64 is VGG-16 itself,
+  8 a tiny VGG for tests.
+  """
+  return tuple(
+      (max(1, channels * width // 64), index == len(stage) - 1)
+      for stage in VGG16_STAGES
+      for index, channels in enumerate(stage)
+  )
+
+
+def resnet18_blocks(
+    width: int, stages: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+  """``(channels, stride)`` of every BasicBlock; channels double per stage."""
+  return tuple(
+      (width * 2**stage, 2 if stage > 0 and block == 0 else 1)
+      for stage, num_blocks in enumerate(stages)
+      for block in range(num_blocks)
+  )
+
+
+def num_patches(in_shape: Sequence[int], patch_size: int) -> int:
+  """How many ``patch_size`` patches tile an image (the rest is cropped)."""
+  height, width, _ = check_image_shape(in_shape, "the image shape")
+  if not 1 <= patch_size <= min(height, width):
+    raise ValueError(
+        f"patch_size={patch_size} does not fit {height}x{width} images; "
+        f"use a patch size between 1 and {min(height, width)}."
+    )
+  return (height // patch_size) * (width // patch_size)
+
+
+def model_kwargs(
+    name: str, in_shape: Sequence[int], width: int | None
+) -> dict[str, Any]:
+  """The constructor arguments ``create`` uses for ``name`` at ``width``.
+
+  ``width=None`` gives the paper's sizes; otherwise ``width`` is the hidden
+  units of the MLP, the conv channels of the CNNs, the base width of VGG-16
+  (with a classifier ``64 * width`` wide, 4096 at width 64) and ResNet-18,
+  and the token dimension of the transformer (with ``mlp_dim = 2 * width``).
+  """
+  if name not in ALL_MODELS:
+    raise ValueError(f"Unknown model {name!r}; choose one of {ALL_MODELS}.")
+  if name != "mlp":
+    check_image_shape(in_shape, f"in_shape for {name!r}")
+  if width is None:
+    kwargs = {}
+  elif name == "mlp":
+    kwargs = {"hidden": (width, width)}
+  elif name in ("cnn", "cnn_bn"):
+    kwargs = {"channels": width}
+  elif name == "vgg16":
+    kwargs = {"width": width, "classifier_width": 64 * width}
+  elif name == "resnet18":
+    kwargs = {"width": width}
+  else:
+    kwargs = {"dim": width, "mlp_dim": 2 * width}
+  if name == "transformer":
+    kwargs["patch_size"] = 2 if min(in_shape[:2]) < 16 else 4
+  return kwargs
+
+
+# The models.
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      name=name,
+  )
+
+
+def _check_images(x: jax.Array) -> None:
+  check_image_shape(x.shape[1:], "each input of a batch")
+
+
+class MLP(nn.Module):
+  """A ReLU perceptron on flattened inputs; the paper's MNIST 784-100-100-10.
+
+  A chain network: SWR's proportionality theorem holds exactly.
+
+  Attributes:
+    hidden: units of each hidden layer.
+    num_classes: size of the logits.
+  """
+
+  hidden: Sequence[int] = (100, 100)
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No BatchNorm; kept so that every model has one signature.
+    x = x.reshape(x.shape[0], -1)
+    for index, units in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(units, name=f"hidden_{index}")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class CNN(nn.Module):
+  """The paper's CIFAR CNN: 2 x (conv 5x5 -> ReLU -> max-pool 2), FC, FC.
+
+  Convolutions have padding 1, as in the paper; ``use_batch_norm`` puts a
+  BatchNorm between each convolution and its ReLU (see ``CNNBN``). A chain
+  network: SWR's proportionality theorem holds.
+
+  Attributes:
+    num_classes: size of the logits.
+    channels: output channels of both convolutions.
+    hidden: units of the hidden fully connected layer.
+    use_batch_norm: whether to normalize after each convolution.
+  """
+
+  num_classes: int = 10
+  channels: int = 16
+  hidden: int = 100
+  use_batch_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_images(x)
+    for index in (1, 2):
+      x = nn.Conv(
+          self.channels,
+          (5, 5),
+          padding=1,
+          use_bias=not self.use_batch_norm,
+          name=f"conv{index}",
+      )(x)
+      if self.use_batch_norm:
+        x = _batch_norm(train, name=f"bn{index}")(x)
+      x = max_pool_2x2(nn.relu(x))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class CNNBN(CNN):
+  """The paper's CNN-BN: ``CNN`` with conv (no bias) -> BatchNorm -> ReLU."""
+
+  use_batch_norm: bool = True
+
+
+class VGG16(nn.Module):
+  """VGG-16 (configuration D), a ``classifier_width`` classifier, no dropout.
+
+  Thirteen 3x3 convolutions (padding SAME) with ReLU and a 2x2 max-pool after
+  each of the five stages, then FC -> ReLU -> FC -> ReLU -> FC. Pooling stops
+  once the map is 1x1, so small images work. A chain network: SWR's
+  proportionality theorem holds.
+
+  Attributes:
+    num_classes: size of the logits.
+    width: base width; every channel count is multiplied by ``width / 64``.
+    classifier_width: units of the two hidden fully connected layers.
+    use_batch_norm: whether to put BatchNorm between each conv and its ReLU.
+  """
+
+  num_classes: int = 10
+  width: int = 64
+  classifier_width: int = 4096
+  use_batch_norm: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_images(x)
+    for index, (channels, pool_after) in enumerate(vgg16_convs(self.width)):
+      x = nn.Conv(
+          channels,
+          (3, 3),
+          padding="SAME",
+          use_bias=not self.use_batch_norm,
+          name=f"convs_{index}",
+      )(x)
+      if self.use_batch_norm:
+        x = _batch_norm(train, name=f"norms_{index}")(x)
+      x = nn.relu(x)
+      if pool_after:
+        x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.classifier_width, name="fc1")(x))
+    x = nn.relu(nn.Dense(self.classifier_width, name="fc2")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class BasicBlock(nn.Module):
+  """ResNet's basic block: conv3x3-BN-ReLU-conv3x3-BN, plus a shortcut, ReLU.
+
+  The shortcut is the identity, or a 1x1 convolution and BatchNorm
+  (``shortcut_conv``, ``shortcut_bn``) where the shape changes.
+
+  Attributes:
+    features: output channels.
+    stride: stride of the first convolution and of the projection.
+  """
+
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    y = nn.Conv(
+        self.features,
+        (3, 3),
+        strides=self.stride,
+        padding=1,
+        use_bias=False,
+        name="conv1",
+    )(x)
+    y = nn.relu(_batch_norm(train, name="bn1")(y))
+    y = nn.Conv(
+        self.features, (3, 3), padding=1, use_bias=False, name="conv2"
+    )(y)
+    y = _batch_norm(train, name="bn2")(y)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = nn.Conv(
+          self.features,
+          (1, 1),
+          strides=self.stride,
+          padding="VALID",
+          use_bias=False,
+          name="shortcut_conv",
+      )(x)
+      shortcut = _batch_norm(train, name="shortcut_bn")(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 for small images: a 3x3 stem (no max-pool), 4 stages, GAP, FC.
+
+  Not a chain network: each block adds its input back, so rescaling layers
+  does not scale the logits by one constant and SWR's proportionality theorem
+  does not apply; SWR still bounds the weight norms.
+
+  Attributes:
+    num_classes: size of the logits.
+    width: channels of the stem and the first stage; they double per stage.
+    stages: BasicBlocks per stage; stages after the first start at stride 2.
+  """
+
+  num_classes: int = 10
+  width: int = 64
+  stages: Sequence[int] = (2, 2, 2, 2)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    _check_images(x)
+    x = nn.Conv(
+        self.width, (3, 3), padding=1, use_bias=False, name="stem_conv"
+    )(x)
+    x = nn.relu(_batch_norm(train, name="stem_bn")(x))
+    blocks = resnet18_blocks(self.width, self.stages)
+    for index, (features, stride) in enumerate(blocks):
+      x = BasicBlock(features, stride, name=f"blocks_{index}")(x, train)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class EncoderBlock(nn.Module):
+  """A pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
+
+  Attributes:
+    heads: attention heads.
+    mlp_dim: hidden units of the GELU MLP.
+  """
+
+  heads: int
+  mlp_dim: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    y = nn.LayerNorm(name="norm1")(x)
+    x = x + nn.MultiHeadDotProductAttention(
+        num_heads=self.heads, deterministic=True, name="attn"
+    )(y)
+    y = nn.LayerNorm(name="norm2")(x)
+    y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in")(y))
+    return x + nn.Dense(dim, name="mlp_out")(y)
+
+
+class TransformerEncoder(nn.Module):
+  """A small ViT-style encoder: patches, position embedding, blocks, mean-pool.
+
+  Patches are embedded by a ``patch_size`` conv with stride ``patch_size``
+  (pixels that do not fill a patch are cropped); a learned ``pos_embedding``
+  leaf is added; ``depth`` pre-LN ``EncoderBlock``s, a final LayerNorm, the
+  mean over tokens and a linear head follow. No dropout. Not a chain network:
+  residual additions, softmax attention and LayerNorm break SWR's
+  proportionality theorem; SWR still bounds the weight norms.
+
+  Attributes:
+    num_classes: size of the logits.
+    dim: token dimension.
+    depth: number of encoder blocks.
+    heads: attention heads; must divide ``dim``.
+    mlp_dim: hidden units of each block's MLP.
+    patch_size: height and width of a patch in pixels.
+  """
+
+  num_classes: int = 10
+  dim: int = 64
+  depth: int = 2
+  heads: int = 4
+  mlp_dim: int = 128
+  patch_size: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No BatchNorm or dropout.
+    _check_images(x)
+    tokens = num_patches(x.shape[1:], self.patch_size)
+    patch = (self.patch_size, self.patch_size)
+    x = nn.Conv(
+        self.dim, patch, strides=patch, padding="VALID", name="patch_embed"
+    )(x)
+    x = x.reshape(x.shape[0], tokens, self.dim)
+    x = x + self.param(
+        "pos_embedding",
+        nn.initializers.normal(POS_EMBEDDING_STDDEV),
+        (tokens, self.dim),
+    )
+    for index in range(self.depth):
+      x = EncoderBlock(self.heads, self.mlp_dim, name=f"blocks_{index}")(x)
+    x = nn.LayerNorm(name="norm")(x).mean(axis=1)
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "cnn_bn": CNNBN,
+    "vgg16": VGG16,
+    "resnet18": ResNet18,
+    "transformer": TransformerEncoder,
+}
+
+
+def create(
+    name: str,
+    num_classes: int,
+    in_shape: tuple[int, ...],
+    *,
+    width: int | None = None,
+    seed: int = 0,
+) -> tuple[nn.Module, Variables]:
+  """Builds a model of the zoo and initialises it on a zero batch.
+
+  Args:
+    name: one of ``ALL_MODELS``.
+    num_classes: size of the logits.
+    in_shape: shape of one input, e.g. ``(32, 32, 3)``; image models need
+      ``(height, width, channels)``.
+    width: ``None`` for the paper's sizes, or a smaller width for tests; see
+      ``model_kwargs`` for what it means for each model.
+    seed: seed of the initialisation.
+
+  Returns:
+    The module and its variables (``params``, and ``batch_stats`` for models
+    with BatchNorm).
+  """
+  kwargs = model_kwargs(name, in_shape, width)
+  model = MODELS[name](num_classes=num_classes, **kwargs)
+  inputs = jnp.zeros((1, *in_shape), jnp.float32)
+  variables = model.init(jax.random.key(seed), inputs, train=False)
+  return model, variables

@@ -1,0 +1,428 @@
+"""The model zoo of the SWR paper (Oh et al., 2025), in Flax NNX.
+
+The same models, with the same names and the same parameters, as
+``examples/models_linen.py``: the paper's four *chain* networks (MLP, CNN,
+CNN-BN, VGG-16) and two networks that are not chains (ResNet-18, a small
+ViT-style transformer).
+
+NNX builds parameters eagerly, so constructors take the input size
+(``in_features`` for the MLP, ``in_shape=(height, width, channels)`` for image
+models) and ``rngs``. Every model is called as ``model(x)`` and returns logits
+``[batch, num_classes]``; image models take NHWC batches. A new model is in
+training mode (BatchNorm normalizes with batch statistics and updates its
+running averages); ``model.eval()`` switches BatchNorm to the running
+averages and ``model.train()`` back. Layers are the standard ``nnx.Linear`` /
+``nnx.Conv`` / ``nnx.BatchNorm`` / ``nnx.LayerNorm``, named after their role
+(``conv1``, ``bn1``, ``fc1``, ``head``); repeated layers live in ``nnx.List``
+attributes (``convs``, ``blocks``), so their paths are ``("convs", 0)``, ...
+
+Example::
+
+  from examples import models_nnx
+  model = models_nnx.create("cnn_bn", 10, (32, 32, 3))
+  logits = model(images)  # Training mode.
+  model.eval()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+
+from flax import nnx
+import jax
+
+# Framework-independent pieces shared by both zoos.
+from examples.models_linen import ALL_MODELS
+from examples.models_linen import BN_EPSILON
+from examples.models_linen import BN_MOMENTUM
+from examples.models_linen import CHAIN_MODELS
+from examples.models_linen import check_image_shape
+from examples.models_linen import max_pool_2x2
+from examples.models_linen import model_kwargs
+from examples.models_linen import num_patches
+from examples.models_linen import POS_EMBEDDING_STDDEV
+from examples.models_linen import pooled_size
+from examples.models_linen import resnet18_blocks
+from examples.models_linen import vgg16_convs
+
+# flax < 0.12 has no nnx.List; a plain list of modules worked there.
+List = getattr(nnx, "List", list)
+
+
+def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(
+      features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs
+  )
+
+
+class MLP(nnx.Module):
+  """A ReLU perceptron on flattened inputs; the paper's MNIST 784-100-100-10.
+
+  A chain network: SWR's proportionality theorem holds exactly. Layers run
+  ``hidden[0]``, ``hidden[1]``, ..., ``head``.
+
+  Args:
+    in_features: size of a flattened input (784 for MNIST).
+    hidden: units of each hidden layer.
+    num_classes: size of the logits.
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      hidden: Sequence[int] = (100, 100),
+      num_classes: int = 10,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    sizes = (in_features, *hidden)
+    self.hidden = List([
+        nnx.Linear(units_in, units_out, rngs=rngs)
+        for units_in, units_out in zip(sizes[:-1], sizes[1:])
+    ])
+    self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    for layer in self.hidden:
+      x = nnx.relu(layer(x))
+    return self.head(x)
+
+
+class CNN(nnx.Module):
+  """The paper's CIFAR CNN: 2 x (conv 5x5 -> ReLU -> max-pool 2), FC, FC.
+
+  Convolutions have padding 1, as in the paper; ``use_batch_norm`` puts a
+  BatchNorm between each convolution and its ReLU (see ``CNNBN``). A chain
+  network: SWR's proportionality theorem holds. Layers run ``conv1``,
+  [``bn1``], ``conv2``, [``bn2``], ``fc1``, ``head``.
+
+  Args:
+    in_shape: ``(height, width, channels)`` of one image.
+    num_classes: size of the logits.
+    channels: output channels of both convolutions.
+    hidden: units of the hidden fully connected layer.
+    use_batch_norm: whether to normalize after each convolution.
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+      self,
+      in_shape: Sequence[int],
+      num_classes: int = 10,
+      channels: int = 16,
+      hidden: int = 100,
+      use_batch_norm: bool = False,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    height, width, in_channels = check_image_shape(in_shape, "in_shape")
+    conv_args = dict(padding=1, use_bias=not use_batch_norm, rngs=rngs)
+    self.conv1 = nnx.Conv(in_channels, channels, (5, 5), **conv_args)
+    self.bn1 = _batch_norm(channels, rngs) if use_batch_norm else None
+    self.conv2 = nnx.Conv(channels, channels, (5, 5), **conv_args)
+    self.bn2 = _batch_norm(channels, rngs) if use_batch_norm else None
+    size = (height, width)
+    for _ in range(2):  # A 5x5 conv with padding 1 trims 2 pixels, then pool.
+      size = pooled_size((size[0] - 2, size[1] - 2))
+    self.fc1 = nnx.Linear(math.prod(size) * channels, hidden, rngs=rngs)
+    self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv, norm in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
+      x = conv(x)
+      if norm is not None:
+        x = norm(x)
+      x = max_pool_2x2(nnx.relu(x))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.fc1(x))
+    return self.head(x)
+
+
+class CNNBN(CNN):
+  """The paper's CNN-BN: ``CNN`` with conv (no bias) -> BatchNorm -> ReLU."""
+
+  def __init__(
+      self,
+      in_shape: Sequence[int],
+      num_classes: int = 10,
+      channels: int = 16,
+      hidden: int = 100,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    super().__init__(
+        in_shape, num_classes, channels, hidden, use_batch_norm=True, rngs=rngs
+    )
+
+
+class VGG16(nnx.Module):
+  """VGG-16 (configuration D), a ``classifier_width`` classifier, no dropout.
+
+  Thirteen 3x3 convolutions (padding SAME) with ReLU and a 2x2 max-pool after
+  each of the five stages, then FC -> ReLU -> FC -> ReLU -> FC. Every channel
+  count is multiplied by ``width / 64``. Pooling stops once the map is 1x1,
+  so small images work. A chain network: SWR's proportionality theorem holds.
+  Layers run ``convs[i]`` [``norms[i]``] for i = 0..12, ``fc1``, ``fc2``,
+  ``head``.
+
+  Args:
+    in_shape: ``(height, width, channels)`` of one image.
+    num_classes: size of the logits.
+    width: base width; 64 is VGG-16, 8 a tiny VGG for tests.
+    classifier_width: units of the two hidden fully connected layers.
+    use_batch_norm: whether to put BatchNorm between each conv and its ReLU.
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+      self,
+      in_shape: Sequence[int],
+      num_classes: int = 10,
+      width: int = 64,
+      classifier_width: int = 4096,
+      use_batch_norm: bool = False,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    height, image_width, in_channels = check_image_shape(in_shape, "in_shape")
+    layout = vgg16_convs(width)
+    channels = [in_channels] + [out for out, _ in layout]
+    self.convs = List([
+        nnx.Conv(
+            channels_in,
+            channels_out,
+            (3, 3),
+            padding="SAME",
+            use_bias=not use_batch_norm,
+            rngs=rngs,
+        )
+        for channels_in, channels_out in zip(channels[:-1], channels[1:])
+    ])
+    self.norms = (
+        List([_batch_norm(out, rngs) for out in channels[1:]])
+        if use_batch_norm
+        else None
+    )
+    self.pool_after = tuple(pool_after for _, pool_after in layout)
+    size = (height, image_width)
+    for _ in range(sum(self.pool_after)):
+      size = pooled_size(size)
+    features = math.prod(size) * channels[-1]
+    self.fc1 = nnx.Linear(features, classifier_width, rngs=rngs)
+    self.fc2 = nnx.Linear(classifier_width, classifier_width, rngs=rngs)
+    self.head = nnx.Linear(classifier_width, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for index, conv in enumerate(self.convs):
+      x = conv(x)
+      if self.norms is not None:
+        x = self.norms[index](x)
+      x = nnx.relu(x)
+      if self.pool_after[index]:
+        x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.fc1(x))
+    x = nnx.relu(self.fc2(x))
+    return self.head(x)
+
+
+class BasicBlock(nnx.Module):
+  """ResNet's basic block: conv3x3-BN-ReLU-conv3x3-BN, plus a shortcut, ReLU.
+
+  The shortcut is the identity, or a 1x1 convolution and BatchNorm
+  (``shortcut_conv``, ``shortcut_bn``) where the shape changes.
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      features: int,
+      stride: int = 1,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    conv_args = dict(use_bias=False, rngs=rngs)
+    self.conv1 = nnx.Conv(
+        in_features, features, (3, 3), stride, padding=1, **conv_args
+    )
+    self.bn1 = _batch_norm(features, rngs)
+    self.conv2 = nnx.Conv(features, features, (3, 3), padding=1, **conv_args)
+    self.bn2 = _batch_norm(features, rngs)
+    if stride != 1 or in_features != features:
+      self.shortcut_conv = nnx.Conv(
+          in_features, features, (1, 1), stride, padding="VALID", **conv_args
+      )
+      self.shortcut_bn = _batch_norm(features, rngs)
+    else:
+      self.shortcut_conv = self.shortcut_bn = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    shortcut = x
+    if self.shortcut_conv is not None:
+      shortcut = self.shortcut_bn(self.shortcut_conv(x))
+    return nnx.relu(y + shortcut)
+
+
+class ResNet18(nnx.Module):
+  """ResNet-18 for small images: a 3x3 stem (no max-pool), 4 stages, GAP, FC.
+
+  ``width`` channels in the stem and first stage, doubling per stage; stages
+  after the first start at stride 2. Not a chain network: each block adds its
+  input back, so rescaling layers does not scale the logits by one constant
+  and SWR's proportionality theorem does not apply; SWR still bounds the
+  weight norms.
+
+  Args:
+    in_shape: ``(height, width, channels)`` of one image.
+    num_classes: size of the logits.
+    width: channels of the stem and the first stage.
+    stages: BasicBlocks per stage.
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+      self,
+      in_shape: Sequence[int],
+      num_classes: int = 10,
+      width: int = 64,
+      stages: Sequence[int] = (2, 2, 2, 2),
+      *,
+      rngs: nnx.Rngs,
+  ):
+    _, _, in_channels = check_image_shape(in_shape, "in_shape")
+    self.stem_conv = nnx.Conv(
+        in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs
+    )
+    self.stem_bn = _batch_norm(width, rngs)
+    blocks, in_features = [], width
+    for features, stride in resnet18_blocks(width, stages):
+      blocks.append(BasicBlock(in_features, features, stride, rngs=rngs))
+      in_features = features
+    self.blocks = List(blocks)
+    self.head = nnx.Linear(in_features, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.stem_bn(self.stem_conv(x)))
+    for block in self.blocks:
+      x = block(x)
+    x = x.mean(axis=(1, 2))
+    return self.head(x)
+
+
+class EncoderBlock(nnx.Module):
+  """A pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, *, rngs: nnx.Rngs):
+    self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(
+        heads, dim, decode=False, deterministic=True, keep_rngs=False,
+        rngs=rngs,
+    )
+    self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+    self.mlp_in = nnx.Linear(dim, mlp_dim, rngs=rngs)
+    self.mlp_out = nnx.Linear(mlp_dim, dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.norm1(x))
+    y = nnx.gelu(self.mlp_in(self.norm2(x)))
+    return x + self.mlp_out(y)
+
+
+class TransformerEncoder(nnx.Module):
+  """A small ViT-style encoder: patches, position embedding, blocks, mean-pool.
+
+  Patches are embedded by a ``patch_size`` conv with stride ``patch_size``
+  (pixels that do not fill a patch are cropped); a learned ``pos_embedding``
+  is added; ``depth`` pre-LN ``EncoderBlock``s, a final LayerNorm, the mean
+  over tokens and a linear head follow. No dropout. Not a chain network:
+  residual additions, softmax attention and LayerNorm break SWR's
+  proportionality theorem; SWR still bounds the weight norms.
+
+  Args:
+    in_shape: ``(height, width, channels)`` of one image.
+    num_classes: size of the logits.
+    dim: token dimension.
+    depth: number of encoder blocks.
+    heads: attention heads; must divide ``dim``.
+    mlp_dim: hidden units of each block's MLP.
+    patch_size: height and width of a patch in pixels.
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+      self,
+      in_shape: Sequence[int],
+      num_classes: int = 10,
+      dim: int = 64,
+      depth: int = 2,
+      heads: int = 4,
+      mlp_dim: int = 128,
+      patch_size: int = 4,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    tokens = num_patches(in_shape, patch_size)
+    patch = (patch_size, patch_size)
+    self.patch_embed = nnx.Conv(
+        in_shape[-1], dim, patch, patch, padding="VALID", rngs=rngs
+    )
+    init = jax.nn.initializers.normal(POS_EMBEDDING_STDDEV)
+    self.pos_embedding = nnx.Param(init(rngs.params(), (tokens, dim)))
+    self.blocks = List(
+        [EncoderBlock(dim, heads, mlp_dim, rngs=rngs) for _ in range(depth)]
+    )
+    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.head = nnx.Linear(dim, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.patch_embed(x)
+    x = x.reshape(x.shape[0], -1, x.shape[-1]) + self.pos_embedding
+    for block in self.blocks:
+      x = block(x)
+    x = self.norm(x).mean(axis=1)
+    return self.head(x)
+
+
+MODELS: dict[str, type[nnx.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "cnn_bn": CNNBN,
+    "vgg16": VGG16,
+    "resnet18": ResNet18,
+    "transformer": TransformerEncoder,
+}
+
+
+def create(
+    name: str,
+    num_classes: int,
+    in_shape: tuple[int, ...],
+    *,
+    width: int | None = None,
+    seed: int = 0,
+) -> nnx.Module:
+  """Builds a model of the zoo, in training mode.
+
+  Args:
+    name: one of ``ALL_MODELS``.
+    num_classes: size of the logits.
+    in_shape: shape of one input, e.g. ``(32, 32, 3)``; image models need
+      ``(height, width, channels)``.
+    width: ``None`` for the paper's sizes, or a smaller width for tests; see
+      ``examples.models_linen.model_kwargs`` for what it means for each model.
+    seed: seed of the initialisation.
+
+  Returns:
+    The model, with the same parameter shapes as ``models_linen.create``.
+  """
+  kwargs = model_kwargs(name, in_shape, width)
+  rngs = nnx.Rngs(seed)
+  if name == "mlp":
+    in_features = math.prod(in_shape)
+    return MLP(in_features, num_classes=num_classes, **kwargs, rngs=rngs)
+  return MODELS[name](in_shape, num_classes=num_classes, **kwargs, rngs=rngs)

@@ -1,0 +1,120 @@
+"""A check users run on their own model: does one SWR step keep its function?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optax_swr import _swr
+
+Path = _swr.Path
+
+
+class ProportionalityReport(NamedTuple):
+  """How far one SWR step is from scaling the outputs by one constant.
+
+  Attributes:
+    relative_error: ``max |after - s * before| / max |s * before|`` over all
+      outputs, with ``s`` the least-squares common scale. About 1e-6 for a
+      chain in float32; BatchNorm's epsilon adds up to about 1e-5.
+    fitted_scale: that least-squares common scale ``s``.
+    predicted_scale: the output scale Theorem 1 predicts for a chain: the
+      cumulative scale C of the last layer.
+    argmax_agreement: the fraction of rows (of the first output, along its
+      last axis) whose argmax did not change.
+  """
+
+  relative_error: float
+  fitted_scale: float
+  predicted_scale: float
+  argmax_agreement: float
+
+
+def check_proportional(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    tx_or_layers: optax.GradientTransformation | Sequence[Path | str] | None,
+    *inputs: Any,
+    coef: float = 0.5,
+    seed: int = 0,
+) -> ProportionalityReport:
+  """Applies one SWR step with zero updates and measures the output change.
+
+  So that the step does something, the reference norms are first set to the
+  current norms times random factors in [0.5, 2]; then ``params`` are
+  rescaled with zero updates and ``apply_fn`` is run before and after.
+
+  Args:
+    apply_fn: ``apply_fn(params, *inputs)`` returns the outputs (any tree of
+      arrays), e.g. ``lambda p, x: model.apply({"params": p}, x)``.
+    params: the params to rescale.
+    tx_or_layers: an ``optax_swr.swr(...)`` transformation (used as
+      configured; avoid chains whose base optimizer moves params on zero
+      gradients, like weight decay), or the ``layers`` to build
+      ``swr(coef, layers=...)`` with (``None`` to infer them).
+    *inputs: the inputs passed to ``apply_fn``.
+    coef: the coefficient used when ``tx_or_layers`` are layers.
+    seed: seed of the random reference-norm factors.
+
+  Returns:
+    A :class:`ProportionalityReport`.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax_swr
+    >>> params = {
+    ...     "Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
+    ...     "Dense_1": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+    ... }
+    >>> def mlp(p, x):
+    ...   h = jax.nn.relu(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    ...   return h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    >>> report = optax_swr.check_proportional(mlp, params, None, jnp.ones((5, 3)))
+    >>> report.relative_error < 1e-6
+    True
+  """
+  if isinstance(tx_or_layers, optax.GradientTransformation):
+    tx = tx_or_layers
+  else:
+    tx = _swr.swr(coef=coef, layers=tx_or_layers)
+  state = _with_random_reference_norms(tx.init(params), seed)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, state = tx.update(zeros, state, params)
+  rescaled = optax.apply_updates(params, updates)
+
+  before = jax.tree.leaves(apply_fn(params, *inputs))
+  after = jax.tree.leaves(apply_fn(rescaled, *inputs))
+  flat_before = np.concatenate([np.ravel(x).astype(np.float64) for x in before])
+  flat_after = np.concatenate([np.ravel(x).astype(np.float64) for x in after])
+  scale = flat_after @ flat_before / max(flat_before @ flat_before, 1e-300)
+  error = np.abs(flat_after - scale * flat_before).max()
+  return ProportionalityReport(
+      relative_error=float(error / max(np.abs(scale * flat_before).max(), 1e-300)),
+      fitted_scale=float(scale),
+      predicted_scale=float(optax.tree.get(state, "cumulative_scales")[-1]),
+      argmax_agreement=float(
+          np.mean(np.argmax(before[0], -1) == np.argmax(after[0], -1))
+      ),
+  )
+
+
+def _with_random_reference_norms(opt_state: Any, seed: int) -> Any:
+  rng = np.random.default_rng(seed)
+  is_swr_state = lambda node: isinstance(node, _swr.SWRState)
+
+  def perturb(node):
+    if not is_swr_state(node):
+      return node
+    factors = rng.uniform(0.5, 2.0, size=node.reference_norms.shape)
+    scaled = node.reference_norms * factors
+    return node._replace(
+        reference_norms=scaled.astype(node.reference_norms.dtype)
+    )
+
+  return jax.tree.map(perturb, opt_state, is_leaf=is_swr_state)

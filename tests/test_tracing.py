@@ -1,0 +1,240 @@
+"""Layer order traced from Linen and NNX models, and the chain check."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from flax import linen as nn
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optax_swr
+
+X = jnp.ones((2, 8, 8, 1))
+
+
+def linen_layers(module, x=X, **kwargs):
+  variables = module.init(jax.random.key(0), x)
+  return optax_swr.layers_from_linen(module, variables, x, **kwargs)
+
+
+@pytest.fixture
+def no_chain_warning():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", optax_swr.NotAChainWarning)
+    yield
+
+
+class TwelveDense(nn.Module):
+  """Constructed head first: Linen numbers Dense_0 the head."""
+
+  @nn.compact
+  def __call__(self, x):
+    head = nn.Dense(3)
+    x = x.reshape(x.shape[0], -1)
+    for _ in range(11):
+      x = nn.relu(nn.Dense(5)(x))
+    return head(x)
+
+
+def test_linen_order_is_the_call_order_not_the_name_order(no_chain_warning):
+  order = linen_layers(TwelveDense())
+  assert order == tuple((f"Dense_{i}",) for i in [*range(1, 12), 0])
+
+
+class ConvBNHead(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3), use_bias=False, name="conv")(x)
+    x = nn.BatchNorm(use_running_average=not train, name="bn")(x)
+    x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+    x = nn.Dropout(0.5, deterministic=not train)(x)  # no params: skipped
+    x = nn.avg_pool(x, (2, 2), (2, 2)).reshape(x.shape[0], -1)
+    return nn.Dense(3, name="a_head")(x)
+
+
+def test_linen_train_mode_with_batchnorm_and_dropout_is_a_chain(no_chain_warning):
+  order = linen_layers(
+      ConvBNHead(), train=True, rngs={"dropout": jax.random.key(1)})
+  assert order == (("conv",), ("bn",), ("a_head",))
+
+
+def test_abstract_inputs_are_enough(no_chain_warning):
+  module = ConvBNHead()
+  variables = module.init(jax.random.key(0), X)
+  abstract = jax.ShapeDtypeStruct((16, 8, 8, 1), jnp.float32)
+  assert optax_swr.layers_from_linen(module, variables, abstract) == (
+      ("conv",), ("bn",), ("a_head",))
+
+
+class OwnKernel(nn.Module):
+  """A custom layer that owns its kernel directly."""
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 4))
+    return x @ kernel
+
+
+class WithCustomLayer(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(OwnKernel(name="z_custom")(x.reshape(x.shape[0], -1)))
+    return nn.Dense(2)(x)
+
+
+def test_custom_module_owning_a_kernel_is_a_layer(no_chain_warning):
+  assert linen_layers(WithCustomLayer()) == (("z_custom",), ("Dense_0",))
+
+
+class KernelAndChildren(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    kernel = self.param("kernel", nn.initializers.ones, (x.shape[-1], 4))
+    return nn.Dense(2)(x @ kernel)
+
+
+def test_module_owning_a_weight_and_layers_is_rejected():
+  with pytest.raises(ValueError, match=re.escape(
+      "The module at () owns a weight and also contains the layers [('Dense_0',)]")):
+    linen_layers(KernelAndChildren())
+
+
+class Shared(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    dense = nn.Dense(64)
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(3)(dense(nn.relu(dense(x))))
+
+
+def test_shared_module_warns_and_counts_once():
+  with pytest.warns(optax_swr.NotAChainWarning, match="Dense_0 is called 2 times"):
+    order = linen_layers(Shared())
+  assert order == (("Dense_0",), ("Dense_1",))
+
+
+class AuxHead(nn.Module):
+  @nn.compact
+  def __call__(self, x, aux: bool = False):
+    x = nn.relu(nn.Dense(3, name="used")(x.reshape(x.shape[0], -1)))
+    return nn.Dense(3, name="spare")(x) if aux else x
+
+
+def test_layers_never_called_are_left_out_with_a_warning():
+  module = AuxHead()
+  variables = module.init(jax.random.key(0), X, aux=True)
+  with pytest.warns(UserWarning, match=re.escape("never called") + r".*\('spare',\)"):
+    order = optax_swr.layers_from_linen(module, variables, X, aux=False)
+  assert order == (("used",),)
+
+
+class Residual(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3))(x)
+    y = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(2)((x + y).mean((1, 2)))
+
+
+class Tanh(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(2)(nn.tanh(nn.Dense(4)(x.reshape(x.shape[0], -1))))
+
+
+class Attention(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(8)(x.reshape(x.shape[0], 8, 8))
+    x = nn.MultiHeadDotProductAttention(num_heads=2)(x)
+    return nn.Dense(2)(x.mean(1))
+
+
+class Shifted(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(4)(x.reshape(x.shape[0], -1)) + 1.0)
+    return nn.Dense(2)(x)
+
+
+@pytest.mark.parametrize(
+    "module, reason",
+    [
+        (Residual(), "`add` combines the outputs of the layers Conv_0, Conv_1"),
+        (Tanh(), "`tanh` after Dense_1 is not positively homogeneous"),
+        (Attention(), "`dot_general` multiplies or divides two activations"),
+        (Shifted(), "`add` after Dense_0 mixes in an unscaled value"),
+    ],
+    ids=["residual", "tanh", "attention", "constant_shift"],
+)
+def test_non_chain_networks_warn_with_the_reason(module, reason):
+  with pytest.warns(optax_swr.NotAChainWarning, match=re.escape(reason)):
+    linen_layers(module)
+
+
+def test_no_params_collection_is_an_error():
+  with pytest.raises(ValueError, match="`variables` has no 'params' collection"):
+    optax_swr.layers_from_linen(TwelveDense(), {"batch_stats": {}}, X)
+
+
+class NnxNet(nnx.Module):
+  """Attribute names sort as bn, conv, head, layers; the call order differs."""
+
+  def __init__(self, rngs):
+    self.head = nnx.Linear(6, 3, rngs=rngs)
+    self.conv = nnx.Conv(1, 4, (3, 3), use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    node_list = getattr(nnx, "List", list)
+    self.layers = node_list([nnx.Linear(256, 6, rngs=rngs)])
+    self.unused_like = nnx.Linear(2, 2, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.conv(x)))
+    x = self.layers[0](x.reshape(x.shape[0], -1))
+    return self.head(nnx.relu(x))
+
+
+def test_nnx_order_paths_match_the_optimizer_state(no_chain_warning):
+  model = NnxNet(nnx.Rngs(0))
+  with pytest.warns(UserWarning, match="unused_like"):
+    order = optax_swr.layers_from_nnx(model, X)
+  assert order == (("conv",), ("bn",), ("layers", 0), ("head",))
+  # Paths resolve against what nnx.Optimizer hands to swr.
+  import optax
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-2, layers=order))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  assert optax.tree.get(optimizer.opt_state, "reference_norms").shape == (4,)
+
+
+def test_nnx_tracing_leaves_the_model_and_classes_untouched():
+  model = NnxNet(nnx.Rngs(0))
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  linear_call = nnx.Linear.__call__
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    optax_swr.layers_from_nnx(model, X)
+  after = jax.tree.map(np.asarray, nnx.state(model))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+  assert nnx.Linear.__call__ is linear_call
+  assert "__call__" not in nnx.Conv.__dict__ or nnx.Conv.__call__.__name__ == "__call__"
+
+
+class NnxResidual(nnx.Module):
+  def __init__(self, rngs):
+    self.a = nnx.Linear(4, 4, rngs=rngs)
+    self.b = nnx.Linear(4, 4, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.a(x)
+    return self.b(nnx.relu(h)) + h
+
+
+def test_nnx_residual_warns():
+  with pytest.warns(optax_swr.NotAChainWarning, match="skip connection"):
+    optax_swr.layers_from_nnx(NnxResidual(nnx.Rngs(0)), jnp.ones((2, 4)))
