@@ -265,7 +265,10 @@ def _raise_ambiguous(layer_paths: list[Path], reason: str) -> None:
   raise ValueError(
       "swr(layers=None) cannot infer the forward order of the layers from the "
       f"params tree: {reason}. The tree's key order is not the order the "
-      "network runs, and swr never guesses. Pass the layers in forward order, "
-      "e.g. swr(layers=[('Conv_0',), ('BatchNorm_0',), ('Dense_0',)]). "
+      "network runs, and swr never guesses. Pass the layers in forward order: "
+      "optax_swr.layers_from_linen(module, variables, x) or "
+      "optax_swr.layers_from_nnx(model, x) trace them from your model, or "
+      "write them out, e.g. swr(layers=[('Conv_0',), ('BatchNorm_0',), "
+      "('Dense_0',)]). "
       f"Layers found: {_describe(sorted(layer_paths, key=str), limit=12)}."
   )

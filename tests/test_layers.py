@@ -97,6 +97,8 @@ def test_ambiguous_layer_types_raise_and_tell_how_to_pass_layers():
   message = str(info.value)
   assert "['BatchNorm_0', 'Conv_0', 'Dense_0'] at the root" in message
   assert "swr(layers=[('Conv_0',)" in message
+  assert "optax_swr.layers_from_linen(module, variables, x)" in message
+  assert "optax_swr.layers_from_nnx(model, x)" in message
   assert "('BatchNorm_0',)" in message  # the layers found are listed
 
 
