@@ -48,6 +48,7 @@ _SCALE_INVARIANT = frozenset({
 })
 # Ops that keep a zero constant zero.
 _SHAPE_ONLY = frozenset({"broadcast_in_dim", "convert_element_type", "reshape"})
+_CONTROL_FLOW = frozenset({"cond", "scan", "while"})
 # Call-like primitives whose sub-jaxpr maps operands to results one to one.
 _CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _CALLS = frozenset({
@@ -174,6 +175,12 @@ class _Analysis:
       return frozenset().union(*scaled)
     if name in _ELEMENTWISE or name in ("concatenate", "select_n"):
       return self.combine(name, eqn, operand_tags, scaled, after)
+    if name in _CONTROL_FLOW:
+      self.report(
+          f"`{name}` after {after}: data flow through control flow is not "
+          "checked"
+      )
+      return frozenset().union(*scaled)
     self.report(
         f"`{name}` after {after} is not positively homogeneous (Theorem 1 "
         "needs ReLU-like activations)"

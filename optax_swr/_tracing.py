@@ -86,6 +86,8 @@ def layers_from_linen(
   recorder = _CallRecorder(_layers.leaf_paths(variables["params"]))
 
   def interceptor(next_fun, args, call_kwargs, context):
+    if context.method_name == "setup":  # runs lazily, not in forward order
+      return next_fun(*args, **call_kwargs)
     path = tuple(context.module.scope.path)
     return recorder.call(path, next_fun, args, call_kwargs)
 

@@ -238,3 +238,40 @@ class NnxResidual(nnx.Module):
 def test_nnx_residual_warns():
   with pytest.warns(optax_swr.NotAChainWarning, match="skip connection"):
     optax_swr.layers_from_nnx(NnxResidual(nnx.Rngs(0)), jnp.ones((2, 4)))
+
+
+class SetupLayers(nn.Module):
+  """Layers defined in setup, in the opposite order to their calls."""
+
+  def setup(self):
+    self.second = nn.Dense(2)
+    self.first = nn.Dense(4)
+
+  def __call__(self, x):
+    _ = self.second.variables  # touches `second` (runs its setup) first
+    return self.second(nn.relu(self.first(x.reshape(x.shape[0], -1))))
+
+
+def test_linen_setup_order_does_not_matter(no_chain_warning):
+  assert linen_layers(SetupLayers()) == (("first",), ("second",))
+
+
+class ScanBody(nn.Module):
+  @nn.compact
+  def __call__(self, carry, _):
+    return nn.relu(nn.Dense(4)(carry)), None
+
+
+class Scanned(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(4)(x.reshape(x.shape[0], -1))
+    body = nn.scan(ScanBody, variable_axes={"params": 0},
+                   split_rngs={"params": True}, length=3)
+    x, _ = body()(x, None)
+    return nn.Dense(2)(x)
+
+
+def test_control_flow_is_reported_not_assumed_fine():
+  with pytest.warns(optax_swr.NotAChainWarning, match="control flow is not checked"):
+    linen_layers(Scanned())
