@@ -5,6 +5,7 @@ Chain it after any optimizer::
     tx = optax.chain(optax.adam(1e-3), optax_swr.swr(coef=1e-3))
 """
 
+from optax_swr import baselines
 from optax_swr._batch_stats import sync_batch_stats
 from optax_swr._batch_stats import sync_nnx_batch_stats
 from optax_swr._proportional import check_proportional
@@ -22,6 +23,7 @@ __all__ = (
     "NotAChainWarning",
     "ProportionalityReport",
     "SWRState",
+    "baselines",
     "check_proportional",
     "layers_from_linen",
     "layers_from_nnx",

@@ -71,44 +71,45 @@ def leaf_paths(tree: Any) -> list[Path]:
 
 
 def normalize_layers_arg(
-    layers: Any, name: str = "layers"
+    layers: Any, name: str = "layers", caller: str = "swr"
 ) -> tuple[Path, ...] | None:
   """Validates a sequence-of-paths argument and returns it as path tuples.
 
   A string is accepted as a one-key path. Raises ValueError, naming the
-  argument ``name``, for an empty or malformed sequence and for duplicates.
+  function ``caller`` and the argument ``name``, for an empty or malformed
+  sequence and for duplicates.
   """
   if layers is None:
     return None
   if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
     raise ValueError(
-        f"swr: `{name}` must be a sequence of paths in forward order, e.g. "
+        f"{caller}: `{name}` must be a sequence of paths in forward order, e.g. "
         f"{name}=[('Dense_0',), ('Dense_1',)]; got {layers!r}."
     )
   if not layers:
     raise ValueError(
-        f"swr: `{name}` is empty: pass at least one layer path, or leave "
+        f"{caller}: `{name}` is empty: pass at least one layer path, or leave "
         f"`{name}` as None."
     )
-  paths = tuple(_as_path(path, name) for path in layers)
+  paths = tuple(_as_path(path, name, caller) for path in layers)
   seen = set()
   for path in paths:
     if path in seen:
       raise ValueError(
-          f"swr: `{name}` lists the path {path!r} more than once. Each layer "
+          f"{caller}: `{name}` lists the path {path!r} more than once. Each layer "
           "must appear exactly once, in forward order."
       )
     seen.add(path)
   return paths
 
 
-def _as_path(path: Any, name: str) -> Path:
+def _as_path(path: Any, name: str, caller: str) -> Path:
   if isinstance(path, str):
     return (path,)
   if isinstance(path, (tuple, list)) and path:
     return tuple(path)
   raise ValueError(
-      f"swr: every entry of `{name}` must be a non-empty tuple of keys from "
+      f"{caller}: every entry of `{name}` must be a non-empty tuple of keys from "
       f"the root of the params tree, e.g. ('encoder', 'conv1'); got {path!r}."
   )
 
