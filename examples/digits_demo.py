@@ -25,42 +25,32 @@ scikit-learn, so the demo runs offline::
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
 import os
+import sys
 import time
 from typing import Any
 
 # A tiny MLP runs fastest on the CPU; set JAX_PLATFORMS to override.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # Run as a script: make `examples` importable.
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
 
 import flax.linen as nn  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn import datasets
 from sklearn import model_selection
 
+from examples import data
 import optax_swr
 
-Batch = tuple[np.ndarray, np.ndarray]  # Images [B, 64] and labels [B].
+Batch = data.Batch  # Images [B, 64] and labels [B].
 TrainStep = Callable[[Any, Any, Batch], tuple[Any, Any, jax.Array]]
 Accuracy = Callable[[Any, np.ndarray, np.ndarray], float]
-
-DATA_SEED = 0  # Fixes the train/test split; the --seeds vary everything else.
-TEST_FRACTION = 0.3
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-  """Digits as float32 pixels in [0, 1] and int32 labels."""
-
-  x_train: np.ndarray
-  y_train: np.ndarray
-  x_test: np.ndarray
-  y_test: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,15 +62,16 @@ class RunResult:
   seconds: float
 
 
-def load_data() -> Dataset:
-  """Loads the 1,797 digits and makes a fixed, stratified train/test split."""
-  digits = datasets.load_digits()
-  x = (digits.data / 16.0).astype(np.float32)  # Pixels are 0..16.
-  y = digits.target.astype(np.int32)
-  x_train, x_test, y_train, y_test = model_selection.train_test_split(
-      x, y, test_size=TEST_FRACTION, stratify=y, random_state=DATA_SEED
+def load_data() -> data.Dataset:
+  """The digits of ``data.load_digits``, each image flattened to 64 pixels.
+
+  The split is fixed (its default seed); the --seeds vary everything else.
+  """
+  dataset = data.load_digits()
+  flat = lambda images: images.reshape(len(images), -1)
+  return dataclasses.replace(
+      dataset, x_train=flat(dataset.x_train), x_test=flat(dataset.x_test)
   )
-  return Dataset(x_train, y_train, x_test, y_test)
 
 
 class MLP(nn.Module):
@@ -142,16 +133,6 @@ def make_accuracy(model: nn.Module) -> Accuracy:
   return lambda params, x, y: float(mean_correct(params, x, y))
 
 
-def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator
-) -> Iterator[Batch]:
-  """One epoch of shuffled minibatches; a last partial batch is dropped."""
-  order = rng.permutation(len(x))
-  for start in range(0, len(x) - batch_size + 1, batch_size):
-    index = order[start : start + batch_size]
-    yield x[index], y[index]
-
-
 def train(
     train_step: TrainStep,
     params: Any,
@@ -165,7 +146,7 @@ def train(
 ) -> tuple[Any, Any]:
   """Trains for ``epochs`` passes over (x, y); returns (params, opt_state)."""
   for _ in range(epochs):
-    for batch in batches(x, y, batch_size, rng):
+    for batch in data.batches(x, y, batch_size, rng):
       params, opt_state, _ = train_step(params, opt_state, batch)
   return params, opt_state
 
@@ -183,15 +164,15 @@ def final_norms(params: Any, opt_state: Any) -> np.ndarray:
 
 
 def half_of(
-    data: Dataset, rng: np.random.Generator
+    dataset: data.Dataset, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
   """A random, stratified half of the training set (warm-start phase 1)."""
   seed = int(rng.integers(2**31))
   x_half, _, y_half, _ = model_selection.train_test_split(
-      data.x_train,
-      data.y_train,
+      dataset.x_train,
+      dataset.y_train,
       train_size=0.5,
-      stratify=data.y_train,
+      stratify=dataset.y_train,
       random_state=seed,
   )
   return x_half, y_half
@@ -200,7 +181,7 @@ def half_of(
 def run(
     protocol: str,
     seed: int,
-    data: Dataset,
+    dataset: data.Dataset,
     model: nn.Module,
     tx: optax.GradientTransformation,
     train_step: TrainStep,
@@ -210,11 +191,11 @@ def run(
   """Runs one protocol ("warm start" or "from scratch") for one seed."""
   start = time.perf_counter()
   rng = np.random.default_rng(seed)
-  params = model.init(jax.random.key(seed), data.x_train[:1])["params"]
+  params = model.init(jax.random.key(seed), dataset.x_train[:1])["params"]
   opt_state = tx.init(params)
-  phases = [(data.x_train, data.y_train)]
+  phases = [(dataset.x_train, dataset.y_train)]
   if protocol == "warm start":
-    phases.insert(0, half_of(data, rng))
+    phases.insert(0, half_of(dataset, rng))
   for x, y in phases:  # The same params and optimizer state go on.
     params, opt_state = train(
         train_step,
@@ -227,7 +208,7 @@ def run(
         rng=rng,
     )
   return RunResult(
-      test_accuracy=accuracy(params, data.x_test, data.y_test),
+      test_accuracy=accuracy(params, dataset.x_test, dataset.y_test),
       weight_norms=final_norms(params, opt_state),
       seconds=time.perf_counter() - start,
   )
@@ -285,10 +266,10 @@ def print_table(rows: list[tuple[str, str, list[RunResult]]]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(argv)
   start = time.perf_counter()
-  data = load_data()
+  dataset = load_data()
   print(
-      f"digits: {len(data.x_train)} train / {len(data.x_test)} test images,"
-      f" MLP 64-256-256-256-10,\nAdam lr {args.lr:g}, batch {args.batch_size},"
+      f"digits: {len(dataset.x_train)} train / {len(dataset.x_test)} test"
+      f" images, MLP 64-256-256-256-10,\nAdam lr {args.lr:g}, batch {args.batch_size},"
       f" {args.epochs} epochs per phase, {args.seeds} seed(s), SWR coef"
       f" {args.coef:g}, on {jax.devices()[0].platform.upper()}.\n"
   )
@@ -298,13 +279,14 @@ def main(argv: Sequence[str] | None = None) -> None:
       "vanilla": make_optimizer(args.lr, coef=None),
       "SWR": make_optimizer(args.lr, coef=args.coef),
   }
-  initial = kernel_norms(model.init(jax.random.key(0), data.x_train)["params"])
+  initial_params = model.init(jax.random.key(0), dataset.x_train)["params"]
+  initial = kernel_norms(initial_params)
   rows = []
   for method, tx in methods.items():
     train_step = make_train_step(model, tx)  # Compiled once per method.
     for protocol in ("warm start", "from scratch"):
       results = [
-          run(protocol, seed, data, model, tx, train_step, accuracy, args)
+          run(protocol, seed, dataset, model, tx, train_step, accuracy, args)
           for seed in range(args.seeds)
       ]
       rows.append((method, protocol, results))
