@@ -6,6 +6,7 @@ Chain it after any optimizer::
 """
 
 from optax_swr import baselines
+from optax_swr import metrics
 from optax_swr._batch_stats import sync_batch_stats
 from optax_swr._batch_stats import sync_nnx_batch_stats
 from optax_swr._proportional import check_proportional
@@ -27,6 +28,7 @@ __all__ = (
     "check_proportional",
     "layers_from_linen",
     "layers_from_nnx",
+    "metrics",
     "reset_reference_norms",
     "swr",
     "sync_batch_stats",
