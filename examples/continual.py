@@ -1,0 +1,57 @@
+"""Continual learning: the training data arrives in chunks, stage by stage.
+
+The training set is split into ``--chunks`` random chunks. With ``--access
+full``, stage k trains on chunks 1..k; with ``--access limited``, only on
+chunk k. Each stage trains ``--epochs`` epochs; the test set is evaluated
+after every epoch; the data change (Shrink & Perturb, head reset) comes
+before every stage but the first.
+
+  python examples/continual.py --data digits --access full --chunks 10
+  python examples/continual.py --data fashion_mnist --access limited --out cl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import os
+import sys
+
+if __name__ == "__main__":  # Run as a script: make `examples` importable.
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+# pylint: disable=g-import-not-at-top
+import numpy as np
+
+from examples import protocols
+
+
+def stages(x: np.ndarray, y: np.ndarray, chunks: int, access: str):
+  """The training set of every stage, from a fixed random split."""
+  parts = np.array_split(np.random.default_rng(0).permutation(len(x)), chunks)
+  if access == "full":
+    parts = [np.sort(np.concatenate(parts[: k + 1])) for k in range(chunks)]
+  return [(x[part], y[part]) for part in parts]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  protocols.add_flags(parser, "vanilla,l2,l2_init,snp,head_reset,swr")
+  parser.add_argument("--access", choices=("full", "limited"), default="full")
+  parser.add_argument("--chunks", type=int, default=10)
+  args = parser.parse_args(argv)
+  if args.chunks < 2:
+    parser.error("--chunks must be at least 2")
+  settings = protocols.settings_from_flags(
+      args, f"continual_{args.access}", f"continual_{args.access}")
+  dataset = protocols.load_data(settings)
+  results = protocols.run_protocol(
+      settings, dataset,
+      stages(dataset.x_train, dataset.y_train, args.chunks, args.access))
+  results["config"].update(access=args.access, chunks=args.chunks)
+  protocols.finish(results, settings)
+  return results
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Re-runs every experiment of examples/RESULTS.md, then draws its figures.
+# Needs the [examples] and [plots] extras and, for Fashion-MNIST, the Debian
+# package dataset-fashion-mnist. About 45 minutes on a 2-core CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=examples/results
+mkdir -p "$OUT"
+run() { echo "+ $*"; "$PY" "$@" --seeds 3 --no-progress; }
+
+for model in mlp cnn; do
+  run examples/warm_start.py --data digits --model "$model" --epochs 20 --out "$OUT/warm_start_digits_$model.json"
+  run examples/continual.py --data digits --model "$model" --access full --epochs 10 --out "$OUT/continual_full_digits_$model.json"
+  run examples/continual.py --data digits --model "$model" --access limited --epochs 10 --out "$OUT/continual_limited_digits_$model.json"
+  run examples/generalization.py --data digits --model "$model" --epochs 40 --out "$OUT/generalization_digits_$model.json"
+  run examples/generalization.py --data digits --model "$model" --epochs 40 --lr-decay --out "$OUT/generalization_lr_decay_digits_$model.json"
+done
+run examples/warm_start.py --data digits --model cnn_bn --epochs 20 --out "$OUT/warm_start_digits_cnn_bn.json"
+
+run examples/warm_start.py --data fashion_mnist --model mlp --epochs 5 --out "$OUT/warm_start_fashion_mnist_mlp.json"
+run examples/continual.py --data fashion_mnist --model mlp --access full --epochs 3 --out "$OUT/continual_full_fashion_mnist_mlp.json"
+run examples/continual.py --data fashion_mnist --model mlp --access limited --epochs 3 --out "$OUT/continual_limited_fashion_mnist_mlp.json"
+run examples/generalization.py --data fashion_mnist --model mlp --epochs 10 --out "$OUT/generalization_fashion_mnist_mlp.json"
+run examples/generalization.py --data fashion_mnist --model mlp --epochs 10 --lr-decay --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
+run examples/warm_start.py --data fashion_mnist --model cnn --epochs 5 --max-train 10000 --out "$OUT/warm_start_fashion_mnist_cnn.json"
+
+"$PY" examples/plot_results.py "$OUT"/*.json --out-dir examples/figures

@@ -1,0 +1,134 @@
+"""The protocol scripts on a user's .npz, the data loaders and the plots."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+
+import numpy as np
+import pytest
+
+from examples import continual
+from examples import data
+from examples import generalization
+from examples import plot_results
+from examples import warm_start
+
+FLAGS = ["--epochs", "1", "--seeds", "2", "--no-progress", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+  """A user's data set: 4 classes of 8x8 grey images with a bright row."""
+  rng = np.random.default_rng(0)
+  def split(n):
+    y = rng.integers(0, 4, n)
+    x = rng.integers(0, 60, (n, 8, 8)).astype(np.uint8)
+    for label in range(4):
+      x[y == label, label, :] = 255
+    return x, y
+  (x_train, y_train), (x_test, y_test) = split(160), split(40)
+  path = tmp_path_factory.mktemp("data") / "user.npz"
+  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+  return str(path)
+
+
+def check_schema(results, methods, epochs_per_seed, seeds=2):
+  assert set(results) == {"config", "versions", "methods"}
+  assert list(results["methods"]) == methods
+  for name, entry in results["methods"].items():
+    if name == "from_scratch":  # one phase, where the others have two
+      epochs_per_seed //= 2
+    assert len(entry["test_acc"]) == seeds
+    assert all(len(run) == epochs_per_seed for run in entry["test_acc"])
+    assert entry["final_test_acc"] == [run[-1] for run in entry["test_acc"]]
+    assert all(0.0 <= a <= 1.0 for run in entry["test_acc"] for a in run)
+    num_layers = len(results["config"]["layers"])
+    assert np.array(entry["weight_norms"]).shape == (seeds, epochs_per_seed, num_layers)
+  json.dumps(results)  # everything is JSON-ready
+
+
+def test_warm_start_on_a_users_npz(npz, tmp_path):
+  out = tmp_path / "ws.json"
+  results = warm_start.main(["--data", npz, "--model", "cnn", "--width", "4",
+                             "--out", str(out), *FLAGS])
+  check_schema(results, ["vanilla", "l2", "l2_init", "snp", "head_reset", "swr",
+                         "from_scratch"], epochs_per_seed=2)
+  assert json.loads(out.read_text())["config"]["input_shape"] == [8, 8, 1]
+  assert results["config"]["num_classes"] == 4
+  swr = results["methods"]["swr"]["hparams"]
+  assert swr["coefs"] == [1e-3, 1e-3]  # the paper's CNN warm-start value
+  # The CNN has no normalization layer, so balancedness is recorded.
+  assert all(b >= 1.0 for run in results["methods"]["swr"]["balancedness"] for b in run)
+
+
+@pytest.mark.parametrize("access, epochs", [("full", 3), ("limited", 3)])
+def test_continual_stages(npz, access, epochs):
+  results = continual.main(["--data", npz, "--access", access, "--chunks", "3",
+                            "--methods", "vanilla,snp,swr", *FLAGS])
+  check_schema(results, ["vanilla", "snp", "swr"], epochs_per_seed=epochs)
+  assert results["config"]["protocol"] == f"continual_{access}"
+
+
+def test_continual_stage_sets():
+  x, y = np.arange(10), np.arange(10)
+  full = continual.stages(x, y, 3, "full")
+  limited = continual.stages(x, y, 3, "limited")
+  assert [len(s[0]) for s in full] == [4, 7, 10]
+  assert sorted(np.concatenate([s[0] for s in limited]).tolist()) == list(range(10))
+  assert set(full[0][0]) == set(limited[0][0])
+
+
+def test_generalization_with_lr_decay_adds_swr_reinit(npz):
+  results = generalization.main(["--data", npz, "--model", "mlp", "--lr-decay",
+                                 *FLAGS, "--epochs", "4"])
+  check_schema(results, ["vanilla", "l2", "l2_init", "swr", "swr_reinit"],
+               epochs_per_seed=4)
+  boundaries = results["methods"]["swr_reinit"]["hparams"]["lr_boundaries"]
+  assert boundaries == [10, 15]  # 4 epochs of 5 steps (160 / 32): 50%, 75%
+  assert results["methods"]["swr"]["hparams"]["lr_boundaries"] == [10, 15]
+
+
+def test_unknown_method_and_data_are_clear_errors(npz):
+  with pytest.raises(ValueError, match=re.escape("--methods: unknown ['sgd']")):
+    warm_start.main(["--data", npz, "--methods", "sgd", *FLAGS])
+  with pytest.raises(ValueError, match="--data: unknown data set 'mnist'"):
+    data.load("mnist")
+
+
+def test_npz_errors(tmp_path):
+  missing = tmp_path / "missing.npz"
+  np.savez(missing, x_train=np.zeros((2, 3)))
+  with pytest.raises(ValueError, match=re.escape("lacks the arrays ['x_test', 'y_test', 'y_train']")):
+    data.load(str(missing))
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, x_train=np.zeros((2, 3)), y_train=np.array([0.5, 1.0]),
+           x_test=np.zeros((1, 3)), y_test=np.array([0]))
+  with pytest.raises(ValueError, match="labels must be non-negative integers"):
+    data.load(str(bad))
+  with pytest.raises(ValueError, match="does not exist"):
+    data.load(str(tmp_path / "nowhere.npz"))
+
+
+def test_read_idx_round_trip(tmp_path):
+  images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+  header = bytes([0, 0, 0x08, 3]) + np.array([2, 3, 4], ">u4").tobytes()
+  path = tmp_path / "images-idx3-ubyte.gz"
+  with gzip.open(path, "wb") as file:
+    file.write(header + images.tobytes())
+  np.testing.assert_array_equal(data.read_idx(str(path)), images)
+
+
+def test_fashion_mnist_reports_how_to_install(tmp_path):
+  with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
+    data.load_fashion_mnist(str(tmp_path / "absent"))
+
+
+def test_plots_are_written(npz, tmp_path):
+  pytest.importorskip("matplotlib", reason="plots need the [plots] extra")
+  out = tmp_path / "g.json"
+  generalization.main(["--data", npz, "--out", str(out), *FLAGS])
+  png = plot_results.plot_file(str(out), str(tmp_path / "figures"))
+  assert png.endswith("g.png")
+  assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
