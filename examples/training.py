@@ -30,12 +30,12 @@ import tqdm
 from examples import data
 from examples import models_linen
 import optax_swr
+from optax_swr import metrics
 
 Metrics = dict[str, jax.Array]  # Scalars of one batch: "loss", "accuracy".
 
 DECAY_AT = (0.5, 0.75)  # Fractions of the training steps.
 DECAY_FACTOR = 0.1
-WEIGHT_NAMES = ("kernel", "scale", "embedding")  # What SWR rescales.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,18 +148,6 @@ def batch_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
   return {"loss": loss.mean(), "accuracy": accuracy(logits, labels)}
 
 
-def layer_norms(params: Any, layers: Sequence[tuple[Any, ...]]) -> np.ndarray:
-  """Frobenius norm of each layer's weight, computed from the params."""
-  norms = []
-  for path in layers:
-    layer = params
-    for key in path:
-      layer = layer[key]
-    weight = next(layer[name] for name in WEIGHT_NAMES if name in layer)
-    norms.append(np.linalg.norm(np.asarray(weight)))
-  return np.array(norms)
-
-
 class History:
   """The per-epoch metrics of a run, shown on a progress bar as they come.
 
@@ -218,7 +206,7 @@ class History:
     )
     record["test_accuracy"].append(float(test_accuracy))
     record["weight_norms"].append(
-        layer_norms(params, self.layers)
+        np.asarray(metrics.layer_norms(params, self.layers))
         if weight_norms is None
         else np.asarray(weight_norms)
     )
