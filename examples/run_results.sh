@@ -17,6 +17,9 @@ for model in mlp cnn; do
   run examples/generalization.py --data digits --model "$model" --epochs 40 --lr-decay --out "$OUT/generalization_lr_decay_digits_$model.json"
 done
 run examples/warm_start.py --data digits --model cnn_bn --epochs 20 --out "$OUT/warm_start_digits_cnn_bn.json"
+# Long warm starts, closer to the paper's 100 epochs per phase.
+run examples/warm_start.py --data digits --model mlp --epochs 200 --out "$OUT/warm_start_long_digits_mlp.json"
+run examples/warm_start.py --data digits --model cnn --epochs 100 --out "$OUT/warm_start_long_digits_cnn.json"
 
 run examples/warm_start.py --data fashion_mnist --model mlp --epochs 5 --out "$OUT/warm_start_fashion_mnist_mlp.json"
 run examples/continual.py --data fashion_mnist --model mlp --access full --epochs 3 --out "$OUT/continual_full_fashion_mnist_mlp.json"

@@ -36,8 +36,8 @@ def load(paths: Sequence[str]) -> list[dict]:
     config = result["config"]
     key = config["protocol"] + ("_lr_decay" if config.get("lr_decay") else "")
     result["table"] = key
-    result["column"] = f"{config['data']} {config['model']}"
-    if list(result["methods"]) == ["swr"]:  # a run of the coefficient sweep
+    result["column"] = f"{config['data']} {config['model']}, {config['epochs']} ep"
+    if os.path.basename(path).startswith("sweep_"):  # SWR coefficient sweep
       coef = config["coefs"]["swr"][0]
       result["methods"] = {f"swr λ={coef:g}": result["methods"]["swr"]}
     results.append(result)
@@ -57,7 +57,8 @@ def norm_cell(entry: dict) -> str:
 def table(results: list[dict], cell) -> list[str]:
   """Methods down, settings across; sweep runs join their setting's column."""
   columns = list(dict.fromkeys(r["column"] for r in results))
-  methods = list(dict.fromkeys(m for r in results for m in r["methods"]))
+  methods = sorted(
+      dict.fromkeys(m for r in results for m in r["methods"]), key=_order)
   entries = {(r["column"], m): e for r in results for m, e in r["methods"].items()}
   lines = ["| method | " + " | ".join(columns) + " |",
            "|---|" + "---|" * len(columns)]
@@ -66,6 +67,16 @@ def table(results: list[dict], cell) -> list[str]:
              for c in columns]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return lines
+
+
+def _order(method: str) -> tuple[int, str]:
+  """Baselines first, then SWR, its sweep (by coefficient), the reference."""
+  known = ("vanilla", "l2", "l2_init", "snp", "head_reset", "swr", "swr_reinit")
+  if method in known:
+    return known.index(method), ""
+  if method.startswith("swr λ="):
+    return len(known), f"{float(method.split('=')[1]):+.0e}"
+  return len(known) + 1, method
 
 
 def setting_line(results: list[dict]) -> str:
