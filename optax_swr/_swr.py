@@ -197,8 +197,13 @@ def swr(
           lambda: _weight_norms(param_leaves, found),
           lambda: reference_norms,
       )
+    # p + u only feeds the norms: the outputs below are written from p and u,
+    # so XLA need not keep a param-sized p + u buffer alive for them.
     moved = {
-        i: _sum(param_leaves[i], update_leaves[i]) for i in _leaf_indices(found)
+        layer.weight_index: _sum(
+            param_leaves[layer.weight_index], update_leaves[layer.weight_index]
+        )
+        for layer in found
     }
     norms = _weight_norms(moved, found)
     coefs = layer_coefs(state.step_count, is_classifier)
@@ -206,17 +211,14 @@ def swr(
     cumulative_scales = _cumulative_scales(layer_scales, found)
 
     for index, layer in enumerate(found):
-      update_leaves[layer.weight_index] = _rescaled_update(
-          update_leaves[layer.weight_index],
-          moved[layer.weight_index],
-          layer_scales[index],
-      )
-      if layer.bias_index is not None:
-        update_leaves[layer.bias_index] = _rescaled_update(
-            update_leaves[layer.bias_index],
-            moved[layer.bias_index],
-            cumulative_scales[index],
-        )
+      for leaf, factor in (
+          (layer.weight_index, layer_scales[index]),
+          (layer.bias_index, cumulative_scales[index]),
+      ):
+        if leaf is not None:
+          update_leaves[leaf] = _rescaled_update(
+              update_leaves[leaf], param_leaves[leaf], factor
+          )
 
     new_state = SWRState(
         step_count=optax.safe_increment(state.step_count),
@@ -405,12 +407,6 @@ def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
   return param.astype(dtype) + update.astype(dtype)
 
 
-def _leaf_indices(found: tuple[_layers.Layer, ...]) -> list[int]:
-  """Indices of the weight and bias leaves of the layers."""
-  indices = [layer.weight_index for layer in found]
-  return indices + [l.bias_index for l in found if l.bias_index is not None]
-
-
 def _weight_norms(
     leaves: Sequence[jax.Array] | dict[int, jax.Array],
     found: tuple[_layers.Layer, ...],
@@ -470,11 +466,13 @@ def layer_key(path: Path) -> str:
 
 
 def _rescaled_update(
-    update: jax.Array, new_param: jax.Array, factor: jax.Array
+    update: jax.Array, param: jax.Array, factor: jax.Array
 ) -> jax.Array:
   """The update u' with p + u' = factor * (p + u), in the update's dtype.
 
-  Written as u + (factor - 1) * (p + u) so that factor == 1 returns u exactly.
+  Written as (factor - 1) * p + factor * u, so that factor == 1 returns u
+  exactly and no p + u buffer is needed.
   """
-  rescaled = update.astype(new_param.dtype) + (factor - 1) * new_param
+  dtype = jnp.promote_types(_compute_dtype(param), _compute_dtype(update))
+  rescaled = (factor - 1) * param.astype(dtype) + factor * update.astype(dtype)
   return rescaled.astype(update.dtype)

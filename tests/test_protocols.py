@@ -13,6 +13,7 @@ from examples import continual
 from examples import data
 from examples import generalization
 from examples import plot_results
+from examples import summarize_results
 from examples import warm_start
 
 FLAGS = ["--epochs", "1", "--seeds", "2", "--no-progress", "--batch-size", "32"]
@@ -132,3 +133,17 @@ def test_plots_are_written(npz, tmp_path):
   png = plot_results.plot_file(str(out), str(tmp_path / "figures"))
   assert png.endswith("g.png")
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_tables_are_generated_into_the_markers(npz, tmp_path):
+  out = tmp_path / "warm.json"
+  warm_start.main(["--data", npz, "--methods", "vanilla,swr", "--out", str(out), *FLAGS])
+  report = tmp_path / "RESULTS.md"
+  report.write_text("intro\n<!-- tables:begin -->\nold\n<!-- tables:end -->\noutro\n")
+  summarize_results.main([str(out), "--write", str(report)])
+  text = report.read_text()
+  assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+  results = json.loads(out.read_text())["methods"]
+  final = np.array(results["swr"]["final_test_acc"])
+  assert f"| swr | {final.mean():.4f} ± {final.std():.4f} |" in text
+  assert "| from_scratch |" in text
