@@ -1,0 +1,154 @@
+"""What the benchmark scripts share: timing side by side, flags, the report.
+
+Every script times its variants in one process: each variant is compiled and
+warmed up first, then the variants take turns (``rounds`` times, so that a
+drift of the machine hits them all alike), each turn ``repeats`` calls ended
+by ``jax.block_until_ready``. A variant's time is the lowest of its turns'
+medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+WARMUP_CALLS = 3  # The first compiles; the others settle caches and clocks.
+
+
+class Loop(NamedTuple):
+  """A step to time: ``carry = step(*carry, *args)``, over and over.
+
+  Attributes:
+    step: a function of ``(*carry, *args)`` that returns the next ``carry``
+      (a tuple); jitted with ``carry`` donated, or eager.
+    carry: what each call consumes and returns (params, optimizer state).
+    args: what stays the same from call to call (gradients, a batch).
+  """
+
+  step: Callable[..., tuple]
+  carry: tuple
+  args: tuple = ()
+
+
+def add_flags(
+    parser: argparse.ArgumentParser, repeats: int, rounds: int
+) -> None:
+  """Adds the flags every script takes: --repeats, --rounds, --quick, --out."""
+  parser.add_argument("--repeats", type=int, default=repeats,
+                      help="timed calls per variant and round")
+  parser.add_argument("--rounds", type=int, default=rounds,
+                      help="turns the variants take, interleaved")
+  parser.add_argument("--quick", action="store_true",
+                      help="a seconds-long smoke run: small shapes, few calls")
+  parser.add_argument("--out", default=None, help="write the results here")
+
+
+def quick_counts(args: argparse.Namespace) -> None:
+  """With --quick, few calls: the numbers only show that the script runs."""
+  if args.quick:
+    args.repeats, args.rounds = min(args.repeats, 3), 1
+
+
+def compare(loops: dict[str, Loop], repeats: int, rounds: int) -> dict:
+  """Times the loops side by side; ``{name: {"seconds", "round_medians"}}``.
+
+  ``seconds`` is the lowest median over the rounds: the least disturbed
+  estimate of one step. All loops' carries stay alive until the end, so the
+  memory they need adds up.
+  """
+  carries = {name: _calls(loop, loop.carry, WARMUP_CALLS)[0]
+             for name, loop in loops.items()}
+  medians = {name: [] for name in loops}
+  for _ in range(rounds):
+    for name, loop in loops.items():
+      carries[name], seconds = _calls(loop, carries[name], repeats)
+      medians[name].append(float(np.median(seconds)))
+  return {name: {"seconds": min(m), "round_medians": m}
+          for name, m in medians.items()}
+
+
+def _calls(loop: Loop, carry: tuple, count: int) -> tuple[tuple, list[float]]:
+  """Runs ``count`` steps; the carry after them and each step's seconds."""
+  jax.block_until_ready(carry)
+  seconds = []
+  for _ in range(count):
+    start = time.perf_counter()
+    carry = loop.step(*carry, *loop.args)
+    jax.block_until_ready(carry)
+    seconds.append(time.perf_counter() - start)
+  return carry, seconds
+
+
+def fresh_copy(tree: Any) -> Any:
+  """A copy of ``tree`` that a donating step may consume."""
+  return jax.tree.map(lambda leaf: leaf.copy(), tree)
+
+
+def num_params(params: Any) -> int:
+  return sum(leaf.size for leaf in jax.tree.leaves(params))
+
+
+def make_parent(path: str) -> None:
+  """Creates the folder that ``path`` is to be written in."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+
+def environment() -> dict[str, Any]:
+  """The device, library versions and command line behind the numbers."""
+  device = jax.devices()[0]
+  return {
+      "device": f"{device.platform} {device.device_kind}",
+      "device_count": jax.device_count(),
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "optax": optax.__version__,
+      "python": platform.python_version(),
+      "command": shlex.join(["python", *sys.argv]),
+  }
+
+
+def report(
+    result: dict[str, Any],
+    out: str | None,
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[Any]],
+    title: str = "",
+) -> None:
+  """Writes ``result`` (with the environment) as JSON, then prints the table.
+
+  Args:
+    result: what the script measured; ``environment()`` is added to it.
+    out: the JSON file, or None.
+    columns: ``(title, format spec)`` of each column, e.g. ``("ms", ".2f")``.
+    rows: the table's rows, one value per column.
+    title: a line printed above the table.
+  """
+  result = {**environment(), **result}
+  if out:
+    make_parent(out)
+    with open(out, "w") as file:
+      json.dump(result, file, indent=1)
+  print(f"device: {result['device']}, jax {result['jax']}, "
+        f"optax {result['optax']}")
+  print(f"command: {result['command']}")
+  if title:
+    print(title)
+  cells = [[format(value, spec) for value, (_, spec) in zip(row, columns)]
+           for row in rows]
+  widths = [max([len(title)] + [len(row[i]) for row in cells])
+            for i, (title, _) in enumerate(columns)]
+  for line in [[title for title, _ in columns], *cells]:
+    first, *rest = line
+    print("  ".join([first.ljust(widths[0]),
+                     *(cell.rjust(w) for cell, w in zip(rest, widths[1:]))]))

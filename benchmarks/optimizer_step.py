@@ -1,0 +1,132 @@
+"""Question 1: the cost of one optimizer step, adam + swr against adam.
+
+Times ``update`` + ``apply_updates`` under one ``jax.jit`` with the params and
+optimizer state donated, for ``adam``, ``adamw`` and ``adam + swr``, over
+models of several sizes and depths (stacks of square dense layers with
+biases), side by side in one process. Reports medians after warm-up and
+compilation, and the ratios adam+swr / adam and adamw / adam; prints a table
+last and writes JSON. From the repository root::
+
+  python benchmarks/optimizer_step.py --out benchmarks/results/optimizer_step_cpu.json
+  python benchmarks/optimizer_step.py --quick       # seconds: the 1M shape only
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+import os
+import sys
+
+if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import _timing
+import optax_swr
+
+# (name, layers, width): ~1M to ~100M params, and 4 to 200 layers.
+SHAPES = (
+    ("1M params", 4, 512),
+    ("4M params", 4, 1024),
+    ("21M params", 20, 1024),
+    ("100M params", 25, 2000),
+    ("100 layers x 256", 100, 256),
+    ("200 layers x 128", 200, 128),
+)
+QUICK_SHAPES = "1M params"
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "adam": lambda: optax.adam(1e-3),
+    "adamw": lambda: optax.adamw(1e-3, weight_decay=1e-4),
+    "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
+}
+
+
+def make_params(layers: int, width: int) -> dict:
+  """``layers`` dense layers ``Dense_i`` of ``width x width`` with biases."""
+  keys = jax.random.split(jax.random.key(0), layers)
+  return {
+      f"Dense_{i}": {
+          "kernel": jax.random.normal(k, (width, width)) / np.sqrt(width),
+          "bias": jnp.zeros(width),
+      }
+      for i, k in enumerate(keys)
+  }
+
+
+def shapes_named(names: str) -> list[tuple[str, int, int]]:
+  """The entries of ``SHAPES`` named in a comma-separated list."""
+  wanted = names.split(",")
+  unknown = set(wanted) - {name for name, _, _ in SHAPES}
+  if unknown:
+    raise ValueError(f"Unknown shapes {sorted(unknown)}; choose from "
+                     f"{[name for name, _, _ in SHAPES]}.")
+  return [shape for shape in SHAPES if shape[0] in wanted]
+
+
+def jitted_step(tx: optax.GradientTransformation) -> Callable:
+  """One jitted ``(params, state, grads) -> (params, state)``, donating both."""
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def optimizer_loop(tx: optax.GradientTransformation, params) -> _timing.Loop:
+  """A loop of ``tx`` steps on a copy of ``params``, with constant gradients."""
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
+  params = _timing.fresh_copy(params)
+  return _timing.Loop(jitted_step(tx), (params, tx.init(params)), (grads,))
+
+
+def time_optimizers(
+    params, optimizers: Sequence[str], repeats: int, rounds: int
+) -> dict[str, float]:
+  """Seconds per step of each of ``OPTIMIZERS`` named, side by side."""
+  loops = {name: optimizer_loop(OPTIMIZERS[name](), params)
+           for name in optimizers}
+  return {name: timing["seconds"]
+          for name, timing in _timing.compare(loops, repeats, rounds).items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES),
+                      help="comma-separated names from SHAPES")
+  _timing.add_flags(parser, repeats=20, rounds=3)
+  args = parser.parse_args(argv)
+  _timing.quick_counts(args)
+  shapes = shapes_named(QUICK_SHAPES if args.quick else args.shapes)
+  rows = []
+  for name, layers, width in shapes:
+    params = make_params(layers, width)
+    seconds = time_optimizers(params, list(OPTIMIZERS), args.repeats,
+                              args.rounds)
+    rows.append({
+        "shape": name, "layers": layers, "width": width,
+        "params": _timing.num_params(params), "seconds": seconds,
+        "adam+swr/adam": seconds["adam+swr"] / seconds["adam"],
+        "adamw/adam": seconds["adamw"] / seconds["adam"],
+    })
+    del params
+  _timing.report(
+      {"repeats": args.repeats, "rounds": args.rounds, "rows": rows},
+      args.out,
+      [("shape", "s"), ("params", "d"), ("adam ms", ".2f"),
+       ("adamw ms", ".2f"), ("adam+swr ms", ".2f"), ("swr/adam", ".3f"),
+       ("adamw/adam", ".3f")],
+      [[r["shape"], r["params"], 1e3 * r["seconds"]["adam"],
+        1e3 * r["seconds"]["adamw"], 1e3 * r["seconds"]["adam+swr"],
+        r["adam+swr/adam"], r["adamw/adam"]] for r in rows],
+  )
+
+
+if __name__ == "__main__":
+  main()

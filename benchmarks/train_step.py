@@ -1,0 +1,134 @@
+"""Question 2: SWR's overhead on a full training step of the zoo's models.
+
+Times one jitted training step (forward, backward, Adam update, BatchNorm
+statistics; with SWR also the BatchNorm sync) for the Linen zoo's CNN, CNN-BN,
+VGG-16 and ResNet-18 at batch 256 on random 32x32x3 images with 10 classes,
+adam against adam + swr side by side, with the params, statistics and
+optimizer state donated. SWR's layers are traced with
+``optax_swr.layers_from_linen`` (ResNet-18 is not a chain; its warning is
+silenced). Prints the overhead in percent last and writes JSON. From the
+repository root::
+
+  python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json
+  python benchmarks/train_step.py --quick    # width 8, batch 16: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import os
+import sys
+import warnings
+
+if __name__ == "__main__":  # Run as a script: make the repository importable.
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import flax.linen as nn
+import jax
+import optax
+
+from benchmarks import _timing
+from examples import models_linen
+import optax_swr
+
+MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18")
+IN_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+QUICK_WIDTH, QUICK_BATCH = 8, 16
+
+
+def train_loop(
+    module: nn.Module, variables: dict, tx: optax.GradientTransformation,
+    sync: bool, x: jax.Array, y: jax.Array,
+) -> _timing.Loop:
+  """A loop of training steps on a copy of ``variables``, on one batch.
+
+  Args:
+    module: the Linen model.
+    variables: its ``params`` (and ``batch_stats``).
+    tx: the optimizer.
+    sync: rescale the BatchNorm statistics after each step (with SWR).
+    x: the images.
+    y: the labels.
+  """
+
+  def step(params, batch_stats, opt_state, x, y):
+    def loss_fn(params):
+      logits, mutated = module.apply(
+          {"params": params, "batch_stats": batch_stats}, x, train=True,
+          mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      return loss.mean(), mutated.get("batch_stats", {})
+
+    grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if sync:
+      batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state)
+    return optax.apply_updates(params, updates), batch_stats, opt_state
+
+  params = _timing.fresh_copy(variables["params"])
+  batch_stats = _timing.fresh_copy(variables.get("batch_stats", {}))
+  return _timing.Loop(jax.jit(step, donate_argnums=(0, 1, 2)),
+                      (params, batch_stats, tx.init(params)), (x, y))
+
+
+def model_loops(
+    name: str, width: int | None, batch: int
+) -> tuple[dict[str, _timing.Loop], int]:
+  """The adam and adam + swr loops of one zoo model, and its param count."""
+  module, variables = models_linen.create(
+      name, NUM_CLASSES, IN_SHAPE, width=width)
+  x_key, y_key = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(x_key, (batch, *IN_SHAPE))
+  y = jax.random.randint(y_key, (batch,), 0, NUM_CLASSES)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optax_swr.NotAChainWarning)
+    layers = optax_swr.layers_from_linen(module, variables, x[:1], train=True)
+  swr = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
+  has_stats = bool(variables.get("batch_stats"))
+  loops = {
+      "adam": train_loop(module, variables, optax.adam(1e-3), False, x, y),
+      "adam+swr": train_loop(module, variables, swr, has_stats, x, y),
+  }
+  return loops, _timing.num_params(variables["params"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--models", default=",".join(MODELS),
+                      help=f"comma-separated, from {MODELS}")
+  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--width", type=int, default=None,
+                      help="models_linen.create's width; default: the paper's")
+  _timing.add_flags(parser, repeats=10, rounds=3)
+  args = parser.parse_args(argv)
+  _timing.quick_counts(args)
+  if args.quick:
+    args.width, args.batch = QUICK_WIDTH, QUICK_BATCH
+  rows = []
+  for name in args.models.split(","):
+    loops, size = model_loops(name, args.width, args.batch)
+    timings = _timing.compare(loops, args.repeats, args.rounds)
+    seconds = {variant: t["seconds"] for variant, t in timings.items()}
+    rows.append({
+        "model": name, "params": size, "seconds": seconds,
+        "round_medians": {v: t["round_medians"] for v, t in timings.items()},
+        "overhead_percent": 100 * (seconds["adam+swr"] / seconds["adam"] - 1),
+    })
+    del loops
+  _timing.report(
+      {"batch": args.batch, "width": args.width, "in_shape": IN_SHAPE,
+       "repeats": args.repeats, "rounds": args.rounds, "rows": rows},
+      args.out,
+      [("model", "s"), ("params", "d"), ("adam ms", ".2f"),
+       ("adam+swr ms", ".2f"), ("overhead %", "+.1f")],
+      [[r["model"], r["params"], 1e3 * r["seconds"]["adam"],
+        1e3 * r["seconds"]["adam+swr"], r["overhead_percent"]] for r in rows],
+      title=f"batch {args.batch}, width {args.width or 'paper'}",
+  )
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,41 @@
+"""The benchmark scripts run (in --quick mode) and their checks hold.
+
+Timings are never asserted: numbers come from the scripts, run by hand
+(benchmarks/RESULTS.md). These tests only keep the scripts from rotting and
+check what does not depend on the machine: equal results of the rescalings,
+and that SWR keeps no param-sized buffer across steps.
+"""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import eager_baseline
+from benchmarks import hlo_passes
+from benchmarks import optimizer_step
+
+
+def test_optimizer_step_quick_writes_ratios(tmp_path):
+  out = tmp_path / "step.json"
+  optimizer_step.main(["--quick", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert rows and all(r["adam+swr/adam"] > 0 for r in rows)
+
+
+def test_eager_baseline_quick_checks_equal_params(tmp_path):
+  out = tmp_path / "eager.json"
+  eager_baseline.main(["--quick", "--out", str(out)])
+  for row in json.loads(out.read_text())["rows"]:
+    assert row["max_abs_difference"] < 1e-4
+
+
+def test_swr_keeps_no_param_copy_across_steps(tmp_path):
+  out = tmp_path / "hlo.json"
+  hlo_passes.main(["--quick", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  adam, swr = rows["adam"]["memory"], rows["adam+swr"]["memory"]
+  # Outputs alias the donated inputs; SWR's state adds O(layers) bytes.
+  assert 0 <= swr["alias"] - adam["alias"] < 4096 and adam["alias"] > 0
+  assert 0 < swr["output"] - adam["output"] < 4096
+  # swr alone, on zero updates, needs no param-sized temporary.
+  assert rows["swr alone"]["memory"]["temp"] < 4096
