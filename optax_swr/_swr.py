@@ -425,11 +425,16 @@ def _weight_norms(
 def _layer_scales(
     norms: jax.Array, reference_norms: jax.Array, coefs: jax.Array
 ) -> jax.Array:
-  """c_l = (lam n_l + (1 - lam) ||W_l||) / ||W_l||, and 1 where ||W_l|| = 0."""
-  nonzero = norms > 0
-  safe_norms = jnp.where(nonzero, norms, 1.0)
+  """c_l = (lam n_l + (1 - lam) ||W_l||) / ||W_l||.
+
+  c_l = 1 where ||W_l|| is 0 or not finite: a layer whose update holds NaN
+  or Inf keeps what the base optimizer made of it, and its factor does not
+  reach the cumulative factors of the layers after it.
+  """
+  usable = (norms > 0) & jnp.isfinite(norms)
+  safe_norms = jnp.where(usable, norms, 1.0)
   scales = coefs * reference_norms / safe_norms + (1.0 - coefs)
-  return jnp.where(nonzero, scales, 1.0)
+  return jnp.where(usable & jnp.isfinite(scales), scales, 1.0)
 
 
 def _cumulative_scales(

@@ -250,6 +250,22 @@ def test_reset_reference_norms_on_demand_inside_nested_states(params):
   assert optax.tree.get(state, "step_count") == 0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_update_does_not_spread_to_other_layers(params, bad):
+  grads = random_like(params, 7, scale=3.0)
+  grads["Dense_1"]["kernel"] = grads["Dense_1"]["kernel"].at[0, 0].set(bad)
+  tx = optax_swr.swr(coef=0.5)
+  reference_state = tx.init(jax.tree.map(lambda p: 2 * p, params))
+  updates, state = tx.update(grads, reference_state, params)
+  assert float(state.layer_scales[1]) == 1.0
+  for name in ("Dense_0", "Dense_2"):
+    assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates[name]))
+  # Dense_2's bias factor skips the broken layer's: C_2 = c_0 * 1 * c_2.
+  c = np.asarray(state.layer_scales)
+  np.testing.assert_allclose(state.cumulative_scales[2], c[0] * c[2], rtol=1e-6)
+  assert np.isfinite(np.asarray(updates["Dense_1"]["bias"])).all()
+
+
 def test_lam_zero_is_an_exact_no_op(params):
   grads = random_like(params, 6)
   updates, _ = optax_swr.swr(coef=0.0).update(grads, optax_swr.swr(coef=0.0).init(params), params)
