@@ -157,6 +157,7 @@ def swr(
 
   def resolve(params: Any) -> tuple[tuple[_layers.Layer, ...], np.ndarray]:
     found = _layers.resolve_layers(_layers.leaf_paths(params), layer_paths)
+    _check_floating(jax.tree.leaves(params), found)
     return found, _classifier_mask(classifier, found)
 
   def layer_coefs(step_count: jax.Array, is_classifier: np.ndarray):
@@ -380,6 +381,24 @@ def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
   # numpy, not jnp: building the transform must not start a JAX backend
   # (jax.distributed.initialize has to come first on multi-host setups).
   return steps.astype(np.int32).reshape(-1)
+
+
+def _check_floating(
+    leaves: list[Any], found: tuple[_layers.Layer, ...]
+) -> None:
+  """Rescaling an integer or boolean leaf would silently truncate it."""
+  for layer in found:
+    for index in (layer.weight_index, layer.bias_index):
+      if index is None:
+        continue
+      dtype = jnp.result_type(leaves[index])
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"swr: the layer {layer.path!r} has a {dtype} leaf; SWR rescales "
+            "floating-point weights and biases only. Keep integer or boolean "
+            "leaves out of the layers (e.g. under another key), or pass "
+            "`layers=` without this layer."
+        )
 
 
 def _check_same_structure(updates: Any, params: Any) -> None:

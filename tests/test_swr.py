@@ -327,6 +327,16 @@ def test_classifier_errors(params):
     optax_swr.swr(classifier=["Dense_2", ("Dense_2",)])
 
 
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_or_boolean_layer_leaves_are_rejected(dtype):
+  params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2, dtype)},
+            "step": jnp.zeros((), jnp.int32)}  # outside any layer: fine
+  with error("swr: the layer ('Dense_0',) has a"):
+    optax_swr.swr().init(params)
+  params["Dense_0"]["bias"] = jnp.ones(2)
+  assert optax_swr.swr().init(params).reference_norms.shape == (1,)
+
+
 def test_reset_norms_at_must_be_integers():
   with error("`reset_norms_at` must be a step count or a sequence of step counts"):
     optax_swr.swr(reset_norms_at=[1.5])
