@@ -33,6 +33,7 @@ import tqdm
 
 from examples import data
 from examples import models_linen
+from examples import training
 import optax_swr
 from optax_swr import baselines
 from optax_swr import metrics
@@ -252,7 +253,7 @@ def _train_step(module, tx):
 
     grads, new_stats = jax.grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    if new_stats and optax.tree.get(opt_state, "norm_input_scales") is not None:
+    if new_stats and training.has_swr(opt_state):
       new_stats = optax_swr.sync_batch_stats(new_stats, opt_state)
     return optax.apply_updates(params, updates), new_stats, opt_state
 

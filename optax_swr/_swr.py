@@ -421,8 +421,13 @@ def _compute_dtype(leaf: jax.Array) -> jnp.dtype:
   return jnp.promote_types(leaf.dtype, jnp.float32)
 
 
+def _pair_dtype(param: jax.Array, update: jax.Array) -> jnp.dtype:
+  """The dtype SWR computes a param and its update in: at least float32."""
+  return jnp.promote_types(_compute_dtype(param), _compute_dtype(update))
+
+
 def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
-  dtype = jnp.promote_types(_compute_dtype(param), _compute_dtype(update))
+  dtype = _pair_dtype(param, update)
   return param.astype(dtype) + update.astype(dtype)
 
 
@@ -497,6 +502,6 @@ def _rescaled_update(
   Written as (factor - 1) * p + factor * u, so that factor == 1 returns u
   exactly and no p + u buffer is needed.
   """
-  dtype = jnp.promote_types(_compute_dtype(param), _compute_dtype(update))
+  dtype = _pair_dtype(param, update)
   rescaled = (factor - 1) * param.astype(dtype) + factor * update.astype(dtype)
   return rescaled.astype(update.dtype)
