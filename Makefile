@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test,examples,plots]"
+	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint]"
 	touch $(STAMP)
 
 demo: $(STAMP)
