@@ -11,6 +11,7 @@ from optax_swr._batch_stats import sync_batch_stats
 from optax_swr._batch_stats import sync_nnx_batch_stats
 from optax_swr._proportional import check_proportional
 from optax_swr._proportional import ProportionalityReport
+from optax_swr._swr import LowPrecisionWarning
 from optax_swr._swr import reset_reference_norms
 from optax_swr._swr import swr
 from optax_swr._swr import SWRState
@@ -21,6 +22,7 @@ from optax_swr._tracing import NotAChainWarning
 __version__ = "0.1.0"
 
 __all__ = (
+    "LowPrecisionWarning",
     "NotAChainWarning",
     "ProportionalityReport",
     "SWRState",

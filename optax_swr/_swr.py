@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import numbers
 from typing import Any, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -117,8 +118,15 @@ def swr(
   Returns:
     An ``optax.GradientTransformation`` whose state is :class:`SWRState`.
 
-  A schedule's values are not range-checked at each step (that would need a
-  check inside ``jit``); keep them in [0, 1].
+  Odd inputs: a schedule's (or an injected coefficient's) value outside
+  [0, 1] is clipped to [0, 1] at that step, and NaN leaves the layers
+  unscaled, since neither can be checked inside ``jit``. Layers whose weight
+  norm is 0 (zero-initialised or zero-size) or not finite keep the base
+  optimizer's update. An empty params tree gives an empty state and passes
+  the updates through. With bfloat16 or float16 weights, a constant ``coef``
+  below half the dtype's epsilon (bf16: 3.9e-3) rescales by less than the
+  weights' resolution: ``init`` warns once (``LowPrecisionWarning``); keep
+  float32 master params.
 
   Raises:
     ValueError: for a coefficient outside [0, 1], malformed ``layers`` or
@@ -156,7 +164,10 @@ def swr(
   reset_steps = _normalize_reset_steps(reset_norms_at)
 
   def resolve(params: Any) -> tuple[tuple[_layers.Layer, ...], np.ndarray]:
-    found = _layers.resolve_layers(_layers.leaf_paths(params), layer_paths)
+    paths = _layers.leaf_paths(params)
+    if not paths:  # An empty tree (also optax.tree_map_params' placeholder).
+      return (), np.zeros(0, dtype=bool)
+    found = _layers.resolve_layers(paths, layer_paths)
     _check_floating(jax.tree.leaves(params), found)
     return found, _classifier_mask(classifier, found)
 
@@ -168,8 +179,20 @@ def swr(
         is_classifier, _evaluate(classifier_coef, step_count), feature_coef
     )
 
+  warned_precision = False
+
   def init_fn(params: Any) -> SWRState:
+    nonlocal warned_precision
+    if params is None:
+      raise ValueError(
+          "swr: `params` passed to init is None. Pass the model's params "
+          "(e.g. variables['params'] for Flax Linen)."
+      )
     found, _ = resolve(params)
+    if not warned_precision:
+      warned_precision = _warn_if_below_resolution(
+          jax.tree.leaves(params), found, (coef, classifier_coef)
+      )
     norms = _weight_norms(jax.tree.leaves(params), found)
     ones = jnp.ones_like(norms)
     return SWRState(
@@ -412,8 +435,70 @@ def _check_same_structure(updates: Any, params: Any) -> None:
 
 
 def _evaluate(coef: optax.ScalarOrSchedule, step_count: jax.Array):
+  """The coefficient at this step, clipped to [0, 1].
+
+  A schedule (or an injected hyperparameter) can't be range-checked inside
+  ``jit``; clipping keeps every factor c positive. NaN stays NaN, and
+  ``_layer_scales`` then leaves the layers unscaled.
+  """
   value = coef(step_count) if callable(coef) else coef
-  return jnp.asarray(value, jnp.float32)
+  return jnp.clip(jnp.asarray(value, jnp.float32), 0.0, 1.0)
+
+
+class LowPrecisionWarning(UserWarning):
+  """SWR's per-step rescaling is below the resolution of the weights' dtype."""
+
+
+def _warn_if_below_resolution(
+    leaves: list[Any],
+    found: tuple[_layers.Layer, ...],
+    coefs: tuple[optax.ScalarOrSchedule | None, ...],
+) -> bool:
+  """Warns if the largest coefficient can't move a low-precision weight.
+
+  A step changes a weight by the factor c = 1 + lam (n / ||W|| - 1), so by
+  less than lam relative to the weight. Below half the dtype's epsilon (bf16:
+  2**-9, about 2e-3) that change rounds away when optax adds the update, and
+  SWR does nothing. Returns whether it warned.
+  """
+  largest = _largest_coef(coefs)
+  if largest is None or largest == 0:  # 0 is a deliberate no-op.
+    return False
+  for layer in found:
+    dtype = jnp.result_type(leaves[layer.weight_index])
+    resolution = float(jnp.finfo(dtype).eps) / 2
+    if largest < resolution:
+      warnings.warn(
+          f"swr: the layer {layer.path!r} has {dtype} weights, whose "
+          f"resolution ({resolution:.1e}) is coarser than the per-step "
+          f"rescaling, at most coef = {largest:g} of the weight: rounding "
+          "undoes it when the update is added, so wherever the base "
+          "optimizer's updates are small SWR changes nothing. Keep "
+          "float32 master params (e.g. Flax `param_dtype=jnp.float32` with "
+          "`dtype=jnp.bfloat16` for the computation), or use coef >= "
+          f"{resolution:.1e}.",
+          LowPrecisionWarning,
+          stacklevel=3,
+      )
+      return True
+  return False
+
+
+def _largest_coef(
+    coefs: tuple[optax.ScalarOrSchedule | None, ...],
+) -> float | None:
+  """The largest constant coefficient; None for a schedule or a traced one."""
+  values = []
+  for coef in coefs:
+    if coef is None:
+      continue
+    if callable(coef):
+      return None  # Its values at later steps are unknown here.
+    try:
+      values.append(float(coef))
+    except jax.errors.ConcretizationTypeError:
+      return None
+  return max(values) if values else None
 
 
 def _compute_dtype(leaf: jax.Array) -> jnp.dtype:
@@ -436,6 +521,8 @@ def _weight_norms(
     found: tuple[_layers.Layer, ...],
 ) -> jax.Array:
   """Float32 Frobenius norm of every layer's weight, in layer order."""
+  if not found:
+    return jnp.zeros([0], jnp.float32)
   return jnp.stack([
       jnp.linalg.norm(
           leaves[layer.weight_index].astype(
