@@ -524,13 +524,15 @@ def _weight_norms(
   if not found:
     return jnp.zeros([0], jnp.float32)
   return jnp.stack([
-      jnp.linalg.norm(
-          leaves[layer.weight_index].astype(
-              _compute_dtype(leaves[layer.weight_index])
-          ).ravel()
-      ).astype(jnp.float32)
-      for layer in found
+      _frobenius_norm(leaves[layer.weight_index]) for layer in found
   ])
+
+
+def _frobenius_norm(weight: jax.Array) -> jax.Array:
+  # sqrt(sum(w**2)) with no ravel: a ravel of a kernel sharded on any axis but
+  # the first makes XLA all-gather it, where a plain sum only all-reduces.
+  weight = weight.astype(_compute_dtype(weight))
+  return jnp.sqrt(jnp.sum(jnp.square(weight))).astype(jnp.float32)
 
 
 def _layer_scales(

@@ -37,13 +37,7 @@ def test_sharded_training_matches_one_device(report, layout):
   assert entry["swr_state_bytes"] < 1024  # O(layers) scalars
 
 
-@pytest.mark.parametrize("layout", [
-    "fsdp",
-    pytest.param("data_x_model", marks=pytest.mark.xfail(
-        strict=True,
-        reason="swr's _weight_norms ravels each kernel; a kernel sharded on "
-               "two mesh axes is all-gathered along one of them first")),
-])
+@pytest.mark.parametrize("layout", ["fsdp", "data_x_model"])
 def test_swr_step_communicates_only_scalars(report, layout):
   # Adam alone compiles to no collective: these are SWR's norm reductions,
   # which XLA may combine into fewer all-reduces than there are layers.
