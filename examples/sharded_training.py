@@ -118,8 +118,8 @@ def opt_state_shardings(tx: optax.GradientTransformation, params: Any,
   """Adam's moments (sub-trees shaped like the params) split as the params.
 
   Everything else (counts, SWR's per-layer scalars) is copied to every
-  device. optax.tree_map_params would do this, but it calls ``tx.init`` on a
-  placeholder, in which swr cannot find the layers.
+  device. (optax.tree_map_params does this too, but only for models without
+  normalization layers: its placeholder params hide which layers they are.)
   """
   params_def = jax.tree.structure(params)
   like_params = lambda node: jax.tree.structure(node) == params_def

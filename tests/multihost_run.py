@@ -117,9 +117,8 @@ def opt_state_shardings(tx: optax.GradientTransformation, params: dict,
   """Sub-trees shaped like the params (Adam's moments) are sharded like them.
 
   Everything else (step counts, SWR's per-layer scalars) is replicated.
-  optax.tree_map_params would do this, but it calls ``tx.init`` on a
-  placeholder instead of the params, which swr's init cannot resolve layers
-  in.
+  (optax.tree_map_params does this too, but only for models without
+  normalization layers: its placeholder params hide which layers they are.)
   """
   params_def = jax.tree.structure(params)
   like_params = lambda node: jax.tree.structure(node) == params_def

@@ -39,3 +39,13 @@ def test_swr_keeps_no_param_copy_across_steps(tmp_path):
   assert 0 < swr["output"] - adam["output"] < 4096
   # swr alone, on zero updates, needs no param-sized temporary.
   assert rows["swr alone"]["memory"]["temp"] < 4096
+
+
+def test_deep_compile_quick_measures_both_optimizers(tmp_path):
+  from benchmarks import deep_compile
+
+  out = tmp_path / "deep.json"
+  deep_compile.main(["--quick", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert {r["optimizer"] for r in rows} == {"adam", "adam+swr"}
+  assert all(r["compile_s"] > 0 and r["step_ms"] > 0 for r in rows)

@@ -73,6 +73,13 @@ def test_readme_code_blocks_run(capsys):
   assert len(re.findall(r"\d+\.\d+", printed[1])) == 3
 
 
+def test_readme_checkpoint_code_is_what_the_checkpoint_test_runs():
+  (block,) = [b for b in readme_python_blocks() if "def save_checkpoint" in b]
+  functions = block[block.index("def save_checkpoint"):block.index("\n\n\n# ")]
+  worker = (ROOT / "tests" / "checkpoint_run.py").read_text()
+  assert functions in worker
+
+
 def test_demo_quick_run_prints_both_methods(capsys):
   pytest.importorskip("sklearn", reason="the demo needs the [examples] extra")
   from examples import digits_demo

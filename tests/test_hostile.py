@@ -190,3 +190,17 @@ def test_no_precision_warning_where_the_step_is_representable(coef, dtype):
   with warnings.catch_warnings():
     warnings.simplefilter("error", optax_swr.LowPrecisionWarning)
     optax_swr.swr(coef=coef).init(params)
+
+
+def test_tree_map_params_works_for_models_without_normalization_layers():
+  # optax.tree_map_params calls tx.init on placeholder params with no leaves;
+  # swr gives it an empty state of the same structure.
+  params = {"encoder": helpers.mlp_params([4, 5, 3]), "head": helpers.mlp_params([3, 2])}
+  layers = [("encoder", "Dense_0"), ("encoder", "Dense_1"), ("head", "Dense_0")]
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr(layers=layers))
+  specs = jax.tree.map(lambda p: f"rank {p.ndim}", params)
+  mapped = optax.tree_map_params(
+      tx, lambda _, spec: spec, tx.init(params), specs,
+      transform_non_params=lambda _: "replicated")
+  assert mapped[0][0].mu == specs
+  assert set(jax.tree.leaves(mapped[1])) == {"replicated"}

@@ -1,0 +1,132 @@
+"""Very deep nets: compile time, memory and step time of adam + swr.
+
+SWR works layer by layer (one norm and one rescale per layer), so its jitted
+update grows with the depth. For MLPs of ``depth`` dense layers of width 16,
+this measures, for ``adam`` and ``adam + swr``: the time to trace and lower
+the step, the XLA compile time, the compiled program's temporary and argument
+memory (``memory_analysis``), and the median step time. ``--train-step``
+measures the whole training step (forward, backward, update) too, which is
+what a user compiles. From the repository root::
+
+  python benchmarks/deep_compile.py --train-step --out benchmarks/results/deep_compile_cpu.json
+  python benchmarks/deep_compile.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import os
+import sys
+import time
+
+if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import _timing
+import optax_swr
+
+DEPTHS = (10, 100, 300, 1000)
+QUICK_DEPTHS = (10, 30)
+WIDTH = 16
+BATCH = 32
+OPTIMIZERS = {
+    "adam": lambda: optax.adam(1e-3),
+    "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
+}
+
+
+def make_params(depth: int) -> dict:
+  keys = jax.random.split(jax.random.key(0), depth)
+  return {
+      f"Dense_{i}": {
+          "kernel": jax.random.normal(k, (WIDTH, WIDTH)) / np.sqrt(WIDTH),
+          "bias": jnp.zeros(WIDTH),
+      }
+      for i, k in enumerate(keys)
+  }
+
+
+def loss(params: dict, x: jax.Array) -> jax.Array:
+  for i in range(len(params)):
+    layer = params[f"Dense_{i}"]
+    x = jax.nn.relu(x @ layer["kernel"] + layer["bias"])
+  return jnp.mean(x**2)
+
+
+def make_step(tx: optax.GradientTransformation, train_step: bool):
+  """The jitted step; with ``train_step``, gradients come from the loss."""
+
+  def step(params, opt_state, grads_or_batch):
+    grads = (jax.grad(loss)(params, grads_or_batch) if train_step
+             else grads_or_batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+def measure(depth: int, name: str, train_step: bool, repeats: int) -> dict:
+  tx = OPTIMIZERS[name]()
+  params = make_params(depth)
+  opt_state = tx.init(params)
+  data = (jnp.ones((BATCH, WIDTH)) if train_step
+          else jax.tree.map(jnp.ones_like, params))
+  step = make_step(tx, train_step)
+
+  start = time.perf_counter()
+  lowered = step.lower(params, opt_state, data)
+  trace_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+
+  carry = (params, opt_state)
+  seconds = []
+  for _ in range(repeats + 1):  # The first call is a warm-up.
+    start = time.perf_counter()
+    carry = jax.block_until_ready(compiled(*carry, data))
+    seconds.append(time.perf_counter() - start)
+  return {
+      "depth": depth, "optimizer": name, "train_step": train_step,
+      "trace_s": trace_s, "compile_s": compile_s,
+      "temp_bytes": int(memory.temp_size_in_bytes),
+      "argument_bytes": int(memory.argument_size_in_bytes),
+      "step_ms": 1e3 * float(np.median(seconds[1:])),
+  }
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  _timing.add_flags(parser, repeats=20, rounds=1)
+  parser.add_argument("--depths", type=int, nargs="+", default=None)
+  parser.add_argument("--train-step", action="store_true",
+                      help="also measure forward + backward + update")
+  args = parser.parse_args(argv)
+  _timing.quick_counts(args)
+  depths = args.depths or (QUICK_DEPTHS if args.quick else DEPTHS)
+  kinds = (False, True) if args.train_step else (False,)
+  rows = [measure(depth, name, kind, args.repeats)
+          for kind in kinds for depth in depths for name in OPTIMIZERS]
+  _timing.report(
+      {"width": WIDTH, "batch": BATCH, "rows": rows}, args.out,
+      columns=[("step", "s"), ("depth", "d"), ("optimizer", "s"),
+               ("trace s", ".2f"), ("compile s", ".2f"), ("temp MB", ".2f"),
+               ("args MB", ".2f"), ("step ms", ".3f")],
+      rows=[("train" if r["train_step"] else "optimizer", r["depth"],
+             r["optimizer"], r["trace_s"], r["compile_s"],
+             r["temp_bytes"] / 1e6, r["argument_bytes"] / 1e6, r["step_ms"])
+            for r in rows],
+      title=f"dense layers of width {WIDTH}, batch {BATCH}")
+  return {"rows": rows}
+
+
+if __name__ == "__main__":
+  main()
