@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint]"
+	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint,docs,notebook,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
