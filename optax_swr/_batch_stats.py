@@ -79,7 +79,7 @@ def sync_batch_stats(batch_stats: Any, opt_state: Any) -> Any:
       )
     factor = jax.tree.leaves(scales[key])[0] ** _STAT_POWERS[stat]
     rescaled.append((leaf * factor).astype(leaf.dtype))
-  return treedef.unflatten(rescaled)
+  return jax.tree.unflatten(treedef, rescaled)
 
 
 def sync_nnx_batch_stats(model: Any, opt_state: Any) -> None:

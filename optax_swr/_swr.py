@@ -252,7 +252,7 @@ def swr(
         weight_norms=layer_scales * norms,
         norm_input_scales=_norm_input_scales(cumulative_scales, found),
     )
-    return treedef.unflatten(update_leaves), new_state
+    return jax.tree.unflatten(treedef, update_leaves), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -318,10 +318,11 @@ def _check_coef(name: str, value: Any) -> None:
         f"swr: `{name}` must be a float in [0, 1] or an optax schedule; got "
         f"{value!r}."
     )
-  if np.ndim(value) != 0:
+  shape = () if isinstance(value, numbers.Real) else np.shape(value)
+  if shape:
     raise ValueError(
         f"swr: `{name}` must be a scalar; got an array of shape "
-        f"{np.shape(value)}. Use `classifier_coef` for a second coefficient."
+        f"{shape}. Use `classifier_coef` for a second coefficient."
     )
   try:
     number = float(value)
@@ -425,7 +426,9 @@ def _check_floating(
 
 
 def _check_same_structure(updates: Any, params: Any) -> None:
-  if jax.tree.structure(updates) != jax.tree.structure(params):
+  # Any: jaxlib ships no stub for PyTreeDef, so mypy can't see its __eq__.
+  structure: Any = jax.tree.structure(updates)
+  if structure != jax.tree.structure(params):
     raise ValueError(
         "swr: `updates` and `params` have different tree structures; swr "
         "must receive the full params tree that the updates belong to.\n"

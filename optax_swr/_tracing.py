@@ -144,7 +144,7 @@ def layers_from_nnx(
 
   def forward(state, *args):
     copy = nnx.merge(graphdef, state)
-    layers = {
+    layers: dict[Path, Any] = {
         tuple(path): node
         for path, node in nnx.iter_graph(copy)
         if isinstance(node, nnx.Module) and tuple(path) in recorder.layers

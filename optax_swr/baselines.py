@@ -207,7 +207,7 @@ def reset_layers(
   reset = [any(p[: len(t)] == t for t in targets) for p in paths]
   leaves, treedef = jax.tree.flatten(params)
   fresh_leaves = jax.tree.leaves(fresh_params)
-  return treedef.unflatten([
+  return jax.tree.unflatten(treedef, [
       fresh if chosen else leaf
       for leaf, fresh, chosen in zip(leaves, fresh_leaves, reset)
   ])
@@ -218,13 +218,16 @@ def _check_coef(
 ) -> None:
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"{function}: `{name}` must be a float; got {value!r}.")
-  if not (value >= 0 and (upper is None or value <= upper)):
+  number = float(value)
+  if not (number >= 0 and (upper is None or number <= upper)):
     bounds = f"in [0, {upper:g}]" if upper is not None else ">= 0"
     raise ValueError(f"{function}: `{name}` must be {bounds}; got {value}.")
 
 
 def _check_same_structure(function: str, params: Any, fresh: Any) -> None:
-  if jax.tree.structure(params) != jax.tree.structure(fresh):
+  # Any: jaxlib ships no stub for PyTreeDef, so mypy can't see its __eq__.
+  structure: Any = jax.tree.structure(params)
+  if structure != jax.tree.structure(fresh):
     raise ValueError(
         f"{function}: `params` and `fresh_params` have different tree "
         "structures; initialise the same model again with a new key."

@@ -231,7 +231,7 @@ def _check_exponents(function: str, p: Any, q: Any) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
-        or not 0 < value < np.inf
+        or not 0 < float(value) < np.inf
     ):
       raise ValueError(
           f"{function}: `{name}` must be a positive finite number, e.g. 2.0 "
@@ -360,7 +360,7 @@ def _objective(
 ) -> jax.Array:
   """||W(a)||_{p,q} ** q."""
   rhos = _incoming(blocks, scales)
-  return sum(jnp.sum(_safe_power(rho, q / p)) for rho in rhos)
+  return jnp.asarray(sum(jnp.sum(_safe_power(rho, q / p)) for rho in rhos))
 
 
 def _rebalanced(
@@ -442,7 +442,7 @@ def dormant_fraction(
   _check_tau(tau)
   dormant = [_dormant_units(h, tau) for h in layers]
   total = sum(d.size for d in dormant)
-  return (sum(jnp.sum(d) for d in dormant) / total).astype(jnp.float32)
+  return jnp.asarray(sum(jnp.sum(d) for d in dormant) / total, jnp.float32)
 
 
 def _as_layer_list(activations: Any) -> list[jax.Array]:
