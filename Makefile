@@ -16,7 +16,8 @@ demo: $(STAMP)
 	$(PY) examples/digits_demo.py
 
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache docs/_build dist
