@@ -483,6 +483,8 @@ def _warn_if_below_resolution(
     return False
   for layer in found:
     dtype = jnp.result_type(leaves[layer.weight_index])
+    if jnp.finfo(dtype).bits >= 32:
+      continue  # The advice (float32 master params) is for 16-bit weights.
     resolution = float(jnp.finfo(dtype).eps) / 2
     if largest < resolution:
       warnings.warn(
