@@ -42,15 +42,26 @@ class Loop(NamedTuple):
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, repeats: int, rounds: int
+  parser: argparse.ArgumentParser, repeats: int, rounds: int
 ) -> None:
   """Adds the flags every script takes: --repeats, --rounds, --quick, --out."""
-  parser.add_argument("--repeats", type=int, default=repeats,
-                      help="timed calls per variant and round")
-  parser.add_argument("--rounds", type=int, default=rounds,
-                      help="turns the variants take, interleaved")
-  parser.add_argument("--quick", action="store_true",
-                      help="a seconds-long smoke run: small shapes, few calls")
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=repeats,
+    help="timed calls per variant and round",
+  )
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=rounds,
+    help="turns the variants take, interleaved",
+  )
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="a seconds-long smoke run: small shapes, few calls",
+  )
   parser.add_argument("--out", default=None, help="write the results here")
 
 
@@ -67,15 +78,18 @@ def compare(loops: dict[str, Loop], repeats: int, rounds: int) -> dict:
   estimate of one step. All loops' carries stay alive until the end, so the
   memory they need adds up.
   """
-  carries = {name: _calls(loop, loop.carry, WARMUP_CALLS)[0]
-             for name, loop in loops.items()}
+  carries = {
+    name: _calls(loop, loop.carry, WARMUP_CALLS)[0]
+    for name, loop in loops.items()
+  }
   medians = {name: [] for name in loops}
   for _ in range(rounds):
     for name, loop in loops.items():
       carries[name], seconds = _calls(loop, carries[name], repeats)
       medians[name].append(float(np.median(seconds)))
-  return {name: {"seconds": min(m), "round_medians": m}
-          for name, m in medians.items()}
+  return {
+    name: {"seconds": min(m), "round_medians": m} for name, m in medians.items()
+  }
 
 
 def _calls(loop: Loop, carry: tuple, count: int) -> tuple[tuple, list[float]]:
@@ -108,22 +122,22 @@ def environment() -> dict[str, Any]:
   """The device, library versions and command line behind the numbers."""
   device = jax.devices()[0]
   return {
-      "device": f"{device.platform} {device.device_kind}",
-      "device_count": jax.device_count(),
-      "cpu_count": os.cpu_count(),
-      "jax": jax.__version__,
-      "optax": optax.__version__,
-      "python": platform.python_version(),
-      "command": shlex.join(["python", *sys.argv]),
+    "device": f"{device.platform} {device.device_kind}",
+    "device_count": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "python": platform.python_version(),
+    "command": shlex.join(["python", *sys.argv]),
   }
 
 
 def report(
-    result: dict[str, Any],
-    out: str | None,
-    columns: Sequence[tuple[str, str]],
-    rows: Sequence[Sequence[Any]],
-    title: str = "",
+  result: dict[str, Any],
+  out: str | None,
+  columns: Sequence[tuple[str, str]],
+  rows: Sequence[Sequence[Any]],
+  title: str = "",
 ) -> None:
   """Writes ``result`` (with the environment) as JSON, then prints the table.
 
@@ -139,16 +153,27 @@ def report(
     make_parent(out)
     with open(out, "w") as file:
       json.dump(result, file, indent=1)
-  print(f"device: {result['device']}, jax {result['jax']}, "
-        f"optax {result['optax']}")
+  print(
+    f"device: {result['device']}, jax {result['jax']}, optax {result['optax']}"
+  )
   print(f"command: {result['command']}")
   if title:
     print(title)
-  cells = [[format(value, spec) for value, (_, spec) in zip(row, columns)]
-           for row in rows]
-  widths = [max([len(title)] + [len(row[i]) for row in cells])
-            for i, (title, _) in enumerate(columns)]
+  cells = [
+    [format(value, spec) for value, (_, spec) in zip(row, columns)]
+    for row in rows
+  ]
+  widths = [
+    max([len(title)] + [len(row[i]) for row in cells])
+    for i, (title, _) in enumerate(columns)
+  ]
   for line in [[title for title, _ in columns], *cells]:
     first, *rest = line
-    print("  ".join([first.ljust(widths[0]),
-                     *(cell.rjust(w) for cell, w in zip(rest, widths[1:]))]))
+    print(
+      "  ".join(
+        [
+          first.ljust(widths[0]),
+          *(cell.rjust(w) for cell, w in zip(rest, widths[1:])),
+        ]
+      )
+    )

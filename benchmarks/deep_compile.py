@@ -37,19 +37,19 @@ QUICK_DEPTHS = (10, 30)
 WIDTH = 16
 BATCH = 32
 OPTIMIZERS = {
-    "adam": lambda: optax.adam(1e-3),
-    "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
+  "adam": lambda: optax.adam(1e-3),
+  "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
 }
 
 
 def make_params(depth: int) -> dict:
   keys = jax.random.split(jax.random.key(0), depth)
   return {
-      f"Dense_{i}": {
-          "kernel": jax.random.normal(k, (WIDTH, WIDTH)) / np.sqrt(WIDTH),
-          "bias": jnp.zeros(WIDTH),
-      }
-      for i, k in enumerate(keys)
+    f"Dense_{i}": {
+      "kernel": jax.random.normal(k, (WIDTH, WIDTH)) / np.sqrt(WIDTH),
+      "bias": jnp.zeros(WIDTH),
+    }
+    for i, k in enumerate(keys)
   }
 
 
@@ -64,8 +64,9 @@ def make_step(tx: optax.GradientTransformation, train_step: bool):
   """The jitted step; with ``train_step``, gradients come from the loss."""
 
   def step(params, opt_state, grads_or_batch):
-    grads = (jax.grad(loss)(params, grads_or_batch) if train_step
-             else grads_or_batch)
+    grads = (
+      jax.grad(loss)(params, grads_or_batch) if train_step else grads_or_batch
+    )
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -76,8 +77,11 @@ def measure(depth: int, name: str, train_step: bool, repeats: int) -> dict:
   tx = OPTIMIZERS[name]()
   params = make_params(depth)
   opt_state = tx.init(params)
-  data = (jnp.ones((BATCH, WIDTH)) if train_step
-          else jax.tree.map(jnp.ones_like, params))
+  data = (
+    jnp.ones((BATCH, WIDTH))
+    if train_step
+    else jax.tree.map(jnp.ones_like, params)
+  )
   step = make_step(tx, train_step)
 
   start = time.perf_counter()
@@ -95,11 +99,14 @@ def measure(depth: int, name: str, train_step: bool, repeats: int) -> dict:
     carry = jax.block_until_ready(compiled(*carry, data))
     seconds.append(time.perf_counter() - start)
   return {
-      "depth": depth, "optimizer": name, "train_step": train_step,
-      "trace_s": trace_s, "compile_s": compile_s,
-      "temp_bytes": int(memory.temp_size_in_bytes),
-      "argument_bytes": int(memory.argument_size_in_bytes),
-      "step_ms": 1e3 * float(np.median(seconds[1:])),
+    "depth": depth,
+    "optimizer": name,
+    "train_step": train_step,
+    "trace_s": trace_s,
+    "compile_s": compile_s,
+    "temp_bytes": int(memory.temp_size_in_bytes),
+    "argument_bytes": int(memory.argument_size_in_bytes),
+    "step_ms": 1e3 * float(np.median(seconds[1:])),
   }
 
 
@@ -107,24 +114,49 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   _timing.add_flags(parser, repeats=20, rounds=1)
   parser.add_argument("--depths", type=int, nargs="+", default=None)
-  parser.add_argument("--train-step", action="store_true",
-                      help="also measure forward + backward + update")
+  parser.add_argument(
+    "--train-step",
+    action="store_true",
+    help="also measure forward + backward + update",
+  )
   args = parser.parse_args(argv)
   _timing.quick_counts(args)
   depths = args.depths or (QUICK_DEPTHS if args.quick else DEPTHS)
   kinds = (False, True) if args.train_step else (False,)
-  rows = [measure(depth, name, kind, args.repeats)
-          for kind in kinds for depth in depths for name in OPTIMIZERS]
+  rows = [
+    measure(depth, name, kind, args.repeats)
+    for kind in kinds
+    for depth in depths
+    for name in OPTIMIZERS
+  ]
   _timing.report(
-      {"width": WIDTH, "batch": BATCH, "rows": rows}, args.out,
-      columns=[("step", "s"), ("depth", "d"), ("optimizer", "s"),
-               ("trace s", ".2f"), ("compile s", ".2f"), ("temp MB", ".2f"),
-               ("args MB", ".2f"), ("step ms", ".3f")],
-      rows=[("train" if r["train_step"] else "optimizer", r["depth"],
-             r["optimizer"], r["trace_s"], r["compile_s"],
-             r["temp_bytes"] / 1e6, r["argument_bytes"] / 1e6, r["step_ms"])
-            for r in rows],
-      title=f"dense layers of width {WIDTH}, batch {BATCH}")
+    {"width": WIDTH, "batch": BATCH, "rows": rows},
+    args.out,
+    columns=[
+      ("step", "s"),
+      ("depth", "d"),
+      ("optimizer", "s"),
+      ("trace s", ".2f"),
+      ("compile s", ".2f"),
+      ("temp MB", ".2f"),
+      ("args MB", ".2f"),
+      ("step ms", ".3f"),
+    ],
+    rows=[
+      (
+        "train" if r["train_step"] else "optimizer",
+        r["depth"],
+        r["optimizer"],
+        r["trace_s"],
+        r["compile_s"],
+        r["temp_bytes"] / 1e6,
+        r["argument_bytes"] / 1e6,
+        r["step_ms"],
+      )
+      for r in rows
+    ],
+    title=f"dense layers of width {WIDTH}, batch {BATCH}",
+  )
   return {"rows": rows}
 
 

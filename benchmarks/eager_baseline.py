@@ -41,7 +41,7 @@ VARIANTS = ("eager loop", "jit loop", "jit swr")
 
 
 def rescale_loop(
-    params: dict, reference_norms: Sequence[float | jax.Array], coef: float
+  params: dict, reference_norms: Sequence[float | jax.Array], coef: float
 ) -> tuple[dict]:
   """One SWR step written layer by layer, one op per tensor.
 
@@ -55,20 +55,27 @@ def rescale_loop(
     norm = jnp.linalg.norm(layer["kernel"])
     scale = (coef * reference + (1 - coef) * norm) / norm
     cumulative = cumulative * scale
-    rescaled[f"Dense_{i}"] = {"kernel": layer["kernel"] * scale,
-                              "bias": layer["bias"] * cumulative}
+    rescaled[f"Dense_{i}"] = {
+      "kernel": layer["kernel"] * scale,
+      "bias": layer["bias"] * cumulative,
+    }
   return (rescaled,)
 
 
 def grown_params(layers: int, width: int) -> tuple[dict, list[jax.Array]]:
   """Params ``GROWTH`` times their init, and the init's weight norms."""
   params = optimizer_step.make_params(layers, width)
-  norms = [jnp.linalg.norm(params[f"Dense_{i}"]["kernel"])
-           for i in range(layers)]
+  norms = [
+    jnp.linalg.norm(params[f"Dense_{i}"]["kernel"]) for i in range(layers)
+  ]
   bias_key = jax.random.key(1)  # Nonzero biases, so that C is checked too.
-  params = {name: {"kernel": GROWTH * layer["kernel"],
-                   "bias": jax.random.normal(bias_key, layer["bias"].shape)}
-            for name, layer in params.items()}
+  params = {
+    name: {
+      "kernel": GROWTH * layer["kernel"],
+      "bias": jax.random.normal(bias_key, layer["bias"].shape),
+    }
+    for name, layer in params.items()
+  }
   return params, norms
 
 
@@ -79,11 +86,15 @@ def loops(params: dict, norms: list[jax.Array]) -> dict[str, _timing.Loop]:
   zeros = jax.tree.map(jnp.zeros_like, params)
   loop = lambda params: rescale_loop(params, norms, COEF)
   return {
-      "eager loop": _timing.Loop(loop, (_timing.fresh_copy(params),)),
-      "jit loop": _timing.Loop(jax.jit(loop, donate_argnums=0),
-                               (_timing.fresh_copy(params),)),
-      "jit swr": _timing.Loop(optimizer_step.jitted_step(tx),
-                              (_timing.fresh_copy(params), state), (zeros,)),
+    "eager loop": _timing.Loop(loop, (_timing.fresh_copy(params),)),
+    "jit loop": _timing.Loop(
+      jax.jit(loop, donate_argnums=0), (_timing.fresh_copy(params),)
+    ),
+    "jit swr": _timing.Loop(
+      optimizer_step.jitted_step(tx),
+      (_timing.fresh_copy(params), state),
+      (zeros,),
+    ),
   }
 
 
@@ -93,49 +104,82 @@ def max_difference(params: dict, norms: list[jax.Array]) -> float:
   Raises:
     AssertionError: if the variants disagree beyond float32 rounding.
   """
-  results = {name: loop.step(*loop.carry, *loop.args)[0]
-             for name, loop in loops(params, norms).items()}
+  results = {
+    name: loop.step(*loop.carry, *loop.args)[0]
+    for name, loop in loops(params, norms).items()
+  }
   reference = jax.tree.leaves(results["eager loop"])
   worst = 0.0
   for name in VARIANTS[1:]:
     for want, got in zip(reference, jax.tree.leaves(results[name])):
-      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
-                                 err_msg=f"{name} against the eager loop")
+      np.testing.assert_allclose(
+        got,
+        want,
+        rtol=1e-5,
+        atol=1e-6,
+        err_msg=f"{name} against the eager loop",
+      )
       worst = max(worst, float(jnp.max(jnp.abs(got - want))))
   return worst
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shapes", default=DEFAULT_SHAPES,
-                      help="comma-separated names from optimizer_step.SHAPES")
+  parser.add_argument(
+    "--shapes",
+    default=DEFAULT_SHAPES,
+    help="comma-separated names from optimizer_step.SHAPES",
+  )
   _timing.add_flags(parser, repeats=20, rounds=3)
   args = parser.parse_args(argv)
   _timing.quick_counts(args)
   shapes = optimizer_step.shapes_named(
-      optimizer_step.QUICK_SHAPES if args.quick else args.shapes)
+    optimizer_step.QUICK_SHAPES if args.quick else args.shapes
+  )
   rows = []
   for name, layers, width in shapes:
     params, norms = grown_params(layers, width)
     difference = max_difference(params, norms)
     timings = _timing.compare(loops(params, norms), args.repeats, args.rounds)
     seconds = {variant: t["seconds"] for variant, t in timings.items()}
-    rows.append({
-        "shape": name, "layers": layers, "width": width,
-        "params": _timing.num_params(params), "seconds": seconds,
+    rows.append(
+      {
+        "shape": name,
+        "layers": layers,
+        "width": width,
+        "params": _timing.num_params(params),
+        "seconds": seconds,
         "max_abs_difference": difference,
         "speedup": seconds["eager loop"] / seconds["jit swr"],
-    })
+      }
+    )
   _timing.report(
-      {"coef": COEF, "repeats": args.repeats, "rounds": args.rounds,
-       "rows": rows},
-      args.out,
-      [("shape", "s"), ("params", "d"), ("eager loop ms", ".2f"),
-       ("jit loop ms", ".2f"), ("jit swr ms", ".2f"),
-       ("eager/jit swr", ".1f"), ("max |diff|", ".1e")],
-      [[r["shape"], r["params"],
+    {
+      "coef": COEF,
+      "repeats": args.repeats,
+      "rounds": args.rounds,
+      "rows": rows,
+    },
+    args.out,
+    [
+      ("shape", "s"),
+      ("params", "d"),
+      ("eager loop ms", ".2f"),
+      ("jit loop ms", ".2f"),
+      ("jit swr ms", ".2f"),
+      ("eager/jit swr", ".1f"),
+      ("max |diff|", ".1e"),
+    ],
+    [
+      [
+        r["shape"],
+        r["params"],
         *(1e3 * r["seconds"][variant] for variant in VARIANTS),
-        r["speedup"], r["max_abs_difference"]] for r in rows],
+        r["speedup"],
+        r["max_abs_difference"],
+      ]
+      for r in rows
+    ],
   )
 
 

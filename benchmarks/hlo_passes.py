@@ -54,27 +54,49 @@ from benchmarks import optimizer_step
 import optax_swr
 
 # Words per parameter that an ideal fused step moves (see the docstring).
-FLOOR_WORDS = {"adam": 7, "adamw": 7, "adam+swr": 9, "swr alone": 5,
-               "rescale loop": 3}
+FLOOR_WORDS = {
+  "adam": 7,
+  "adamw": 7,
+  "adam+swr": 9,
+  "swr alone": 5,
+  "rescale loop": 3,
+}
 # Instructions that move no data of their own.
 NO_WORK = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"}
-BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2,
-         "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8,
-         "u64": 8}
+BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "u16": 2,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+}
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*)$")
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 
 
 def compiled_steps(params: Any) -> dict[str, Any]:
   """Every step of ``FLOOR_WORDS``, compiled for ``params``' shapes, donated."""
-  steps = {name: compile_optimizer(make(), params)
-           for name, make in optimizer_step.OPTIMIZERS.items()}
+  steps = {
+    name: compile_optimizer(make(), params)
+    for name, make in optimizer_step.OPTIMIZERS.items()
+  }
   steps["swr alone"] = compile_optimizer(
-      optax_swr.swr(eager_baseline.COEF), params)
+    optax_swr.swr(eager_baseline.COEF), params
+  )
   loop = lambda params: eager_baseline.rescale_loop(
-      params, [1.0] * len(params), eager_baseline.COEF)
-  steps["rescale loop"] = jax.jit(loop, donate_argnums=0).lower(
-      params).compile()
+    params, [1.0] * len(params), eager_baseline.COEF
+  )
+  steps["rescale loop"] = (
+    jax.jit(loop, donate_argnums=0).lower(params).compile()
+  )
   return steps
 
 
@@ -87,8 +109,8 @@ def compile_optimizer(tx: optax.GradientTransformation, params: Any) -> Any:
 
 def entry_instructions(hlo: str) -> list[tuple[str, str, str, list[str]]]:
   """``(name, shape, opcode, operand names)`` of the entry computation."""
-  body = hlo[hlo.index("\nENTRY "):]
-  body = body[body.index("{\n") + 2:body.index("\n}")]
+  body = hlo[hlo.index("\nENTRY ") :]
+  body = body[body.index("{\n") + 2 : body.index("\n}")]
   instructions = []
   for line in body.splitlines():
     match = _INSTRUCTION.match(line)
@@ -98,7 +120,8 @@ def entry_instructions(hlo: str) -> list[tuple[str, str, str, list[str]]]:
       opcode, rest = rest.split("(", 1)
       operands = _balanced(rest)
       instructions.append(
-          (name, shape, opcode, re.findall(r"%([\w.\-]+)", operands)))
+        (name, shape, opcode, re.findall(r"%([\w.\-]+)", operands))
+      )
   return instructions
 
 
@@ -108,7 +131,7 @@ def _split_shape(text: str) -> tuple[str, str]:
     shape, rest = text.split(" ", 1)
     return shape, rest
   shape = "(" + _balanced(text[1:]) + ")"
-  return shape, text[len(shape):].lstrip()
+  return shape, text[len(shape) :].lstrip()
 
 
 def _balanced(text: str) -> str:
@@ -136,19 +159,23 @@ def traffic(hlo: str, param_sizes: set[int], total: int) -> dict[str, float]:
   shapes = {name: shape for name, shape, _, _ in instructions}
   kernels = [i for i in instructions if i[2] not in NO_WORK]
   passes = words = param_kernels = 0
-  for name, shape, _, operands in kernels:
-    touched = [a for s in [shape, *(shapes[o] for o in operands)]
-               for a in arrays(s) if a[0] in param_sizes]
+  for _name, shape, _, operands in kernels:
+    touched = [
+      a
+      for s in [shape, *(shapes[o] for o in operands)]
+      for a in arrays(s)
+      if a[0] in param_sizes
+    ]
     if touched:
       param_kernels += 1
       passes += max(elements for elements, _ in touched)
       words += sum(size for _, size in touched) / 4
   return {
-      "kernels": len(kernels),
-      "fusions": sum(opcode == "fusion" for _, _, opcode, _ in kernels),
-      "param_kernels": param_kernels,
-      "passes": passes / total,
-      "words_per_param": words / total,
+    "kernels": len(kernels),
+    "fusions": sum(opcode == "fusion" for _, _, opcode, _ in kernels),
+    "param_kernels": param_kernels,
+    "passes": passes / total,
+    "words_per_param": words / total,
   }
 
 
@@ -163,16 +190,21 @@ def memory(compiled: Any) -> dict[str, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shape", default="21M params",
-                      help="a name from optimizer_step.SHAPES")
-  parser.add_argument("--quick", action="store_true",
-                      help="the 1M shape (compiles in a second)")
-  parser.add_argument("--dump", default=None,
-                      help="write each step's optimized HLO to this folder")
+  parser.add_argument(
+    "--shape", default="21M params", help="a name from optimizer_step.SHAPES"
+  )
+  parser.add_argument(
+    "--quick", action="store_true", help="the 1M shape (compiles in a second)"
+  )
+  parser.add_argument(
+    "--dump",
+    default=None,
+    help="write each step's optimized HLO to this folder",
+  )
   parser.add_argument("--out", default=None, help="write the results here")
   args = parser.parse_args(argv)
   shape = optimizer_step.QUICK_SHAPES if args.quick else args.shape
-  (name, layers, width), = optimizer_step.shapes_named(shape)
+  ((name, layers, width),) = optimizer_step.shapes_named(shape)
   params = jax.eval_shape(lambda: optimizer_step.make_params(layers, width))
   leaves = jax.tree.leaves(params)
   total = sum(leaf.size for leaf in leaves)
@@ -183,30 +215,60 @@ def main(argv: Sequence[str] | None = None) -> None:
       os.makedirs(args.dump, exist_ok=True)
       with open(os.path.join(args.dump, f"{step}.hlo"), "w") as file:
         file.write(hlo)
-    rows[step] = {**traffic(hlo, {l.size for l in leaves}, total),
-                  "floor_words": FLOOR_WORDS[step], "memory": memory(compiled)}
+    rows[step] = {
+      **traffic(hlo, {l.size for l in leaves}, total),
+      "floor_words": FLOOR_WORDS[step],
+      "memory": memory(compiled),
+    }
   _report(args.out, name, layers, width, total, rows)
 
 
 def _report(out, name, layers, width, total, rows) -> None:
   megabytes = lambda row, field: (
-      row["memory"][field] / 2**20 if row["memory"] else float("nan"))
+    row["memory"][field] / 2**20 if row["memory"] else float("nan")
+  )
   param_megabytes = 4 * total / 2**20
   _timing.report(
-      {"shape": name, "layers": layers, "width": width, "params": total,
-       "param_megabytes": param_megabytes, "rows": rows},
-      out,
-      [("step", "s"), ("kernels", "d"), ("fusions", "d"),
-       ("param kernels", "d"), ("passes", ".2f"), ("words/param", ".2f"),
-       ("floor", "d"), ("arg MB", ".1f"), ("out MB", ".1f"),
-       ("alias MB", ".1f"), ("temp MB", ".1f")],
-      [[step, r["kernels"], r["fusions"], r["param_kernels"],
-        r["passes"], r["words_per_param"], r["floor_words"],
-        megabytes(r, "argument"), megabytes(r, "output"),
-        megabytes(r, "alias"), megabytes(r, "temp")]
-       for step, r in rows.items()],
-      title=f"{name}: {layers} layers x {width}, {total} params "
-            f"({param_megabytes:.1f} MB in float32)",
+    {
+      "shape": name,
+      "layers": layers,
+      "width": width,
+      "params": total,
+      "param_megabytes": param_megabytes,
+      "rows": rows,
+    },
+    out,
+    [
+      ("step", "s"),
+      ("kernels", "d"),
+      ("fusions", "d"),
+      ("param kernels", "d"),
+      ("passes", ".2f"),
+      ("words/param", ".2f"),
+      ("floor", "d"),
+      ("arg MB", ".1f"),
+      ("out MB", ".1f"),
+      ("alias MB", ".1f"),
+      ("temp MB", ".1f"),
+    ],
+    [
+      [
+        step,
+        r["kernels"],
+        r["fusions"],
+        r["param_kernels"],
+        r["passes"],
+        r["words_per_param"],
+        r["floor_words"],
+        megabytes(r, "argument"),
+        megabytes(r, "output"),
+        megabytes(r, "alias"),
+        megabytes(r, "temp"),
+      ]
+      for step, r in rows.items()
+    ],
+    title=f"{name}: {layers} layers x {width}, {total} params "
+    f"({param_megabytes:.1f} MB in float32)",
   )
 
 

@@ -31,8 +31,11 @@ from benchmarks import _timing
 import optax_swr
 
 COEFS = (1e-4, 1e-3, 3e-3, 1e-2, 1e-1)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
-          "float16": jnp.float16}
+DTYPES = {
+  "float32": jnp.float32,
+  "bfloat16": jnp.bfloat16,
+  "float16": jnp.float16,
+}
 STEPS = 100
 
 
@@ -68,12 +71,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
       row[name] = norm_ratio_after_shrinking(dtype, coef, STEPS)
     rows.append(row)
   _timing.report(
-      {"steps": STEPS, "rows": rows}, args.out,
-      columns=[("coef", "g"), ("exact", ".4f"),
-               *((name, ".4f") for name in DTYPES)],
-      rows=[(r["coef"], r["exact"], *(r[name] for name in DTYPES))
-            for r in rows],
-      title=f"||W|| / n after {STEPS} SWR steps from ||W|| = 2n (zero updates)")
+    {"steps": STEPS, "rows": rows},
+    args.out,
+    columns=[
+      ("coef", "g"),
+      ("exact", ".4f"),
+      *((name, ".4f") for name in DTYPES),
+    ],
+    rows=[(r["coef"], r["exact"], *(r[name] for name in DTYPES)) for r in rows],
+    title=f"||W|| / n after {STEPS} SWR steps from ||W|| = 2n (zero updates)",
+  )
   return {"rows": rows}
 
 

@@ -32,18 +32,18 @@ import optax_swr
 
 # (name, layers, width): ~1M to ~100M params, and 4 to 200 layers.
 SHAPES = (
-    ("1M params", 4, 512),
-    ("4M params", 4, 1024),
-    ("21M params", 20, 1024),
-    ("100M params", 25, 2000),
-    ("100 layers x 256", 100, 256),
-    ("200 layers x 128", 200, 128),
+  ("1M params", 4, 512),
+  ("4M params", 4, 1024),
+  ("21M params", 20, 1024),
+  ("100M params", 25, 2000),
+  ("100 layers x 256", 100, 256),
+  ("200 layers x 128", 200, 128),
 )
 QUICK_SHAPES = "1M params"
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
-    "adam": lambda: optax.adam(1e-3),
-    "adamw": lambda: optax.adamw(1e-3, weight_decay=1e-4),
-    "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
+  "adam": lambda: optax.adam(1e-3),
+  "adamw": lambda: optax.adamw(1e-3, weight_decay=1e-4),
+  "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
 }
 
 
@@ -51,11 +51,11 @@ def make_params(layers: int, width: int) -> dict:
   """``layers`` dense layers ``Dense_i`` of ``width x width`` with biases."""
   keys = jax.random.split(jax.random.key(0), layers)
   return {
-      f"Dense_{i}": {
-          "kernel": jax.random.normal(k, (width, width)) / np.sqrt(width),
-          "bias": jnp.zeros(width),
-      }
-      for i, k in enumerate(keys)
+    f"Dense_{i}": {
+      "kernel": jax.random.normal(k, (width, width)) / np.sqrt(width),
+      "bias": jnp.zeros(width),
+    }
+    for i, k in enumerate(keys)
   }
 
 
@@ -64,8 +64,10 @@ def shapes_named(names: str) -> list[tuple[str, int, int]]:
   wanted = names.split(",")
   unknown = set(wanted) - {name for name, _, _ in SHAPES}
   if unknown:
-    raise ValueError(f"Unknown shapes {sorted(unknown)}; choose from "
-                     f"{[name for name, _, _ in SHAPES]}.")
+    raise ValueError(
+      f"Unknown shapes {sorted(unknown)}; choose from "
+      f"{[name for name, _, _ in SHAPES]}."
+    )
   return [shape for shape in SHAPES if shape[0] in wanted]
 
 
@@ -87,19 +89,25 @@ def optimizer_loop(tx: optax.GradientTransformation, params) -> _timing.Loop:
 
 
 def time_optimizers(
-    params, optimizers: Sequence[str], repeats: int, rounds: int
+  params, optimizers: Sequence[str], repeats: int, rounds: int
 ) -> dict[str, float]:
   """Seconds per step of each of ``OPTIMIZERS`` named, side by side."""
-  loops = {name: optimizer_loop(OPTIMIZERS[name](), params)
-           for name in optimizers}
-  return {name: timing["seconds"]
-          for name, timing in _timing.compare(loops, repeats, rounds).items()}
+  loops = {
+    name: optimizer_loop(OPTIMIZERS[name](), params) for name in optimizers
+  }
+  return {
+    name: timing["seconds"]
+    for name, timing in _timing.compare(loops, repeats, rounds).items()
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES),
-                      help="comma-separated names from SHAPES")
+  parser.add_argument(
+    "--shapes",
+    default=",".join(s[0] for s in SHAPES),
+    help="comma-separated names from SHAPES",
+  )
   _timing.add_flags(parser, repeats=20, rounds=3)
   args = parser.parse_args(argv)
   _timing.quick_counts(args)
@@ -107,24 +115,45 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = []
   for name, layers, width in shapes:
     params = make_params(layers, width)
-    seconds = time_optimizers(params, list(OPTIMIZERS), args.repeats,
-                              args.rounds)
-    rows.append({
-        "shape": name, "layers": layers, "width": width,
-        "params": _timing.num_params(params), "seconds": seconds,
+    seconds = time_optimizers(
+      params, list(OPTIMIZERS), args.repeats, args.rounds
+    )
+    rows.append(
+      {
+        "shape": name,
+        "layers": layers,
+        "width": width,
+        "params": _timing.num_params(params),
+        "seconds": seconds,
         "adam+swr/adam": seconds["adam+swr"] / seconds["adam"],
         "adamw/adam": seconds["adamw"] / seconds["adam"],
-    })
+      }
+    )
     del params
   _timing.report(
-      {"repeats": args.repeats, "rounds": args.rounds, "rows": rows},
-      args.out,
-      [("shape", "s"), ("params", "d"), ("adam ms", ".2f"),
-       ("adamw ms", ".2f"), ("adam+swr ms", ".2f"), ("swr/adam", ".3f"),
-       ("adamw/adam", ".3f")],
-      [[r["shape"], r["params"], 1e3 * r["seconds"]["adam"],
-        1e3 * r["seconds"]["adamw"], 1e3 * r["seconds"]["adam+swr"],
-        r["adam+swr/adam"], r["adamw/adam"]] for r in rows],
+    {"repeats": args.repeats, "rounds": args.rounds, "rows": rows},
+    args.out,
+    [
+      ("shape", "s"),
+      ("params", "d"),
+      ("adam ms", ".2f"),
+      ("adamw ms", ".2f"),
+      ("adam+swr ms", ".2f"),
+      ("swr/adam", ".3f"),
+      ("adamw/adam", ".3f"),
+    ],
+    [
+      [
+        r["shape"],
+        r["params"],
+        1e3 * r["seconds"]["adam"],
+        1e3 * r["seconds"]["adamw"],
+        1e3 * r["seconds"]["adam+swr"],
+        r["adam+swr/adam"],
+        r["adamw/adam"],
+      ]
+      for r in rows
+    ],
   )
 
 

@@ -29,7 +29,9 @@ PAGE_BYTES = resource.getpagesize()
 
 def faults_per_step(name: str, params, steps: int) -> float:
   """Minor page faults per call of ``name``'s donated step, after warm-up."""
-  loop = optimizer_step.optimizer_loop(optimizer_step.OPTIMIZERS[name](), params)
+  loop = optimizer_step.optimizer_loop(
+    optimizer_step.OPTIMIZERS[name](), params
+  )
   carry = loop.carry
   for _ in range(3):
     carry = loop.step(*carry, *loop.args)
@@ -46,13 +48,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--shape", default="21M params")
   parser.add_argument("--steps", type=int, default=20)
   args = parser.parse_args(argv)
-  (shape, layers, width), = optimizer_step.shapes_named(args.shape)
+  ((shape, layers, width),) = optimizer_step.shapes_named(args.shape)
   params = optimizer_step.make_params(layers, width)
   print(f"{shape}, {jax.devices()[0].platform}, jax {jax.__version__}")
   for name in optimizer_step.OPTIMIZERS:
     faults = faults_per_step(name, params, args.steps)
-    print(f"{name:9s} {faults:9.0f} minor page faults per step "
-          f"({faults * PAGE_BYTES / 2**20:.1f} MiB)")
+    print(
+      f"{name:9s} {faults:9.0f} minor page faults per step "
+      f"({faults * PAGE_BYTES / 2**20:.1f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,12 @@ QUICK_WIDTH, QUICK_BATCH = 8, 16
 
 
 def train_loop(
-    module: nn.Module, variables: dict, tx: optax.GradientTransformation,
-    sync: bool, x: jax.Array, y: jax.Array,
+  module: nn.Module,
+  variables: dict,
+  tx: optax.GradientTransformation,
+  sync: bool,
+  x: jax.Array,
+  y: jax.Array,
 ) -> _timing.Loop:
   """A loop of training steps on a copy of ``variables``, on one batch.
 
@@ -57,8 +61,11 @@ def train_loop(
   def step(params, batch_stats, opt_state, x, y):
     def loss_fn(params):
       logits, mutated = module.apply(
-          {"params": params, "batch_stats": batch_stats}, x, train=True,
-          mutable=["batch_stats"])
+        {"params": params, "batch_stats": batch_stats},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       return loss.mean(), mutated.get("batch_stats", {})
 
@@ -70,16 +77,20 @@ def train_loop(
 
   params = _timing.fresh_copy(variables["params"])
   batch_stats = _timing.fresh_copy(variables.get("batch_stats", {}))
-  return _timing.Loop(jax.jit(step, donate_argnums=(0, 1, 2)),
-                      (params, batch_stats, tx.init(params)), (x, y))
+  return _timing.Loop(
+    jax.jit(step, donate_argnums=(0, 1, 2)),
+    (params, batch_stats, tx.init(params)),
+    (x, y),
+  )
 
 
 def model_loops(
-    name: str, width: int | None, batch: int
+  name: str, width: int | None, batch: int
 ) -> tuple[dict[str, _timing.Loop], int]:
   """The adam and adam + swr loops of one zoo model, and its param count."""
   module, variables = models_linen.create(
-      name, NUM_CLASSES, IN_SHAPE, width=width)
+    name, NUM_CLASSES, IN_SHAPE, width=width
+  )
   x_key, y_key = jax.random.split(jax.random.key(0))
   x = jax.random.normal(x_key, (batch, *IN_SHAPE))
   y = jax.random.randint(y_key, (batch,), 0, NUM_CLASSES)
@@ -89,19 +100,24 @@ def model_loops(
   swr = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
   has_stats = bool(variables.get("batch_stats"))
   loops = {
-      "adam": train_loop(module, variables, optax.adam(1e-3), False, x, y),
-      "adam+swr": train_loop(module, variables, swr, has_stats, x, y),
+    "adam": train_loop(module, variables, optax.adam(1e-3), False, x, y),
+    "adam+swr": train_loop(module, variables, swr, has_stats, x, y),
   }
   return loops, _timing.num_params(variables["params"])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--models", default=",".join(MODELS),
-                      help=f"comma-separated, from {MODELS}")
+  parser.add_argument(
+    "--models", default=",".join(MODELS), help=f"comma-separated, from {MODELS}"
+  )
   parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--width", type=int, default=None,
-                      help="models_linen.create's width; default: the paper's")
+  parser.add_argument(
+    "--width",
+    type=int,
+    default=None,
+    help="models_linen.create's width; default: the paper's",
+  )
   _timing.add_flags(parser, repeats=10, rounds=3)
   args = parser.parse_args(argv)
   _timing.quick_counts(args)
@@ -112,21 +128,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     loops, size = model_loops(name, args.width, args.batch)
     timings = _timing.compare(loops, args.repeats, args.rounds)
     seconds = {variant: t["seconds"] for variant, t in timings.items()}
-    rows.append({
-        "model": name, "params": size, "seconds": seconds,
+    rows.append(
+      {
+        "model": name,
+        "params": size,
+        "seconds": seconds,
         "round_medians": {v: t["round_medians"] for v, t in timings.items()},
         "overhead_percent": 100 * (seconds["adam+swr"] / seconds["adam"] - 1),
-    })
+      }
+    )
     del loops
   _timing.report(
-      {"batch": args.batch, "width": args.width, "in_shape": IN_SHAPE,
-       "repeats": args.repeats, "rounds": args.rounds, "rows": rows},
-      args.out,
-      [("model", "s"), ("params", "d"), ("adam ms", ".2f"),
-       ("adam+swr ms", ".2f"), ("overhead %", "+.1f")],
-      [[r["model"], r["params"], 1e3 * r["seconds"]["adam"],
-        1e3 * r["seconds"]["adam+swr"], r["overhead_percent"]] for r in rows],
-      title=f"batch {args.batch}, width {args.width or 'paper'}",
+    {
+      "batch": args.batch,
+      "width": args.width,
+      "in_shape": IN_SHAPE,
+      "repeats": args.repeats,
+      "rounds": args.rounds,
+      "rows": rows,
+    },
+    args.out,
+    [
+      ("model", "s"),
+      ("params", "d"),
+      ("adam ms", ".2f"),
+      ("adam+swr ms", ".2f"),
+      ("overhead %", "+.1f"),
+    ],
+    [
+      [
+        r["model"],
+        r["params"],
+        1e3 * r["seconds"]["adam"],
+        1e3 * r["seconds"]["adam+swr"],
+        r["overhead_percent"],
+      ]
+      for r in rows
+    ],
+    title=f"batch {args.batch}, width {args.width or 'paper'}",
   )
 
 

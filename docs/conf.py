@@ -18,10 +18,10 @@ copyright = "2025, optax_swr developers"  # pylint: disable=redefined-builtin
 version = release = optax_swr.__version__
 
 extensions = [
-    "myst_parser",  # the pages are Markdown
-    "sphinx.ext.autodoc",  # the API page, from the docstrings
-    "sphinx.ext.napoleon",  # ... which are Google style
-    "sphinx.ext.mathjax",
+  "myst_parser",  # the pages are Markdown
+  "sphinx.ext.autodoc",  # the API page, from the docstrings
+  "sphinx.ext.napoleon",  # ... which are Google style
+  "sphinx.ext.mathjax",
 ]
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
@@ -40,8 +40,8 @@ html_theme = "sphinx_book_theme"  # the theme of optax's documentation
 html_title = f"optax_swr {release}"
 html_static_path = ["_static"]
 html_theme_options = {
-    "show_toc_level": 2,
-    "use_download_button": False,
+  "show_toc_level": 2,
+  "use_download_button": False,
 }
 
 

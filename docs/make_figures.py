@@ -30,17 +30,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (JSON file, method in it, legend label) per curve, one list per panel.
 PANELS = (
-    ("digits CNN, warm start, 100 epochs per phase", (
-        ("warm_start_long_digits_cnn", "vanilla", "vanilla Adam"),
-        ("warm_start_long_digits_cnn", "swr", "SWR, λ = 1e-3"),
-    )),
-    ("Fashion-MNIST MLP, warm start, 5 epochs per phase", (
-        ("warm_start_fashion_mnist_mlp", "vanilla", "vanilla Adam"),
-        ("warm_start_fashion_mnist_mlp", "swr", "SWR, λ = 1e-4"),
-        ("sweep_warm_start_fashion_mnist_mlp_1e-3", "swr", "SWR, λ = 1e-3"),
-        ("sweep_warm_start_fashion_mnist_mlp_1e-2", "swr", "SWR, λ = 1e-2"),
-        ("sweep_warm_start_fashion_mnist_mlp_1e-1", "swr", "SWR, λ = 1e-1"),
-    )),
+  (
+    "digits CNN, warm start, 100 epochs per phase",
+    (
+      ("warm_start_long_digits_cnn", "vanilla", "vanilla Adam"),
+      ("warm_start_long_digits_cnn", "swr", "SWR, λ = 1e-3"),
+    ),
+  ),
+  (
+    "Fashion-MNIST MLP, warm start, 5 epochs per phase",
+    (
+      ("warm_start_fashion_mnist_mlp", "vanilla", "vanilla Adam"),
+      ("warm_start_fashion_mnist_mlp", "swr", "SWR, λ = 1e-4"),
+      ("sweep_warm_start_fashion_mnist_mlp_1e-3", "swr", "SWR, λ = 1e-3"),
+      ("sweep_warm_start_fashion_mnist_mlp_1e-2", "swr", "SWR, λ = 1e-2"),
+      ("sweep_warm_start_fashion_mnist_mlp_1e-1", "swr", "SWR, λ = 1e-1"),
+    ),
+  ),
 )
 
 
@@ -79,9 +85,11 @@ def draw(results_dir: str, out: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
-      "--results-dir", default=os.path.join(ROOT, "examples", "results"))
+    "--results-dir", default=os.path.join(ROOT, "examples", "results")
+  )
   parser.add_argument(
-      "--out", default=os.path.join(ROOT, "docs", "_static", "weight_norms.png"))
+    "--out", default=os.path.join(ROOT, "docs", "_static", "weight_norms.png")
+  )
   args = parser.parse_args(argv)
   print(draw(args.results_dir, args.out))
 

@@ -43,11 +43,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
   if args.chunks < 2:
     parser.error("--chunks must be at least 2")
   settings = protocols.settings_from_flags(
-      args, f"continual_{args.access}", f"continual_{args.access}")
+    args, f"continual_{args.access}", f"continual_{args.access}"
+  )
   dataset = protocols.load_data(settings)
   results = protocols.run_protocol(
-      settings, dataset,
-      stages(dataset.x_train, dataset.y_train, args.chunks, args.access))
+    settings,
+    dataset,
+    stages(dataset.x_train, dataset.y_train, args.chunks, args.access),
+  )
   results["config"].update(access=args.access, chunks=args.chunks)
   protocols.finish(results, settings)
   return results

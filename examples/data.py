@@ -80,17 +80,17 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
   x = (digits.images[..., np.newaxis] / DIGITS_MAX_PIXEL).astype(np.float32)
   y = digits.target.astype(np.int32)
   x_train, x_test, y_train, y_test = model_selection.train_test_split(
-      x, y, test_size=test_fraction, stratify=y, random_state=seed
+    x, y, test_size=test_fraction, stratify=y, random_state=seed
   )
   return Dataset(x_train, y_train, x_test, y_test)
 
 
 def batches(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    rng: np.random.Generator,
-    drop_last: bool = True,
+  x: np.ndarray,
+  y: np.ndarray,
+  batch_size: int,
+  rng: np.random.Generator,
+  drop_last: bool = True,
 ) -> Iterator[Batch]:
   """Yields one epoch of (x, y) minibatches in an order drawn from ``rng``.
 
@@ -105,8 +105,8 @@ def batches(
   """
   if len(x) != len(y):
     raise ValueError(
-        f"batches: x has {len(x)} examples but y has {len(y)}; pass inputs "
-        "and labels of the same examples."
+      f"batches: x has {len(x)} examples but y has {len(y)}; pass inputs "
+      "and labels of the same examples."
     )
   order = rng.permutation(len(x))
   stop = len(x) - batch_size + 1 if drop_last else len(x)
@@ -136,8 +136,8 @@ def load(name_or_path: str) -> Dataset:
   if name_or_path.endswith(".npz"):
     return load_npz(name_or_path)
   raise ValueError(
-      f"--data: unknown data set {name_or_path!r}; use one of {BUILT_IN} or "
-      "a path to an .npz file with x_train, y_train, x_test, y_test."
+    f"--data: unknown data set {name_or_path!r}; use one of {BUILT_IN} or "
+    "a path to an .npz file with x_train, y_train, x_test, y_test."
   )
 
 
@@ -149,12 +149,14 @@ def load_npz(path: str) -> Dataset:
     missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays.files)
     if missing:
       raise ValueError(
-          f"--data: {path!r} lacks the arrays {sorted(missing)}; it needs "
-          "x_train, y_train, x_test, y_test."
+        f"--data: {path!r} lacks the arrays {sorted(missing)}; it needs "
+        "x_train, y_train, x_test, y_test."
       )
     return Dataset(
-        _as_images(arrays["x_train"]), _as_labels(arrays["y_train"]),
-        _as_images(arrays["x_test"]), _as_labels(arrays["y_test"]),
+      _as_images(arrays["x_train"]),
+      _as_labels(arrays["y_train"]),
+      _as_images(arrays["x_test"]),
+      _as_labels(arrays["y_test"]),
     )
 
 
@@ -162,15 +164,15 @@ def load_fashion_mnist(directory: str = FASHION_MNIST_DIR) -> Dataset:
   """Loads Fashion-MNIST from the IDX files of ``dataset-fashion-mnist``."""
   if not os.path.isdir(directory):
     raise ValueError(
-        f"--data fashion_mnist: {directory} is missing; install it with "
-        "`apt-get install dataset-fashion-mnist`."
+      f"--data fashion_mnist: {directory} is missing; install it with "
+      "`apt-get install dataset-fashion-mnist`."
     )
   read = lambda name: read_idx(os.path.join(directory, name))
   return Dataset(
-      _as_images(read("train-images-idx3-ubyte.gz")),
-      _as_labels(read("train-labels-idx1-ubyte.gz")),
-      _as_images(read("t10k-images-idx3-ubyte.gz")),
-      _as_labels(read("t10k-labels-idx1-ubyte.gz")),
+    _as_images(read("train-images-idx3-ubyte.gz")),
+    _as_labels(read("train-labels-idx1-ubyte.gz")),
+    _as_images(read("t10k-images-idx3-ubyte.gz")),
+    _as_labels(read("t10k-labels-idx1-ubyte.gz")),
   )
 
 
@@ -192,32 +194,38 @@ def load_tfds(name: str) -> Dataset:  # pragma: no cover - needs tfds and data
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as error:
     raise ValueError(
-        f"--data {name} needs tensorflow-datasets and internet access "
-        "(`pip install tensorflow-datasets`); offline, use digits, "
-        "fashion_mnist or your own .npz."
+      f"--data {name} needs tensorflow-datasets and internet access "
+      "(`pip install tensorflow-datasets`); offline, use digits, "
+      "fashion_mnist or your own .npz."
     ) from error
   train, test = tfds.as_numpy(
-      tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True)
+    tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True)
   )
   return Dataset(
-      _as_images(train[0]), _as_labels(train[1]),
-      _as_images(test[0]), _as_labels(test[1]),
+    _as_images(train[0]),
+    _as_labels(train[1]),
+    _as_images(test[0]),
+    _as_labels(test[1]),
   )
 
 
 def subset(
-    dataset: Dataset, max_train: int | None, max_test: int | None, seed: int = 0
+  dataset: Dataset, max_train: int | None, max_test: int | None, seed: int = 0
 ) -> Dataset:
   """A random subset of at most ``max_train`` / ``max_test`` examples."""
   rng = np.random.default_rng(seed)
   pick = lambda n, limit: (
-      np.sort(rng.permutation(n)[:limit]) if limit and limit < n else slice(None)
+    np.sort(rng.permutation(n)[:limit]) if limit and limit < n else slice(None)
   )
-  train, test = pick(len(dataset.x_train), max_train), pick(
-      len(dataset.x_test), max_test)
+  train, test = (
+    pick(len(dataset.x_train), max_train),
+    pick(len(dataset.x_test), max_test),
+  )
   return Dataset(
-      dataset.x_train[train], dataset.y_train[train],
-      dataset.x_test[test], dataset.y_test[test],
+    dataset.x_train[train],
+    dataset.y_train[train],
+    dataset.x_test[test],
+    dataset.y_test[test],
   )
 
 
@@ -230,8 +238,8 @@ def _as_images(x: np.ndarray) -> np.ndarray:
     x = x[..., np.newaxis]
   if x.ndim not in (2, 4):
     raise ValueError(
-        f"--data: inputs of shape {x.shape} are neither flat vectors [N, D] "
-        "nor images [N, H, W, C]."
+      f"--data: inputs of shape {x.shape} are neither flat vectors [N, D] "
+      "nor images [N, H, W, C]."
     )
   return x.astype(np.float32)
 
@@ -240,7 +248,7 @@ def _as_labels(y: np.ndarray) -> np.ndarray:
   y = np.asarray(y)
   if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
     raise ValueError(
-        f"--data: labels must be non-negative integers of shape [N]; got "
-        f"{y.dtype} of shape {y.shape}."
+      f"--data: labels must be non-negative integers of shape [N]; got "
+      f"{y.dtype} of shape {y.shape}."
     )
   return y.astype(np.int32)

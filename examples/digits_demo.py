@@ -70,7 +70,7 @@ def load_data() -> data.Dataset:
   dataset = data.load_digits()
   flat = lambda images: images.reshape(len(images), -1)
   return dataclasses.replace(
-      dataset, x_train=flat(dataset.x_train), x_test=flat(dataset.x_test)
+    dataset, x_train=flat(dataset.x_train), x_test=flat(dataset.x_test)
   )
 
 
@@ -87,7 +87,7 @@ class MLP(nn.Module):
 
 
 def make_optimizer(
-    lr: float, coef: float | None
+  lr: float, coef: float | None
 ) -> optax.GradientTransformation:
   """Adam, followed by SWR unless ``coef`` is None.
 
@@ -100,7 +100,7 @@ def make_optimizer(
 
 
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation
+  model: nn.Module, tx: optax.GradientTransformation
 ) -> TrainStep:
   """Returns a jitted training step.
 
@@ -134,15 +134,15 @@ def make_accuracy(model: nn.Module) -> Accuracy:
 
 
 def train(
-    train_step: TrainStep,
-    params: Any,
-    opt_state: Any,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    rng: np.random.Generator,
+  train_step: TrainStep,
+  params: Any,
+  opt_state: Any,
+  x: np.ndarray,
+  y: np.ndarray,
+  *,
+  epochs: int,
+  batch_size: int,
+  rng: np.random.Generator,
 ) -> tuple[Any, Any]:
   """Trains for ``epochs`` passes over (x, y); returns (params, opt_state)."""
   for _ in range(epochs):
@@ -164,29 +164,29 @@ def final_norms(params: Any, opt_state: Any) -> np.ndarray:
 
 
 def half_of(
-    dataset: data.Dataset, rng: np.random.Generator
+  dataset: data.Dataset, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
   """A random, stratified half of the training set (warm-start phase 1)."""
   seed = int(rng.integers(2**31))
   x_half, _, y_half, _ = model_selection.train_test_split(
-      dataset.x_train,
-      dataset.y_train,
-      train_size=0.5,
-      stratify=dataset.y_train,
-      random_state=seed,
+    dataset.x_train,
+    dataset.y_train,
+    train_size=0.5,
+    stratify=dataset.y_train,
+    random_state=seed,
   )
   return x_half, y_half
 
 
 def run(
-    protocol: str,
-    seed: int,
-    dataset: data.Dataset,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    train_step: TrainStep,
-    accuracy: Accuracy,
-    args: argparse.Namespace,
+  protocol: str,
+  seed: int,
+  dataset: data.Dataset,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  train_step: TrainStep,
+  accuracy: Accuracy,
+  args: argparse.Namespace,
 ) -> RunResult:
   """Runs one protocol ("warm start" or "from scratch") for one seed."""
   start = time.perf_counter()
@@ -198,19 +198,19 @@ def run(
     phases.insert(0, half_of(dataset, rng))
   for x, y in phases:  # The same params and optimizer state go on.
     params, opt_state = train(
-        train_step,
-        params,
-        opt_state,
-        x,
-        y,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        rng=rng,
+      train_step,
+      params,
+      opt_state,
+      x,
+      y,
+      epochs=args.epochs,
+      batch_size=args.batch_size,
+      rng=rng,
     )
   return RunResult(
-      test_accuracy=accuracy(params, dataset.x_test, dataset.y_test),
-      weight_norms=final_norms(params, opt_state),
-      seconds=time.perf_counter() - start,
+    test_accuracy=accuracy(params, dataset.x_test, dataset.y_test),
+    weight_norms=final_norms(params, opt_state),
+    seconds=time.perf_counter() - start,
   )
 
 
@@ -218,24 +218,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """Parses the command-line flags."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
-      "--epochs",
-      type=int,
-      default=60,
-      help="epochs per phase (warm start has 2 phases, from scratch 1).",
+    "--epochs",
+    type=int,
+    default=60,
+    help="epochs per phase (warm start has 2 phases, from scratch 1).",
   )
   parser.add_argument("--seeds", type=int, default=3, help="number of seeds.")
   parser.add_argument(
-      "--coef",
-      type=float,
-      default=1e-2,
-      help="SWR coefficient lambda in [0, 1] (default: 1e-2).",
+    "--coef",
+    type=float,
+    default=1e-2,
+    help="SWR coefficient lambda in [0, 1] (default: 1e-2).",
   )
   parser.add_argument("--lr", type=float, default=1e-3, help="Adam step size.")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument(
-      "--quick",
-      action="store_true",
-      help="a tiny run for smoke tests: sets --epochs 2 --seeds 1.",
+    "--quick",
+    action="store_true",
+    help="a tiny run for smoke tests: sets --epochs 2 --seeds 1.",
   )
   args = parser.parse_args(argv)
   if args.quick:
@@ -246,8 +246,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def print_table(rows: list[tuple[str, str, list[RunResult]]]) -> None:
   """Prints mean +- std over seeds of each (method, protocol)."""
   header = (
-      f"{'method':8s} {'protocol':13s} {'test accuracy':>16s}"
-      f" {'sum ||W_l||':>12s} {'max ||W_l||':>12s} {'time (s)':>9s}"
+    f"{'method':8s} {'protocol':13s} {'test accuracy':>16s}"
+    f" {'sum ||W_l||':>12s} {'max ||W_l||':>12s} {'time (s)':>9s}"
   )
   print(header)
   print("-" * len(header))
@@ -256,10 +256,10 @@ def print_table(rows: list[tuple[str, str, list[RunResult]]]) -> None:
     norms = np.stack([r.weight_norms for r in results])
     seconds = sum(r.seconds for r in results)
     print(
-        f"{method:8s} {protocol:13s}"
-        f" {accuracies.mean():.4f} +- {accuracies.std():.4f}"
-        f" {norms.sum(axis=1).mean():12.2f} {norms.max(axis=1).mean():12.2f}"
-        f" {seconds:9.1f}"
+      f"{method:8s} {protocol:13s}"
+      f" {accuracies.mean():.4f} +- {accuracies.std():.4f}"
+      f" {norms.sum(axis=1).mean():12.2f} {norms.max(axis=1).mean():12.2f}"
+      f" {seconds:9.1f}"
     )
 
 
@@ -268,16 +268,16 @@ def main(argv: Sequence[str] | None = None) -> None:
   start = time.perf_counter()
   dataset = load_data()
   print(
-      f"digits: {len(dataset.x_train)} train / {len(dataset.x_test)} test"
-      f" images, MLP 64-256-256-256-10,\nAdam lr {args.lr:g}, batch {args.batch_size},"
-      f" {args.epochs} epochs per phase, {args.seeds} seed(s), SWR coef"
-      f" {args.coef:g}, on {jax.devices()[0].platform.upper()}.\n"
+    f"digits: {len(dataset.x_train)} train / {len(dataset.x_test)} test"
+    f" images, MLP 64-256-256-256-10,\nAdam lr {args.lr:g}, batch {args.batch_size},"
+    f" {args.epochs} epochs per phase, {args.seeds} seed(s), SWR coef"
+    f" {args.coef:g}, on {jax.devices()[0].platform.upper()}.\n"
   )
   model = MLP()
   accuracy = make_accuracy(model)
   methods = {
-      "vanilla": make_optimizer(args.lr, coef=None),
-      "SWR": make_optimizer(args.lr, coef=args.coef),
+    "vanilla": make_optimizer(args.lr, coef=None),
+    "SWR": make_optimizer(args.lr, coef=args.coef),
   }
   initial_params = model.init(jax.random.key(0), dataset.x_train)["params"]
   initial = kernel_norms(initial_params)
@@ -286,8 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_step = make_train_step(model, tx)  # Compiled once per method.
     for protocol in ("warm start", "from scratch"):
       results = [
-          run(protocol, seed, dataset, model, tx, train_step, accuracy, args)
-          for seed in range(args.seeds)
+        run(protocol, seed, dataset, model, tx, train_step, accuracy, args)
+        for seed in range(args.seeds)
       ]
       rows.append((method, protocol, results))
       per_seed = " ".join(f"{r.test_accuracy:.4f}" for r in results)
@@ -296,19 +296,19 @@ def main(argv: Sequence[str] | None = None) -> None:
   print()
   print_table(rows)
   mean = {
-      (method, protocol): np.mean([r.test_accuracy for r in results])
-      for method, protocol, results in rows
+    (method, protocol): np.mean([r.test_accuracy for r in results])
+    for method, protocol, results in rows
   }
   gaps = ", ".join(
-      f"{m} {mean[m, 'from scratch'] - mean[m, 'warm start']:+.4f}"
-      for m in methods
+    f"{m} {mean[m, 'from scratch'] - mean[m, 'warm start']:+.4f}"
+    for m in methods
   )
   print(f"\nwarm-start gap (from scratch - warm start): {gaps}")
   print(
-      "||W_l||: Frobenius norm of layer l's kernel after training, mean over"
-      f" seeds\n(at initialisation, seed 0: sum {initial.sum():.2f}, max"
-      f" {initial.max():.2f}).\ntime: total over seeds, compilation included."
-      f" Whole demo: {time.perf_counter() - start:.1f} s."
+    "||W_l||: Frobenius norm of layer l's kernel after training, mean over"
+    f" seeds\n(at initialisation, seed 0: sum {initial.sum():.2f}, max"
+    f" {initial.max():.2f}).\ntime: total over seeds, compilation included."
+    f" Whole demo: {time.perf_counter() - start:.1f} s."
   )
 
 

@@ -31,13 +31,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--lr-decay", action="store_true")
   args = parser.parse_args(argv)
   if not args.methods:
-    args.methods = "vanilla,l2,l2_init,swr" + (",swr_reinit" if args.lr_decay else "")
+    args.methods = "vanilla,l2,l2_init,swr" + (
+      ",swr_reinit" if args.lr_decay else ""
+    )
   settings = protocols.settings_from_flags(
-      args, "generalization", "warm_start", lr_decay=args.lr_decay)
+    args, "generalization", "warm_start", lr_decay=args.lr_decay
+  )
   dataset = protocols.load_data(settings)
   results = protocols.run_protocol(
-      settings, dataset, [(dataset.x_train, dataset.y_train)],
-      lr_boundaries_at=LR_DECAY_AT if args.lr_decay else ())
+    settings,
+    dataset,
+    [(dataset.x_train, dataset.y_train)],
+    lr_boundaries_at=LR_DECAY_AT if args.lr_decay else (),
+  )
   protocols.finish(results, settings)
   return results
 

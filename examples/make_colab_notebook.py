@@ -21,12 +21,16 @@ import sys
 import nbformat
 from nbformat import v4
 
-NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                        "colab_quickstart.ipynb")
-COLAB_URL = ("https://colab.research.google.com/github/optax-swr/optax-swr/"
-             "blob/main/examples/colab_quickstart.ipynb")
-PIP_SPEC = ("optax-swr[examples,plots] @ "
-            "git+https://github.com/optax-swr/optax-swr")
+NOTEBOOK = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "colab_quickstart.ipynb"
+)
+COLAB_URL = (
+  "https://colab.research.google.com/github/optax-swr/optax-swr/"
+  "blob/main/examples/colab_quickstart.ipynb"
+)
+PIP_SPEC = (
+  "optax-swr[examples,plots] @ git+https://github.com/optax-swr/optax-swr"
+)
 
 # (kind, id, source); the ids are fixed so that the file is deterministic.
 CELLS: list[tuple[str, str, str]] = []
@@ -40,7 +44,9 @@ def code(cell_id: str, source: str) -> None:
   CELLS.append(("code", cell_id, source.strip("\n")))
 
 
-markdown("title", f"""
+markdown(
+  "title",
+  f"""
 # Soft Weight Rescaling in five minutes
 
 [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL})
@@ -62,17 +68,23 @@ norms of both runs:
   minutes on a laptop CPU.
 
 On Colab, pick *Runtime > Change runtime type > GPU* (or TPU) first.
-""")
+""",
+)
 
-markdown("install-md", """
+markdown(
+  "install-md",
+  """
 ## Install
 
 On Colab the package is installed from GitHub. Anywhere else the notebook uses
 the `optax_swr` already installed (`pip install -e ".[examples,plots]"` in a
 clone), or the clone it is run from.
-""")
+""",
+)
 
-code("install", f"""
+code(
+  "install",
+  f"""
 import os
 import subprocess
 import sys
@@ -92,15 +104,21 @@ else:
       if os.path.isdir(os.path.join(root, "optax_swr")):
         sys.path.insert(0, os.path.abspath(root))
         break
-""")
+""",
+)
 
-markdown("device-md", """
+markdown(
+  "device-md",
+  """
 ## Device
 
 JAX picks the accelerator by itself: `tpu`, `gpu` or `cpu`.
-""")
+""",
+)
 
-code("device", """
+code(
+  "device",
+  """
 import shutil
 import time
 
@@ -123,18 +141,24 @@ if IN_COLAB and BACKEND == "cpu" and shutil.which("nvidia-smi"):
   print('A GPU is attached but JAX runs on the CPU: its CUDA plugin may not '
         'match the installed jax. Run `pip install -U "jax[cuda12]"`, then '
         'Runtime > Restart session.')
-""")
+""",
+)
 
-markdown("data-md", """
+markdown(
+  "data-md",
+  """
 ## Data
 
 CIFAR-10 through `tensorflow-datasets` when it is installed and the download
 works; otherwise scikit-learn's 1,797 8x8 digits (70% train, 30% test, split
 by class), upsampled to 32x32 so that the CNN sees the same geometry as on
 CIFAR. Set `OPTAX_SWR_OFFLINE=1` to skip CIFAR.
-""")
+""",
+)
 
-code("data", """
+code(
+  "data",
+  """
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
@@ -183,9 +207,12 @@ DATA = "cifar10" if cifar is not None else "digits"
 x_train, y_train, x_test, y_test = cifar if cifar is not None else load_digits()
 print(f"{DATA}: {len(x_train)} train / {len(x_test)} test images of "
       f"shape {x_train.shape[1:]}")
-""")
+""",
+)
 
-markdown("settings-md", """
+markdown(
+  "settings-md",
+  """
 ## Budget
 
 Sized by data and backend. On CIFAR-10 with a GPU or TPU: 15 epochs of the
@@ -194,9 +221,12 @@ full training set, batch 256 (the paper's). On CIFAR-10 with only a CPU, a
 minutes for both runs on two CPU cores. `OPTAX_SWR_NOTEBOOK_QUICK=1` (the CI
 test) caps every budget at 6 epochs and 5,000 images. Edit the numbers to
 taste; SWR's coefficient is the paper's for this CNN.
-""")
+""",
+)
 
-code("settings", """
+code(
+  "settings",
+  """
 QUICK = os.environ.get("OPTAX_SWR_NOTEBOOK_QUICK", "") not in ("", "0")
 LR = 1e-3          # Adam, as in the paper.
 SWR_COEF = 1e-3    # The paper's lambda for its CNN.
@@ -215,9 +245,12 @@ if MAX_TRAIN is not None and MAX_TRAIN < len(x_train):
   x_train, y_train = x_train[pick], y_train[pick]
 print(f"{EPOCHS} epochs of {len(x_train) // BATCH_SIZE} steps "
       f"(batch {BATCH_SIZE}), lr {LR}, SWR coef {SWR_COEF}")
-""")
+""",
+)
 
-markdown("model-md", """
+markdown(
+  "model-md",
+  """
 ## The paper's CNN
 
 Two 5x5 convolutions (16 channels, padding 1), each followed by ReLU and a
@@ -228,9 +261,12 @@ max-pooling, so SWR does not change its predictions (Theorem 1 of the paper).
 
 SWR needs the layers in forward order; `optax_swr.layers_from_linen` traces
 them from one abstract forward pass.
-""")
+""",
+)
 
-code("model", """
+code(
+  "model",
+  """
 class CNN(nn.Module):
   \"\"\"The paper's CIFAR CNN: 2 x (conv 5x5 -> ReLU -> max-pool 2), FC, FC.\"\"\"
 
@@ -253,18 +289,24 @@ variables = model.init(jax.random.key(SEED), jnp.zeros((1, *x_train.shape[1:])))
 layers = optax_swr.layers_from_linen(model, variables, x_train[:1])
 print("layers in forward order:", ["/".join(path) for path in layers])
 print("parameters:", sum(p.size for p in jax.tree.leaves(variables["params"])))
-""")
+""",
+)
 
-markdown("train-md", """
+markdown(
+  "train-md",
+  """
 ## Training
 
 One jitted step per optimizer. Both runs start from the same parameters and
 see the same batches; after each epoch we record the test accuracy and the
 Frobenius norm of every layer's weight (`optax_swr.metrics.layer_norms`, the
 norms SWR itself uses).
-""")
+""",
+)
 
-code("train", """
+code(
+  "train",
+  """
 def loss_fn(params, images, labels):
   logits = model.apply({"params": params}, images)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -331,17 +373,23 @@ optimizers = {
         optax.adam(LR), optax_swr.swr(SWR_COEF, layers=layers)),
 }
 results = {name: train(name, tx) for name, tx in optimizers.items()}
-""")
+""",
+)
 
-markdown("plot-md", """
+markdown(
+  "plot-md",
+  """
 ## Accuracy and weight norms
 
 Left, the test accuracy after each epoch. Right, the sum over layers of the
 weight norms: with Adam alone they grow throughout training, while SWR holds
 them near their initial values (dashed).
-""")
+""",
+)
 
-code("plot", """
+code(
+  "plot",
+  """
 epochs = np.arange(1, EPOCHS + 1)
 initial_norm = float(np.sum(layer_norms(variables["params"])))
 fig, (ax_acc, ax_norm) = plt.subplots(1, 2, figsize=(11, 4))
@@ -358,9 +406,12 @@ for ax in (ax_acc, ax_norm):
   ax.legend()
 fig.tight_layout()
 plt.show()
-""")
+""",
+)
 
-code("table", """
+code(
+  "table",
+  """
 layer_names = ["/".join(path) for path in layers]
 print(f"CNN on {DATA}, {EPOCHS} epochs, backend {BACKEND}\\n")
 print(f"{'':>12}  {'final acc':>9}  {'best acc':>8}  {'sum ||W||':>9}  "
@@ -377,9 +428,12 @@ for name, history in rows.items():
         f"{max(history['test_acc']):8.4f}  {norms.sum():9.2f}  "
         + "  ".join(f"{n:7.2f}" for n in norms)
         + f"  {history['seconds']:7.1f}")
-""")
+""",
+)
 
-markdown("next-md", """
+markdown(
+  "next-md",
+  """
 ## Next
 
 * Use it in your own loop: `optax.chain(your_optimizer, optax_swr.swr(coef,
@@ -389,7 +443,8 @@ markdown("next-md", """
 * The paper's protocols (warm start, continual learning, generalization) and
   the full model zoo are in
   [`examples/`](https://github.com/optax-swr/optax-swr/tree/main/examples).
-""")
+""",
+)
 
 
 def build() -> nbformat.NotebookNode:
@@ -404,11 +459,14 @@ def build() -> nbformat.NotebookNode:
     cells.append(cell)
   notebook = v4.new_notebook(cells=cells)
   notebook.metadata = {
-      "accelerator": "GPU",
-      "colab": {"provenance": [], "gpuType": "T4"},
-      "kernelspec": {
-          "display_name": "Python 3", "language": "python", "name": "python3"},
-      "language_info": {"name": "python"},
+    "accelerator": "GPU",
+    "colab": {"provenance": [], "gpuType": "T4"},
+    "kernelspec": {
+      "display_name": "Python 3",
+      "language": "python",
+      "name": "python3",
+    },
+    "language_info": {"name": "python"},
   }
   nbformat.validate(notebook)
   return notebook
@@ -420,15 +478,20 @@ def render() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--check", action="store_true",
-                      help="exit 1 if the notebook differs from the cells")
+  parser.add_argument(
+    "--check",
+    action="store_true",
+    help="exit 1 if the notebook differs from the cells",
+  )
   parser.add_argument("--out", default=NOTEBOOK)
   args = parser.parse_args(argv)
   text = render()
   if args.check:
     with open(args.out, encoding="utf-8") as file:
       if file.read() != text:
-        print(f"{args.out} is stale: run python examples/make_colab_notebook.py")
+        print(
+          f"{args.out} is stale: run python examples/make_colab_notebook.py"
+        )
         return 1
     return 0
   with open(args.out, "w", encoding="utf-8") as file:

@@ -42,11 +42,11 @@ POS_EMBEDDING_STDDEV = 0.02
 # Output channels of VGG-16's 13 convolutions, stage by stage; every stage
 # ends with a 2x2 max-pool.
 VGG16_STAGES = (
-    (64, 64),
-    (128, 128),
-    (256, 256, 256),
-    (512, 512, 512),
-    (512, 512, 512),
+  (64, 64),
+  (128, 128),
+  (256, 256, 256),
+  (512, 512, 512),
+  (512, 512, 512),
 )
 
 Variables = dict[str, Any]
@@ -59,9 +59,9 @@ def check_image_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
   """Returns ``shape`` if it is ``(height, width, channels)``, else raises."""
   if len(shape) != 3:
     raise ValueError(
-        f"{what} must be (height, width, channels), got {tuple(shape)}. "
-        "Image models take NHWC batches: reshape flat inputs, e.g. "
-        "x.reshape(-1, 8, 8, 1) for 8x8 grey digits."
+      f"{what} must be (height, width, channels), got {tuple(shape)}. "
+      "Image models take NHWC batches: reshape flat inputs, e.g. "
+      "x.reshape(-1, 8, 8, 1) for 8x8 grey digits."
     )
   return tuple(shape)
 
@@ -92,20 +92,20 @@ def vgg16_convs(width: int) -> tuple[tuple[int, bool], ...]:
   8 a tiny VGG for tests.
   """
   return tuple(
-      (max(1, channels * width // 64), index == len(stage) - 1)
-      for stage in VGG16_STAGES
-      for index, channels in enumerate(stage)
+    (max(1, channels * width // 64), index == len(stage) - 1)
+    for stage in VGG16_STAGES
+    for index, channels in enumerate(stage)
   )
 
 
 def resnet18_blocks(
-    width: int, stages: Sequence[int]
+  width: int, stages: Sequence[int]
 ) -> tuple[tuple[int, int], ...]:
   """``(channels, stride)`` of every BasicBlock; channels double per stage."""
   return tuple(
-      (width * 2**stage, 2 if stage > 0 and block == 0 else 1)
-      for stage, num_blocks in enumerate(stages)
-      for block in range(num_blocks)
+    (width * 2**stage, 2 if stage > 0 and block == 0 else 1)
+    for stage, num_blocks in enumerate(stages)
+    for block in range(num_blocks)
   )
 
 
@@ -114,14 +114,14 @@ def num_patches(in_shape: Sequence[int], patch_size: int) -> int:
   height, width, _ = check_image_shape(in_shape, "the image shape")
   if not 1 <= patch_size <= min(height, width):
     raise ValueError(
-        f"patch_size={patch_size} does not fit {height}x{width} images; "
-        f"use a patch size between 1 and {min(height, width)}."
+      f"patch_size={patch_size} does not fit {height}x{width} images; "
+      f"use a patch size between 1 and {min(height, width)}."
     )
   return (height // patch_size) * (width // patch_size)
 
 
 def model_kwargs(
-    name: str, in_shape: Sequence[int], width: int | None
+  name: str, in_shape: Sequence[int], width: int | None
 ) -> dict[str, Any]:
   """The constructor arguments ``create`` uses for ``name`` at ``width``.
 
@@ -156,10 +156,10 @@ def model_kwargs(
 
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
   return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=BN_MOMENTUM,
-      epsilon=BN_EPSILON,
-      name=name,
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    name=name,
   )
 
 
@@ -213,11 +213,11 @@ class CNN(nn.Module):
     _check_images(x)
     for index in (1, 2):
       x = nn.Conv(
-          self.channels,
-          (5, 5),
-          padding=1,
-          use_bias=not self.use_batch_norm,
-          name=f"conv{index}",
+        self.channels,
+        (5, 5),
+        padding=1,
+        use_bias=not self.use_batch_norm,
+        name=f"conv{index}",
       )(x)
       if self.use_batch_norm:
         x = _batch_norm(train, name=f"bn{index}")(x)
@@ -258,11 +258,11 @@ class VGG16(nn.Module):
     _check_images(x)
     for index, (channels, pool_after) in enumerate(vgg16_convs(self.width)):
       x = nn.Conv(
-          channels,
-          (3, 3),
-          padding="SAME",
-          use_bias=not self.use_batch_norm,
-          name=f"convs_{index}",
+        channels,
+        (3, 3),
+        padding="SAME",
+        use_bias=not self.use_batch_norm,
+        name=f"convs_{index}",
       )(x)
       if self.use_batch_norm:
         x = _batch_norm(train, name=f"norms_{index}")(x)
@@ -292,27 +292,27 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = nn.Conv(
-        self.features,
-        (3, 3),
-        strides=self.stride,
-        padding=1,
-        use_bias=False,
-        name="conv1",
+      self.features,
+      (3, 3),
+      strides=self.stride,
+      padding=1,
+      use_bias=False,
+      name="conv1",
     )(x)
     y = nn.relu(_batch_norm(train, name="bn1")(y))
-    y = nn.Conv(
-        self.features, (3, 3), padding=1, use_bias=False, name="conv2"
-    )(y)
+    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False, name="conv2")(
+      y
+    )
     y = _batch_norm(train, name="bn2")(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
       shortcut = nn.Conv(
-          self.features,
-          (1, 1),
-          strides=self.stride,
-          padding="VALID",
-          use_bias=False,
-          name="shortcut_conv",
+        self.features,
+        (1, 1),
+        strides=self.stride,
+        padding="VALID",
+        use_bias=False,
+        name="shortcut_conv",
       )(x)
       shortcut = _batch_norm(train, name="shortcut_bn")(shortcut)
     return nn.relu(y + shortcut)
@@ -339,7 +339,7 @@ class ResNet18(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     _check_images(x)
     x = nn.Conv(
-        self.width, (3, 3), padding=1, use_bias=False, name="stem_conv"
+      self.width, (3, 3), padding=1, use_bias=False, name="stem_conv"
     )(x)
     x = nn.relu(_batch_norm(train, name="stem_bn")(x))
     blocks = resnet18_blocks(self.width, self.stages)
@@ -365,7 +365,7 @@ class EncoderBlock(nn.Module):
     dim = x.shape[-1]
     y = nn.LayerNorm(name="norm1")(x)
     x = x + nn.MultiHeadDotProductAttention(
-        num_heads=self.heads, deterministic=True, name="attn"
+      num_heads=self.heads, deterministic=True, name="attn"
     )(y)
     y = nn.LayerNorm(name="norm2")(x)
     y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in")(y))
@@ -405,13 +405,13 @@ class TransformerEncoder(nn.Module):
     tokens = num_patches(x.shape[1:], self.patch_size)
     patch = (self.patch_size, self.patch_size)
     x = nn.Conv(
-        self.dim, patch, strides=patch, padding="VALID", name="patch_embed"
+      self.dim, patch, strides=patch, padding="VALID", name="patch_embed"
     )(x)
     x = x.reshape(x.shape[0], tokens, self.dim)
     x = x + self.param(
-        "pos_embedding",
-        nn.initializers.normal(POS_EMBEDDING_STDDEV),
-        (tokens, self.dim),
+      "pos_embedding",
+      nn.initializers.normal(POS_EMBEDDING_STDDEV),
+      (tokens, self.dim),
     )
     for index in range(self.depth):
       x = EncoderBlock(self.heads, self.mlp_dim, name=f"blocks_{index}")(x)
@@ -420,22 +420,22 @@ class TransformerEncoder(nn.Module):
 
 
 MODELS: dict[str, type[nn.Module]] = {
-    "mlp": MLP,
-    "cnn": CNN,
-    "cnn_bn": CNNBN,
-    "vgg16": VGG16,
-    "resnet18": ResNet18,
-    "transformer": TransformerEncoder,
+  "mlp": MLP,
+  "cnn": CNN,
+  "cnn_bn": CNNBN,
+  "vgg16": VGG16,
+  "resnet18": ResNet18,
+  "transformer": TransformerEncoder,
 }
 
 
 def create(
-    name: str,
-    num_classes: int,
-    in_shape: tuple[int, ...],
-    *,
-    width: int | None = None,
-    seed: int = 0,
+  name: str,
+  num_classes: int,
+  in_shape: tuple[int, ...],
+  *,
+  width: int | None = None,
+  seed: int = 0,
 ) -> tuple[nn.Module, Variables]:
   """Builds a model of the zoo and initialises it on a zero batch.
 

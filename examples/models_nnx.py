@@ -33,15 +33,15 @@ from flax import nnx
 import jax
 
 # Framework-independent pieces shared by both zoos.
-from examples.models_linen import ALL_MODELS
+from examples.models_linen import ALL_MODELS  # noqa: F401 (the same names as the Linen zoo)
 from examples.models_linen import BN_EPSILON
 from examples.models_linen import BN_MOMENTUM
-from examples.models_linen import CHAIN_MODELS
+from examples.models_linen import CHAIN_MODELS  # noqa: F401
+from examples.models_linen import POS_EMBEDDING_STDDEV
 from examples.models_linen import check_image_shape
 from examples.models_linen import max_pool_2x2
 from examples.models_linen import model_kwargs
 from examples.models_linen import num_patches
-from examples.models_linen import POS_EMBEDDING_STDDEV
 from examples.models_linen import pooled_size
 from examples.models_linen import resnet18_blocks
 from examples.models_linen import vgg16_convs
@@ -52,7 +52,7 @@ List = getattr(nnx, "List", list)
 
 def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(
-      features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs
+    features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs
   )
 
 
@@ -70,18 +70,20 @@ class MLP(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      hidden: Sequence[int] = (100, 100),
-      num_classes: int = 10,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    hidden: Sequence[int] = (100, 100),
+    num_classes: int = 10,
+    *,
+    rngs: nnx.Rngs,
   ):
     sizes = (in_features, *hidden)
-    self.hidden = List([
+    self.hidden = List(
+      [
         nnx.Linear(units_in, units_out, rngs=rngs)
         for units_in, units_out in zip(sizes[:-1], sizes[1:])
-    ])
+      ]
+    )
     self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -109,14 +111,14 @@ class CNN(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      num_classes: int = 10,
-      channels: int = 16,
-      hidden: int = 100,
-      use_batch_norm: bool = False,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    channels: int = 16,
+    hidden: int = 100,
+    use_batch_norm: bool = False,
+    *,
+    rngs: nnx.Rngs,
   ):
     height, width, in_channels = check_image_shape(in_shape, "in_shape")
     conv_args = dict(padding=1, use_bias=not use_batch_norm, rngs=rngs)
@@ -145,16 +147,16 @@ class CNNBN(CNN):
   """The paper's CNN-BN: ``CNN`` with conv (no bias) -> BatchNorm -> ReLU."""
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      num_classes: int = 10,
-      channels: int = 16,
-      hidden: int = 100,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    channels: int = 16,
+    hidden: int = 100,
+    *,
+    rngs: nnx.Rngs,
   ):
     super().__init__(
-        in_shape, num_classes, channels, hidden, use_batch_norm=True, rngs=rngs
+      in_shape, num_classes, channels, hidden, use_batch_norm=True, rngs=rngs
     )
 
 
@@ -178,33 +180,35 @@ class VGG16(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      num_classes: int = 10,
-      width: int = 64,
-      classifier_width: int = 4096,
-      use_batch_norm: bool = False,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    width: int = 64,
+    classifier_width: int = 4096,
+    use_batch_norm: bool = False,
+    *,
+    rngs: nnx.Rngs,
   ):
     height, image_width, in_channels = check_image_shape(in_shape, "in_shape")
     layout = vgg16_convs(width)
     channels = [in_channels] + [out for out, _ in layout]
-    self.convs = List([
+    self.convs = List(
+      [
         nnx.Conv(
-            channels_in,
-            channels_out,
-            (3, 3),
-            padding="SAME",
-            use_bias=not use_batch_norm,
-            rngs=rngs,
+          channels_in,
+          channels_out,
+          (3, 3),
+          padding="SAME",
+          use_bias=not use_batch_norm,
+          rngs=rngs,
         )
         for channels_in, channels_out in zip(channels[:-1], channels[1:])
-    ])
+      ]
+    )
     self.norms = (
-        List([_batch_norm(out, rngs) for out in channels[1:]])
-        if use_batch_norm
-        else None
+      List([_batch_norm(out, rngs) for out in channels[1:]])
+      if use_batch_norm
+      else None
     )
     self.pool_after = tuple(pool_after for _, pool_after in layout)
     size = (height, image_width)
@@ -237,23 +241,23 @@ class BasicBlock(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_features: int,
-      features: int,
-      stride: int = 1,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_features: int,
+    features: int,
+    stride: int = 1,
+    *,
+    rngs: nnx.Rngs,
   ):
     conv_args = dict(use_bias=False, rngs=rngs)
     self.conv1 = nnx.Conv(
-        in_features, features, (3, 3), stride, padding=1, **conv_args
+      in_features, features, (3, 3), stride, padding=1, **conv_args
     )
     self.bn1 = _batch_norm(features, rngs)
     self.conv2 = nnx.Conv(features, features, (3, 3), padding=1, **conv_args)
     self.bn2 = _batch_norm(features, rngs)
     if stride != 1 or in_features != features:
       self.shortcut_conv = nnx.Conv(
-          in_features, features, (1, 1), stride, padding="VALID", **conv_args
+        in_features, features, (1, 1), stride, padding="VALID", **conv_args
       )
       self.shortcut_bn = _batch_norm(features, rngs)
     else:
@@ -286,17 +290,17 @@ class ResNet18(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      num_classes: int = 10,
-      width: int = 64,
-      stages: Sequence[int] = (2, 2, 2, 2),
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    width: int = 64,
+    stages: Sequence[int] = (2, 2, 2, 2),
+    *,
+    rngs: nnx.Rngs,
   ):
     _, _, in_channels = check_image_shape(in_shape, "in_shape")
     self.stem_conv = nnx.Conv(
-        in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs
+      in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs
     )
     self.stem_bn = _batch_norm(width, rngs)
     blocks, in_features = [], width
@@ -320,8 +324,12 @@ class EncoderBlock(nnx.Module):
   def __init__(self, dim: int, heads: int, mlp_dim: int, *, rngs: nnx.Rngs):
     self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
     self.attn = nnx.MultiHeadAttention(
-        heads, dim, decode=False, deterministic=True, keep_rngs=False,
-        rngs=rngs,
+      heads,
+      dim,
+      decode=False,
+      deterministic=True,
+      keep_rngs=False,
+      rngs=rngs,
     )
     self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
     self.mlp_in = nnx.Linear(dim, mlp_dim, rngs=rngs)
@@ -355,26 +363,26 @@ class TransformerEncoder(nnx.Module):
   """
 
   def __init__(
-      self,
-      in_shape: Sequence[int],
-      num_classes: int = 10,
-      dim: int = 64,
-      depth: int = 2,
-      heads: int = 4,
-      mlp_dim: int = 128,
-      patch_size: int = 4,
-      *,
-      rngs: nnx.Rngs,
+    self,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 4,
+    mlp_dim: int = 128,
+    patch_size: int = 4,
+    *,
+    rngs: nnx.Rngs,
   ):
     tokens = num_patches(in_shape, patch_size)
     patch = (patch_size, patch_size)
     self.patch_embed = nnx.Conv(
-        in_shape[-1], dim, patch, patch, padding="VALID", rngs=rngs
+      in_shape[-1], dim, patch, patch, padding="VALID", rngs=rngs
     )
     init = jax.nn.initializers.normal(POS_EMBEDDING_STDDEV)
     self.pos_embedding = nnx.Param(init(rngs.params(), (tokens, dim)))
     self.blocks = List(
-        [EncoderBlock(dim, heads, mlp_dim, rngs=rngs) for _ in range(depth)]
+      [EncoderBlock(dim, heads, mlp_dim, rngs=rngs) for _ in range(depth)]
     )
     self.norm = nnx.LayerNorm(dim, rngs=rngs)
     self.head = nnx.Linear(dim, num_classes, rngs=rngs)
@@ -389,22 +397,22 @@ class TransformerEncoder(nnx.Module):
 
 
 MODELS: dict[str, type[nnx.Module]] = {
-    "mlp": MLP,
-    "cnn": CNN,
-    "cnn_bn": CNNBN,
-    "vgg16": VGG16,
-    "resnet18": ResNet18,
-    "transformer": TransformerEncoder,
+  "mlp": MLP,
+  "cnn": CNN,
+  "cnn_bn": CNNBN,
+  "vgg16": VGG16,
+  "resnet18": ResNet18,
+  "transformer": TransformerEncoder,
 }
 
 
 def create(
-    name: str,
-    num_classes: int,
-    in_shape: tuple[int, ...],
-    *,
-    width: int | None = None,
-    seed: int = 0,
+  name: str,
+  num_classes: int,
+  in_shape: tuple[int, ...],
+  *,
+  width: int | None = None,
+  seed: int = 0,
 ) -> nnx.Module:
   """Builds a model of the zoo, in training mode.
 

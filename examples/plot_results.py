@@ -22,9 +22,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 PANELS = (
-    ("test_acc", "test accuracy"),
-    ("weight_norms", "sum of layer weight norms"),
-    ("balancedness", "balancedness (l2 path norm / its minimum)"),
+  ("test_acc", "test accuracy"),
+  ("weight_norms", "sum of layer weight norms"),
+  ("balancedness", "balancedness (l2 path norm / its minimum)"),
 )
 
 
@@ -42,8 +42,11 @@ def plot_file(path: str, out_dir: str) -> str:
   with open(path) as file:
     results = json.load(file)
   config = results["config"]
-  panels = [p for p in PANELS if any(
-      series(e, p[0]) is not None for e in results["methods"].values())]
+  panels = [
+    p
+    for p in PANELS
+    if any(series(e, p[0]) is not None for e in results["methods"].values())
+  ]
   figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
   for axis, (key, label) in zip(np.atleast_1d(axes), panels):
     for name, entry in results["methods"].items():
@@ -61,8 +64,10 @@ def plot_file(path: str, out_dir: str) -> str:
     axis.set_ylabel(label)
     axis.grid(alpha=0.3)
   np.atleast_1d(axes)[0].legend(fontsize=7)
-  title = (f"{config['protocol']} | {config['data']} | {config['model']} | "
-           f"{config['epochs']} epochs per phase | {config['seeds']} seeds")
+  title = (
+    f"{config['protocol']} | {config['data']} | {config['model']} | "
+    f"{config['epochs']} epochs per phase | {config['seeds']} seeds"
+  )
   figure.suptitle(title, fontsize=9)
   figure.tight_layout()
   os.makedirs(out_dir, exist_ok=True)

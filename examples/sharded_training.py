@@ -28,30 +28,52 @@ from typing import Any
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n", 1)[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--steps", type=int, default=300,
-                      help="training steps")
-  parser.add_argument("--devices", type=int, default=8,
-                      help="devices in the mesh; simulated CPU devices when "
-                           "there are fewer accelerators")
-  parser.add_argument("--fsdp", type=int, default=2,
-                      help="size of the mesh's fsdp axis (divides --devices)")
-  parser.add_argument("--batch-size", type=int, default=128,
-                      help="global batch, split over all devices")
-  parser.add_argument("--width", type=int, default=128,
-                      help="units of each of the MLP's two hidden layers")
+    description=__doc__.split("\n", 1)[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  parser.add_argument("--steps", type=int, default=300, help="training steps")
+  parser.add_argument(
+    "--devices",
+    type=int,
+    default=8,
+    help="devices in the mesh; simulated CPU devices when "
+    "there are fewer accelerators",
+  )
+  parser.add_argument(
+    "--fsdp",
+    type=int,
+    default=2,
+    help="size of the mesh's fsdp axis (divides --devices)",
+  )
+  parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=128,
+    help="global batch, split over all devices",
+  )
+  parser.add_argument(
+    "--width",
+    type=int,
+    default=128,
+    help="units of each of the MLP's two hidden layers",
+  )
   parser.add_argument("--lr", type=float, default=1e-3)
   parser.add_argument("--swr-coef", type=float, default=1e-2)
-  parser.add_argument("--log-every", type=int, default=50,
-                      help="steps between two lines of loss and accuracy")
+  parser.add_argument(
+    "--log-every",
+    type=int,
+    default=50,
+    help="steps between two lines of loss and accuracy",
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.devices < 1 or args.fsdp < 1 or args.devices % args.fsdp:
     parser.error(f"--fsdp {args.fsdp} must divide --devices {args.devices}")
   if args.batch_size % args.devices:
-    parser.error(f"--batch-size {args.batch_size} must be a multiple of "
-                 f"--devices {args.devices}")
+    parser.error(
+      f"--batch-size {args.batch_size} must be a multiple of "
+      f"--devices {args.devices}"
+    )
   return args
 
 
@@ -64,7 +86,8 @@ def simulate_host_devices(count: int) -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (
-        f"{flags} --xla_force_host_platform_device_count={count}").strip()
+      f"{flags} --xla_force_host_platform_device_count={count}"
+    ).strip()
 
 
 if __name__ == "__main__":  # Run as a script: make `examples` importable.
@@ -95,10 +118,12 @@ def make_mesh(count: int, fsdp: int) -> Mesh:
     devices = jax.devices("cpu")
   if len(devices) < count:
     raise SystemExit(
-        f"--devices {count}: only {len(devices)} devices. Run this file as a "
-        "script, so that it can set XLA_FLAGS before JAX starts.")
-  return Mesh(np.array(devices[:count]).reshape(count // fsdp, fsdp),
-              (DATA, FSDP))
+      f"--devices {count}: only {len(devices)} devices. Run this file as a "
+      "script, so that it can set XLA_FLAGS before JAX starts."
+    )
+  return Mesh(
+    np.array(devices[:count]).reshape(count // fsdp, fsdp), (DATA, FSDP)
+  )
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
@@ -113,8 +138,9 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, params: Any,
-                        replicated: NamedSharding) -> Any:
+def opt_state_shardings(
+  tx: optax.GradientTransformation, params: Any, replicated: NamedSharding
+) -> Any:
   """Adam's moments (sub-trees shaped like the params) split as the params.
 
   Everything else (counts, SWR's per-layer scalars) is copied to every
@@ -125,26 +151,35 @@ def opt_state_shardings(tx: optax.GradientTransformation, params: Any,
   like_params = lambda node: jax.tree.structure(node) == params_def
   param_shardings = jax.tree.map(lambda a: a.sharding, params)
   return jax.tree.map(
-      lambda node: param_shardings if like_params(node) else replicated,
-      jax.eval_shape(tx.init, params), is_leaf=like_params)
+    lambda node: param_shardings if like_params(node) else replicated,
+    jax.eval_shape(tx.init, params),
+    is_leaf=like_params,
+  )
 
 
 def print_placement(mesh: Mesh, params: Any) -> None:
   """One line per parameter, then the slice of one kernel on each device."""
-  print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} "
-        f"{mesh.devices.flat[0].platform} devices")
+  print(
+    f"mesh: {dict(mesh.shape)} over {mesh.devices.size} "
+    f"{mesh.devices.flat[0].platform} devices"
+  )
   print(f"{'parameter':<18} {'shape':<11} {'spec':<22} shard on each device")
   leaves = jax.tree_util.tree_leaves_with_path(params)
   for path, leaf in leaves:
-    print(f"{jax.tree_util.keystr(path, simple=True, separator='/'):<18} "
-          f"{str(leaf.shape):<11} {str(leaf.sharding.spec):<22} "
-          f"{leaf.addressable_shards[0].data.shape}")
+    print(
+      f"{jax.tree_util.keystr(path, simple=True, separator='/'):<18} "
+      f"{str(leaf.shape):<11} {str(leaf.sharding.spec):<22} "
+      f"{leaf.addressable_shards[0].data.shape}"
+    )
   path, kernel = leaves[-1]
-  print(f"{jax.tree_util.keystr(path, simple=True, separator='/')}, "
-        "device by device:")
+  print(
+    f"{jax.tree_util.keystr(path, simple=True, separator='/')}, "
+    "device by device:"
+  )
   for shard in kernel.addressable_shards:
-    rows, columns = (f"{s.start or 0}:{s.stop or n}"
-                     for s, n in zip(shard.index, kernel.shape))
+    rows, columns = (
+      f"{s.start or 0}:{s.stop or n}" for s, n in zip(shard.index, kernel.shape)
+    )
     print(f"  {shard.device}: [{rows}, {columns}]")
 
 
@@ -152,21 +187,29 @@ def check_swr_state_replicated(swr_state: optax_swr.SWRState) -> bool:
   """Whether every SWR array is one full copy per device, all of them equal."""
   leaves = jax.tree.leaves(swr_state)
   same = all(
-      leaf.sharding.is_fully_replicated
-      and all(np.array_equal(shard.data, leaf.addressable_shards[0].data)
-              for shard in leaf.addressable_shards)
-      for leaf in leaves)
+    leaf.sharding.is_fully_replicated
+    and all(
+      np.array_equal(shard.data, leaf.addressable_shards[0].data)
+      for shard in leaf.addressable_shards
+    )
+    for leaf in leaves
+  )
   copies = len(leaves[0].addressable_shards)
   size = sum(leaf.nbytes for leaf in leaves)
   verdict = "replicated, equal on" if same else "NOT THE SAME on"
-  print(f"SWR state: {len(leaves)} arrays, {size} bytes, {verdict} {copies} "
-        "devices")
+  print(
+    f"SWR state: {len(leaves)} arrays, {size} bytes, {verdict} {copies} devices"
+  )
   return same
 
 
-def make_step(model: nn.Module, tx: optax.GradientTransformation,
-              shardings: tuple[Any, Any, NamedSharding]):
+def make_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  shardings: tuple[Any, Any, NamedSharding],
+):
   """The jitted training step; outputs keep the inputs' shardings."""
+
   def loss_fn(params, x, y):
     logits = model.apply({"params": params}, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
@@ -184,6 +227,7 @@ def make_accuracy(model: nn.Module):
   def accuracy(params, x, y):
     logits = model.apply({"params": params}, x)
     return jnp.mean(jnp.argmax(logits, -1) == y)
+
   return accuracy
 
 
@@ -200,17 +244,20 @@ def main(argv: Sequence[str] | None = None) -> None:
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P((DATA, FSDP)))
 
-  model = models_linen.MLP(hidden=(args.width,) * 2,
-                           num_classes=dataset.num_classes)
+  model = models_linen.MLP(
+    hidden=(args.width,) * 2, num_classes=dataset.num_classes
+  )
   x0 = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
   variables = model.init(jax.random.key(args.seed), x0)
   layers = optax_swr.layers_from_linen(model, variables, x0)
-  tx = optax.chain(optax.adam(args.lr),
-                   optax_swr.swr(args.swr_coef, layers=layers))
+  tx = optax.chain(
+    optax.adam(args.lr), optax_swr.swr(args.swr_coef, layers=layers)
+  )
 
   param_shardings = jax.tree.map(
-      lambda a: NamedSharding(mesh, fsdp_spec(a.shape, args.fsdp)),
-      variables["params"])
+    lambda a: NamedSharding(mesh, fsdp_spec(a.shape, args.fsdp)),
+    variables["params"],
+  )
   params = jax.device_put(variables["params"], param_shardings)
   state_shardings = opt_state_shardings(tx, params, replicated)
   opt_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
@@ -229,16 +276,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     if index % args.log_every == 0 or index == args.steps:
       mean_loss = float(jnp.mean(jnp.stack(losses)))
       losses = []
-      print(f"step {index:5d}  train loss {mean_loss:.4f}  test accuracy "
-            f"{float(accuracy(params, x_test, y_test)):.4f}")
+      print(
+        f"step {index:5d}  train loss {mean_loss:.4f}  test accuracy "
+        f"{float(accuracy(params, x_test, y_test)):.4f}"
+      )
 
   for name in ("weight_norms", "reference_norms"):
     values = np.asarray(optax.tree.get(opt_state, name))
     print(f"{name:<16}" + " ".join(f"{v:8.3f}" for v in values))
   mu = opt_state[0][0].mu
-  print("Adam's moments split as the params:", all(
+  print(
+    "Adam's moments split as the params:",
+    all(
       m.sharding.is_equivalent_to(p.sharding, p.ndim)
-      for m, p in zip(jax.tree.leaves(mu), jax.tree.leaves(params))))
+      for m, p in zip(jax.tree.leaves(mu), jax.tree.leaves(params))
+    ),
+  )
   if not check_swr_state_replicated(opt_state[1]):
     sys.exit(1)
 

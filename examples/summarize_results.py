@@ -20,11 +20,11 @@ import numpy as np
 
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 PROTOCOL_TITLES = {
-    "warm_start": "Warm start (half the data, then all of it)",
-    "continual_full": "Continual learning, full access (stage k: chunks 1..k)",
-    "continual_limited": "Continual learning, limited access (stage k: chunk k)",
-    "generalization": "Generalization (all the data, constant learning rate)",
-    "generalization_lr_decay": "Generalization with lr / 10 at 50% and 75%",
+  "warm_start": "Warm start (half the data, then all of it)",
+  "continual_full": "Continual learning, full access (stage k: chunks 1..k)",
+  "continual_limited": "Continual learning, limited access (stage k: chunk k)",
+  "generalization": "Generalization (all the data, constant learning rate)",
+  "generalization_lr_decay": "Generalization with lr / 10 at 50% and 75%",
 }
 
 
@@ -36,7 +36,9 @@ def load(paths: Sequence[str]) -> list[dict]:
     config = result["config"]
     key = config["protocol"] + ("_lr_decay" if config.get("lr_decay") else "")
     result["table"] = key
-    result["column"] = f"{config['data']} {config['model']}, {config['epochs']} ep"
+    result["column"] = (
+      f"{config['data']} {config['model']}, {config['epochs']} ep"
+    )
     if os.path.basename(path).startswith("sweep_"):  # SWR coefficient sweep
       coef = config["coefs"]["swr"][0]
       result["methods"] = {f"swr λ={coef:g}": result["methods"]["swr"]}
@@ -58,13 +60,20 @@ def table(results: list[dict], cell) -> list[str]:
   """Methods down, settings across; sweep runs join their setting's column."""
   columns = list(dict.fromkeys(r["column"] for r in results))
   methods = sorted(
-      dict.fromkeys(m for r in results for m in r["methods"]), key=_order)
-  entries = {(r["column"], m): e for r in results for m, e in r["methods"].items()}
-  lines = ["| method | " + " | ".join(columns) + " |",
-           "|---|" + "---|" * len(columns)]
+    dict.fromkeys(m for r in results for m in r["methods"]), key=_order
+  )
+  entries = {
+    (r["column"], m): e for r in results for m, e in r["methods"].items()
+  }
+  lines = [
+    "| method | " + " | ".join(columns) + " |",
+    "|---|" + "---|" * len(columns),
+  ]
   for method in methods:
-    cells = [cell(entries[c, method]) if (c, method) in entries else ""
-             for c in columns]
+    cells = [
+      cell(entries[c, method]) if (c, method) in entries else ""
+      for c in columns
+    ]
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return lines
 
@@ -87,9 +96,10 @@ def setting_line(results: list[dict]) -> str:
     c = r["config"]
     minutes = sum(sum(e["seconds"]) for e in r["methods"].values()) / 60
     parts.append(
-        f"{r['column']}: {c['epochs']} epochs per phase, {c['seeds']} seeds, "
-        f"{c['num_train']} train / {c['num_test']} test, SWR (λ_f, λ_c) = "
-        f"{tuple(c['coefs']['swr'])}, {minutes:.1f} min")
+      f"{r['column']}: {c['epochs']} epochs per phase, {c['seeds']} seeds, "
+      f"{c['num_train']} train / {c['num_test']} test, SWR (λ_f, λ_c) = "
+      f"{tuple(c['coefs']['swr'])}, {minutes:.1f} min"
+    )
   return "Settings: " + "; ".join(parts) + "."
 
 
@@ -120,8 +130,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   if BEGIN not in content:
     raise ValueError(f"{args.write} lacks the markers {BEGIN} ... {END}.")
   block = f"{BEGIN}\n{text}\n{END}"
-  content = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block,
-                   content, flags=re.DOTALL)
+  content = re.sub(
+    re.escape(BEGIN) + ".*?" + re.escape(END),
+    lambda _: block,
+    content,
+    flags=re.DOTALL,
+  )
   with open(args.write, "w") as file:
     file.write(content)
 

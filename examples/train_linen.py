@@ -40,7 +40,7 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(
-    config: training.Config, dataset: data.Dataset
+  config: training.Config, dataset: data.Dataset
 ) -> tuple[TrainState, tuple[tuple[Any, ...], ...]]:
   """Builds the model, its layer order and the optimizer.
 
@@ -48,44 +48,42 @@ def create_train_state(
     The initial state and the layer paths in forward order.
   """
   module, variables = models_linen.create(
-      config.model,
-      dataset.num_classes,
-      dataset.x_train.shape[1:],
-      width=config.width,
-      seed=config.seed,
+    config.model,
+    dataset.num_classes,
+    dataset.x_train.shape[1:],
+    width=config.width,
+    seed=config.seed,
   )
   layers = optax_swr.layers_from_linen(
-      module, variables, dataset.x_train[:1], train=True
+    module, variables, dataset.x_train[:1], train=True
   )
   state = TrainState.create(
-      apply_fn=module.apply,
-      params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}),
-      tx=training.make_optimizer(config, dataset, layers),
+    apply_fn=module.apply,
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    tx=training.make_optimizer(config, dataset, layers),
   )
   return state, layers
 
 
 @jax.jit
 def train_step(
-    state: TrainState, batch: data.Batch
+  state: TrainState, batch: data.Batch
 ) -> tuple[TrainState, training.Metrics]:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling."""
   images, labels = batch
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats},
-        images,
-        train=True,
-        mutable=["batch_stats"],
+      {"params": params, "batch_stats": state.batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
     )
     metrics = training.batch_metrics(logits, labels)
     return metrics["loss"], (metrics, updates.get("batch_stats", {}))
 
-  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
-      state.params
-  )
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads)
   if training.has_swr(state.opt_state):
     # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
@@ -97,9 +95,9 @@ def train_step(
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array):
   """Test accuracy with BatchNorm's running statistics (eval mode)."""
   logits = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats},
-      images,
-      train=False,
+    {"params": state.params, "batch_stats": state.batch_stats},
+    images,
+    train=False,
   )
   return training.accuracy(logits, labels)
 

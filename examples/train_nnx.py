@@ -33,7 +33,7 @@ import optax_swr
 
 @nnx.jit
 def train_step(
-    model: nnx.Module, optimizer: nnx.Optimizer, batch: data.Batch
+  model: nnx.Module, optimizer: nnx.Optimizer, batch: data.Batch
 ) -> training.Metrics:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling.
 
@@ -67,11 +67,11 @@ def train_and_evaluate(config: training.Config) -> dict[str, list[Any]]:
   """
   dataset = data.load_digits()
   model = models_nnx.create(
-      config.model,
-      dataset.num_classes,
-      dataset.x_train.shape[1:],
-      width=config.width,
-      seed=config.seed,
+    config.model,
+    dataset.num_classes,
+    dataset.x_train.shape[1:],
+    width=config.width,
+    seed=config.seed,
   )
   layers = optax_swr.layers_from_nnx(model, dataset.x_train[:1])
   tx = training.make_optimizer(config, dataset, layers)

@@ -74,26 +74,26 @@ def parse_config(argv: Sequence[str] | None, description: str) -> Config:
   """Parses the command-line flags into a ``Config``."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument(
-      "--model", default=Config.model, choices=models_linen.ALL_MODELS
+    "--model", default=Config.model, choices=models_linen.ALL_MODELS
   )
   parser.add_argument("--epochs", type=int, default=Config.epochs)
   parser.add_argument("--batch-size", type=int, default=Config.batch_size)
   parser.add_argument("--lr", type=float, default=Config.lr, help="Adam.")
   parser.add_argument(
-      "--coef", type=float, default=Config.coef, help="SWR's lambda_f."
+    "--coef", type=float, default=Config.coef, help="SWR's lambda_f."
   )
   parser.add_argument(
-      "--classifier-coef",
-      type=float,
-      default=None,
-      help="SWR's lambda_c for the last layer (default: --coef).",
+    "--classifier-coef",
+    type=float,
+    default=None,
+    help="SWR's lambda_c for the last layer (default: --coef).",
   )
   parser.add_argument(
-      "--width", type=int, default=None, help="default: the paper's sizes."
+    "--width", type=int, default=None, help="default: the paper's sizes."
   )
   parser.add_argument("--seed", type=int, default=Config.seed)
   parser.add_argument(
-      "--no-swr", dest="swr", action="store_false", help="Adam alone."
+    "--no-swr", dest="swr", action="store_false", help="Adam alone."
   )
   parser.add_argument("--no-progress", dest="progress", action="store_false")
   return Config(**vars(parser.parse_args(argv)))
@@ -106,7 +106,7 @@ def decay_steps(config: Config, dataset: data.Dataset) -> tuple[int, ...]:
 
 
 def make_optimizer(
-    config: Config, dataset: data.Dataset, layers: Sequence[tuple[Any, ...]]
+  config: Config, dataset: data.Dataset, layers: Sequence[tuple[Any, ...]]
 ) -> optax.GradientTransformation:
   """Adam on a step schedule, then SWR over ``layers`` unless ``--no-swr``.
 
@@ -118,16 +118,16 @@ def make_optimizer(
   """
   boundaries = decay_steps(config, dataset)
   schedule = optax.piecewise_constant_schedule(
-      config.lr, {step: DECAY_FACTOR for step in boundaries}
+    config.lr, {step: DECAY_FACTOR for step in boundaries}
   )
   if not config.swr:
     return optax.adam(schedule)
   rescale = optax_swr.swr(
-      config.coef,
-      layers=layers,
-      classifier=None if config.classifier_coef is None else 1,
-      classifier_coef=config.classifier_coef,
-      reset_norms_at=boundaries,
+    config.coef,
+    layers=layers,
+    classifier=None if config.classifier_coef is None else 1,
+    classifier_coef=config.classifier_coef,
+    reset_norms_at=boundaries,
   )
   return optax.chain(optax.adam(schedule), rescale)
 
@@ -162,21 +162,21 @@ class History:
     self.steps: list[Metrics] = []
     self.bar: tqdm.tqdm | None = None
     self.records: dict[str, list[Any]] = {
-        "train_loss": [],
-        "train_accuracy": [],
-        "test_accuracy": [],
-        "weight_norms": [],
-        "reference_norms": [],
+      "train_loss": [],
+      "train_accuracy": [],
+      "test_accuracy": [],
+      "weight_norms": [],
+      "reference_norms": [],
     }
 
   def epochs(self, dataset: data.Dataset) -> Iterator[Iterator[data.Batch]]:
     """Yields each epoch's shuffled training batches."""
     self.bar = tqdm.trange(
-        self.config.epochs, desc="epochs", disable=not self.config.progress
+      self.config.epochs, desc="epochs", disable=not self.config.progress
     )
     for _ in self.bar:
       yield data.batches(
-          dataset.x_train, dataset.y_train, self.config.batch_size, self.rng
+        dataset.x_train, dataset.y_train, self.config.batch_size, self.rng
       )
     self.bar.close()
 
@@ -185,7 +185,7 @@ class History:
     self.steps.append(metrics)
 
   def end_epoch(
-      self, test_accuracy: jax.Array | float, opt_state: Any, params: Any
+    self, test_accuracy: jax.Array | float, opt_state: Any, params: Any
   ) -> None:
     """Records the epoch's means, test accuracy and norms.
 
@@ -202,22 +202,24 @@ class History:
     record = self.records
     record["train_loss"].append(float(np.mean([m["loss"] for m in steps])))
     record["train_accuracy"].append(
-        float(np.mean([m["accuracy"] for m in steps]))
+      float(np.mean([m["accuracy"] for m in steps]))
     )
     record["test_accuracy"].append(float(test_accuracy))
     record["weight_norms"].append(
-        np.asarray(metrics.layer_norms(params, self.layers))
-        if weight_norms is None
-        else np.asarray(weight_norms)
+      np.asarray(metrics.layer_norms(params, self.layers))
+      if weight_norms is None
+      else np.asarray(weight_norms)
     )
     record["reference_norms"].append(
-        None if reference_norms is None else np.asarray(reference_norms)
+      None if reference_norms is None else np.asarray(reference_norms)
     )
-    self.bar.set_postfix({  # A dict keeps this order; keywords get sorted.
+    self.bar.set_postfix(
+      {  # A dict keeps this order; keywords get sorted.
         "loss": f"{record['train_loss'][-1]:.4f}",
         "train_acc": f"{record['train_accuracy'][-1]:.4f}",
         "test_acc": f"{record['test_accuracy'][-1]:.4f}",
-    })
+      }
+    )
 
   def as_dict(self) -> dict[str, list[Any]]:
     """One list per metric, one entry per epoch.
@@ -231,9 +233,9 @@ class History:
 
 
 def main(
-    train_and_evaluate: Callable[[Config], dict[str, list[Any]]],
-    argv: Sequence[str] | None,
-    description: str,
+  train_and_evaluate: Callable[[Config], dict[str, list[Any]]],
+  argv: Sequence[str] | None,
+  description: str,
 ) -> None:
   """Parses the flags, trains, and prints the history epoch by epoch."""
   config = parse_config(argv, description)
@@ -244,16 +246,16 @@ def main(
   print(f"{config.model} on digits, {method}, {jax.devices()[0].platform}:")
   print("epoch  train loss  train acc  test acc  sum ||W_l||")
   for epoch, (loss, train_acc, test_acc, norms) in enumerate(
-      zip(
-          history["train_loss"],
-          history["train_accuracy"],
-          history["test_accuracy"],
-          history["weight_norms"],
-      ),
-      start=1,
+    zip(
+      history["train_loss"],
+      history["train_accuracy"],
+      history["test_accuracy"],
+      history["weight_norms"],
+    ),
+    start=1,
   ):
     print(
-        f"{epoch:5d}  {loss:10.4f}  {train_acc:9.4f}  {test_acc:8.4f}"
-        f"  {norms.sum():11.2f}"
+      f"{epoch:5d}  {loss:10.4f}  {train_acc:9.4f}  {test_acc:8.4f}"
+      f"  {norms.sum():11.2f}"
     )
   print(f"Wall time {seconds:.1f} s, compilation included.")

@@ -12,9 +12,9 @@ fresh network trained on all of the data for ``--epochs`` epochs, with Adam.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 import os
 import sys
-from collections.abc import Sequence
 
 if __name__ == "__main__":  # Run as a script: make `examples` importable.
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
@@ -29,14 +29,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   protocols.add_flags(parser, "vanilla,l2,l2_init,snp,head_reset,swr")
   settings = protocols.settings_from_flags(
-      parser.parse_args(argv), "warm_start", "warm_start")
+    parser.parse_args(argv), "warm_start", "warm_start"
+  )
   dataset = protocols.load_data(settings)
   half = np.random.default_rng(0).permutation(len(dataset.x_train))
   half = np.sort(half[: len(half) // 2])
   full = (dataset.x_train, dataset.y_train)
   results = protocols.run_protocol(
-      settings, dataset, [(dataset.x_train[half], dataset.y_train[half]), full],
-      extra_runs={"from_scratch": [full]})
+    settings,
+    dataset,
+    [(dataset.x_train[half], dataset.y_train[half]), full],
+    extra_runs={"from_scratch": [full]},
+  )
   protocols.finish(results, settings)
   return results
 

@@ -81,15 +81,15 @@ def sync_batch_stats(batch_stats: Any, opt_state: Any) -> Any:
     key = _swr.layer_key(tuple(layer))
     if key not in scales:
       raise ValueError(
-          f"sync_batch_stats: the statistic {path!r} belongs to {key!r}, "
-          "which SWR does not rescale as a normalization layer (one with a "
-          f"`scale` param); it knows {sorted(scales)}. Pass the statistics "
-          "keyed like the params, and list every BatchNorm in swr(layers=...)."
+        f"sync_batch_stats: the statistic {path!r} belongs to {key!r}, "
+        "which SWR does not rescale as a normalization layer (one with a "
+        f"`scale` param); it knows {sorted(scales)}. Pass the statistics "
+        "keyed like the params, and list every BatchNorm in swr(layers=...)."
       )
     if stat not in _STAT_POWERS:
       raise ValueError(
-          f"sync_batch_stats: unknown statistic {path!r}; expected 'mean' "
-          "or 'var' leaves under each BatchNorm."
+        f"sync_batch_stats: unknown statistic {path!r}; expected 'mean' "
+        "or 'var' leaves under each BatchNorm."
       )
     factor = jax.tree.leaves(scales[key])[0] ** _STAT_POWERS[stat]
     rescaled.append((leaf * factor).astype(leaf.dtype))
@@ -141,12 +141,12 @@ def _norm_input_scales(opt_state: Any) -> dict[str, Any]:
     scales = optax.tree.get(opt_state, "norm_input_scales")
   except KeyError as error:
     raise ValueError(
-        "sync_batch_stats: `opt_state` holds several SWR states; pass the "
-        "state of the one that rescales the BatchNorm layers."
+      "sync_batch_stats: `opt_state` holds several SWR states; pass the "
+      "state of the one that rescales the BatchNorm layers."
     ) from error
   if scales is None:
     raise ValueError(
-        "sync_batch_stats: `opt_state` holds no SWRState. Pass the state of "
-        "a transformation that contains optax_swr.swr(...)."
+      "sync_batch_stats: `opt_state` holds no SWRState. Pass the state of "
+      "a transformation that contains optax_swr.swr(...)."
     )
   return scales

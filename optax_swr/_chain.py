@@ -36,48 +36,94 @@ import numpy as np
 layer_marker_p = jex_core.Primitive("swr_layer_marker")
 layer_marker_p.def_impl(lambda x, **_: x)
 layer_marker_p.def_abstract_eval(lambda x, **_: x)
-batching.primitive_batchers[layer_marker_p] = (
-    lambda args, dims, **params: (layer_marker_p.bind(*args, **params), dims[0])
+batching.primitive_batchers[layer_marker_p] = lambda args, dims, **params: (
+  layer_marker_p.bind(*args, **params),
+  dims[0],
 )
 
 # y(c x) = c y(x) for c > 0, in the first operand; other operands unscaled.
-_HOMOGENEOUS = frozenset({
-    "abs", "broadcast_in_dim", "convert_element_type", "copy", "copy_p",
-    "cummax", "cummin", "cumsum", "dynamic_slice", "expand_dims", "gather",
-    "neg", "optimization_barrier", "reduce_max", "reduce_min",
-    "reduce_precision", "reduce_sum", "reduce_window", "reduce_window_max",
-    "reduce_window_min", "reduce_window_sum", "reshape", "rev",
-    "sharding_constraint", "slice", "sort", "squeeze", "stop_gradient",
+_HOMOGENEOUS = frozenset(
+  {
+    "abs",
+    "broadcast_in_dim",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "cummax",
+    "cummin",
+    "cumsum",
+    "dynamic_slice",
+    "expand_dims",
+    "gather",
+    "neg",
+    "optimization_barrier",
+    "reduce_max",
+    "reduce_min",
+    "reduce_precision",
+    "reduce_sum",
+    "reduce_window",
+    "reduce_window_max",
+    "reduce_window_min",
+    "reduce_window_sum",
+    "reshape",
+    "rev",
+    "sharding_constraint",
+    "slice",
+    "sort",
+    "squeeze",
+    "stop_gradient",
     "transpose",
-})
+  }
+)
 # Linear in each operand: fine while at most one operand is scaled.
 _BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
 # Combine operands elementwise: all scaled operands need the same scale and
 # unscaled ones must be zero (max(x, 0) is ReLU; x + 1 is not homogeneous).
 _ELEMENTWISE = frozenset({"add", "add_any", "sub", "max", "min", "pad"})
 # Outputs that do not change when the input is scaled by c > 0.
-_SCALE_INVARIANT = frozenset({
-    "argmax", "argmin", "eq", "ge", "gt", "is_finite", "le", "lt", "ne",
+_SCALE_INVARIANT = frozenset(
+  {
+    "argmax",
+    "argmin",
+    "eq",
+    "ge",
+    "gt",
+    "is_finite",
+    "le",
+    "lt",
+    "ne",
     "sign",
-})
+  }
+)
 # Ops that keep a zero constant zero.
 _SHAPE_ONLY = frozenset({"broadcast_in_dim", "convert_element_type", "reshape"})
 _CONTROL_FLOW = frozenset({"cond", "scan", "while"})
 # Call-like primitives whose sub-jaxpr maps operands to results one to one.
 _CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-_CALLS = frozenset({
-    "pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
-    "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint",
-})
+_CALLS = frozenset(
+  {
+    "pjit",
+    "jit",
+    "closed_call",
+    "core_call",
+    "custom_jvp_call",
+    "custom_vjp_call",
+    "custom_vjp_call_jaxpr",
+    "remat",
+    "checkpoint",
+  }
+)
 
 
 def mark(tree: Any, kind: str, layer: int) -> Any:
   """Marks every array in ``tree`` as the input or output of ``layer``."""
   return jax.tree.map(
-      lambda x: layer_marker_p.bind(x, kind=kind, layer=layer)
+    lambda x: (
+      layer_marker_p.bind(x, kind=kind, layer=layer)
       if isinstance(x, jax.Array)
-      else x,
-      tree,
+      else x
+    ),
+    tree,
   )
 
 
@@ -89,7 +135,7 @@ class _Inside:
 
 
 def non_chain_reasons(
-    closed_jaxpr: Any, layer_names: Sequence[str]
+  closed_jaxpr: Any, layer_names: Sequence[str]
 ) -> list[str]:
   """Why the marked forward pass is not a proportional chain ([] if it is).
 
@@ -103,14 +149,16 @@ def non_chain_reasons(
     Human-readable reasons, at most one per kind of problem and place.
   """
   analysis = _Analysis(layer_names)
-  outputs = analysis.run(closed_jaxpr.jaxpr, [None] * len(closed_jaxpr.in_avals))
+  outputs = analysis.run(
+    closed_jaxpr.jaxpr, [None] * len(closed_jaxpr.in_avals)
+  )
   analysis.check_layer_inputs()
   last = frozenset({len(layer_names) - 1})
   for tag in outputs:
     if isinstance(tag, frozenset) and tag != last:
       analysis.report(
-          f"the output depends on {analysis.describe(tag)}, not only on the "
-          f"last layer {layer_names[-1]}"
+        f"the output depends on {analysis.describe(tag)}, not only on the "
+        f"last layer {layer_names[-1]}"
       )
   return analysis.reasons
 
@@ -183,37 +231,36 @@ class _Analysis:
     if name in _BILINEAR or name == "div":
       if len(scaled) > 1 or (name == "div" and operand_tags[1] is not None):
         self.report(
-            f"`{name}` multiplies or divides two activations after {after} "
-            "(as attention or gating do)"
+          f"`{name}` multiplies or divides two activations after {after} "
+          "(as attention or gating do)"
         )
       return frozenset().union(*scaled)
     if name in _ELEMENTWISE or name in ("concatenate", "select_n"):
       return self.combine(name, eqn, operand_tags, scaled, after)
     if name in _CONTROL_FLOW:
       self.report(
-          f"`{name}` after {after}: data flow through control flow is not "
-          "checked"
+        f"`{name}` after {after}: data flow through control flow is not checked"
       )
       return frozenset().union(*scaled)
     self.report(
-        f"`{name}` after {after} is not positively homogeneous (Theorem 1 "
-        "needs ReLU-like activations)"
+      f"`{name}` after {after} is not positively homogeneous (Theorem 1 "
+      "needs ReLU-like activations)"
     )
     return frozenset().union(*scaled)
 
   def combine(self, name, eqn, operand_tags, scaled, after) -> Any:
     if len(set(scaled)) > 1:
       self.report(
-          f"`{name}` combines the outputs of {after} (a skip connection or "
-          "branch)"
+        f"`{name}` combines the outputs of {after} (a skip connection or "
+        "branch)"
       )
     values = eqn.invars[1:] if name == "select_n" else eqn.invars
     tags = operand_tags[1:] if name == "select_n" else operand_tags
     for var, tag in zip(values, tags):
       if tag is None and not self.is_zero(var):
         self.report(
-            f"`{name}` after {after} mixes in an unscaled value (a constant "
-            "or an input of the network)"
+          f"`{name}` after {after} mixes in an unscaled value (a constant "
+          "or an input of the network)"
         )
     return frozenset().union(*scaled)
 
@@ -228,12 +275,12 @@ class _Analysis:
           continue
         source = "the network input" if tag is None else self.describe(tag)
         wanted = (
-            "the network input"
-            if expected is None
-            else self.layer_names[layer - 1]
+          "the network input"
+          if expected is None
+          else self.layer_names[layer - 1]
         )
         self.report(
-            f"the input of {name} comes from {source}, not from {wanted}"
+          f"the input of {name} comes from {source}, not from {wanted}"
         )
 
 
@@ -242,4 +289,3 @@ def _sub_jaxpr(eqn: Any) -> Any:
     if param in eqn.params:
       return eqn.params[param]
   return None
-

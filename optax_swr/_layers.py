@@ -75,9 +75,9 @@ def leaf_paths(tree: Any) -> list[Path]:
   paths = []
   for key_path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
     while (
-        key_path
-        and isinstance(key_path[-1], jax.tree_util.GetAttrKey)
-        and key_path[-1].name in _VARIABLE_ATTRIBUTES
+      key_path
+      and isinstance(key_path[-1], jax.tree_util.GetAttrKey)
+      and key_path[-1].name in _VARIABLE_ATTRIBUTES
     ):
       key_path = key_path[:-1]
     paths.append(tuple(_key_name(k) for k in key_path))
@@ -85,7 +85,7 @@ def leaf_paths(tree: Any) -> list[Path]:
 
 
 def normalize_layers_arg(
-    layers: Any, name: str = "layers", caller: str = "swr"
+  layers: Any, name: str = "layers", caller: str = "swr"
 ) -> tuple[Path, ...] | None:
   """Validates a sequence-of-paths argument and returns it as path tuples.
 
@@ -97,21 +97,21 @@ def normalize_layers_arg(
     return None
   if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
     raise ValueError(
-        f"{caller}: `{name}` must be a sequence of paths in forward order, e.g. "
-        f"{name}=[('Dense_0',), ('Dense_1',)]; got {layers!r}."
+      f"{caller}: `{name}` must be a sequence of paths in forward order, e.g. "
+      f"{name}=[('Dense_0',), ('Dense_1',)]; got {layers!r}."
     )
   if not layers:
     raise ValueError(
-        f"{caller}: `{name}` is empty: pass at least one layer path, or leave "
-        f"`{name}` as None."
+      f"{caller}: `{name}` is empty: pass at least one layer path, or leave "
+      f"`{name}` as None."
     )
   paths = tuple(_as_path(path, name, caller) for path in layers)
   seen = set()
   for path in paths:
     if path in seen:
       raise ValueError(
-          f"{caller}: `{name}` lists the path {path!r} more than once. Each layer "
-          "must appear exactly once, in forward order."
+        f"{caller}: `{name}` lists the path {path!r} more than once. Each layer "
+        "must appear exactly once, in forward order."
       )
     seen.add(path)
   return paths
@@ -123,8 +123,8 @@ def _as_path(path: Any, name: str, caller: str) -> Path:
   if isinstance(path, (tuple, list)) and path:
     return tuple(path)
   raise ValueError(
-      f"{caller}: every entry of `{name}` must be a non-empty tuple of keys from "
-      f"the root of the params tree, e.g. ('encoder', 'conv1'); got {path!r}."
+    f"{caller}: every entry of `{name}` must be a non-empty tuple of keys from "
+    f"the root of the params tree, e.g. ('encoder', 'conv1'); got {path!r}."
   )
 
 
@@ -141,21 +141,21 @@ def _layer_from_group(path: Path, group: dict[str, int]) -> Layer:
   weight_names = [name for name in WEIGHT_NAMES if name in group]
   if len(weight_names) > 1:
     raise ValueError(
-        f"swr: the layer {path!r} has more than one weight leaf "
-        f"({', '.join(weight_names)}); a layer must have exactly one of "
-        f"{', '.join(WEIGHT_NAMES)}. List its sub-layers in `layers` instead."
+      f"swr: the layer {path!r} has more than one weight leaf "
+      f"({', '.join(weight_names)}); a layer must have exactly one of "
+      f"{', '.join(WEIGHT_NAMES)}. List its sub-layers in `layers` instead."
     )
   (weight_name,) = weight_names
   return Layer(
-      path=path,
-      weight_index=group[weight_name],
-      bias_index=group.get(BIAS_NAME),
-      is_norm=weight_name == NORM_WEIGHT_NAME,
+    path=path,
+    weight_index=group[weight_name],
+    bias_index=group.get(BIAS_NAME),
+    is_norm=weight_name == NORM_WEIGHT_NAME,
   )
 
 
 def resolve_layers(
-    paths: list[Path], layers: tuple[Path, ...] | None
+  paths: list[Path], layers: tuple[Path, ...] | None
 ) -> tuple[Layer, ...]:
   """Finds the given layers (or infers them) in a tree with these leaf paths.
 
@@ -175,35 +175,35 @@ def resolve_layers(
     layer_paths = [p for p, g in groups.items() if set(g) & set(WEIGHT_NAMES)]
     if not layer_paths:
       raise ValueError(
-          "swr: the params tree has no layer with a weight leaf named "
-          f"{', '.join(WEIGHT_NAMES)}, so there is nothing to rescale. Pass "
-          "`layers=` with the paths of the layers to rescale."
+        "swr: the params tree has no layer with a weight leaf named "
+        f"{', '.join(WEIGHT_NAMES)}, so there is nothing to rescale. Pass "
+        "`layers=` with the paths of the layers to rescale."
       )
     layers = infer_layer_order(layer_paths)
   return tuple(_find_layer(path, paths, groups) for path in layers)
 
 
 def _find_layer(
-    path: Path, paths: list[Path], groups: dict[Path, dict[str, int]]
+  path: Path, paths: list[Path], groups: dict[Path, dict[str, int]]
 ) -> Layer:
   group = groups.get(path, {})
   if any(name in group for name in WEIGHT_NAMES):
     return _layer_from_group(path, group)
   if path in paths:
     raise ValueError(
-        f"swr: the path {path!r} in `layers` points to a leaf, not to a layer. "
-        f"Give the layer's sub-tree instead, e.g. {path[:-1]!r}."
+      f"swr: the path {path!r} in `layers` points to a leaf, not to a layer. "
+      f"Give the layer's sub-tree instead, e.g. {path[:-1]!r}."
     )
-  below = [p[len(path):] for p in paths if p[: len(path)] == path]
+  below = [p[len(path) :] for p in paths if p[: len(path)] == path]
   if not below:
     raise ValueError(
-        f"swr: the path {path!r} in `layers` is not in the params tree. "
-        f"Layers found in the tree: {_describe(list(groups))}."
+      f"swr: the path {path!r} in `layers` is not in the params tree. "
+      f"Layers found in the tree: {_describe(list(groups))}."
     )
   raise ValueError(
-      f"swr: the layer {path!r} in `layers` has no weight leaf (one of "
-      f"{', '.join(WEIGHT_NAMES)}); its leaves are {_describe(below)}. "
-      "List only parameterized layers, or their sub-layers."
+    f"swr: the layer {path!r} in `layers` has no weight leaf (one of "
+    f"{', '.join(WEIGHT_NAMES)}); its leaves are {_describe(below)}. "
+    "List only parameterized layers, or their sub-layers."
   )
 
 
@@ -233,8 +233,8 @@ def _order_below(prefix: Path, layer_paths: list[Path]) -> list[Path]:
   deeper = [p for p in layer_paths if len(p) > depth]
   if here and deeper:
     _raise_ambiguous(
-        layer_paths,
-        f"{prefix!r} is a layer and also contains layers",
+      layer_paths,
+      f"{prefix!r} is a layer and also contains layers",
     )
   if here:
     return here
@@ -243,14 +243,14 @@ def _order_below(prefix: Path, layer_paths: list[Path]) -> list[Path]:
     children.setdefault(path[depth], []).append(path)
   ordered_children = _numeric_order(list(children), prefix, layer_paths)
   return [
-      path
-      for child in ordered_children
-      for path in _order_below((*prefix, child), children[child])
+    path
+    for child in ordered_children
+    for path in _order_below((*prefix, child), children[child])
   ]
 
 
 def _numeric_order(
-    names: list[Hashable], prefix: Path, layer_paths: list[Path]
+  names: list[Hashable], prefix: Path, layer_paths: list[Path]
 ) -> list[Hashable]:
   if len(names) == 1:
     return names
@@ -260,9 +260,9 @@ def _numeric_order(
   if None in numbers or len(stems) != 1 or len(set(numbers)) != len(numbers):
     where = f"under {prefix!r}" if prefix else "at the root"
     _raise_ambiguous(
-        layer_paths,
-        f"the names {sorted(map(str, names))} {where} are not one name with "
-        "distinct numbers",
+      layer_paths,
+      f"the names {sorted(map(str, names))} {where} are not one name with "
+      "distinct numbers",
     )
   return [name for _, name in sorted(zip(numbers, names))]
 
@@ -278,12 +278,12 @@ def _parse_numbered(name: Hashable) -> tuple[str, int | None]:
 
 def _raise_ambiguous(layer_paths: list[Path], reason: str) -> None:
   raise ValueError(
-      "swr(layers=None) cannot infer the forward order of the layers from the "
-      f"params tree: {reason}. The tree's key order is not the order the "
-      "network runs, and swr never guesses. Pass the layers in forward order: "
-      "optax_swr.layers_from_linen(module, variables, x) or "
-      "optax_swr.layers_from_nnx(model, x) trace them from your model, or "
-      "write them out, e.g. swr(layers=[('Conv_0',), ('BatchNorm_0',), "
-      "('Dense_0',)]). "
-      f"Layers found: {_describe(sorted(layer_paths, key=str), limit=12)}."
+    "swr(layers=None) cannot infer the forward order of the layers from the "
+    f"params tree: {reason}. The tree's key order is not the order the "
+    "network runs, and swr never guesses. Pass the layers in forward order: "
+    "optax_swr.layers_from_linen(module, variables, x) or "
+    "optax_swr.layers_from_nnx(model, x) trace them from your model, or "
+    "write them out, e.g. swr(layers=[('Conv_0',), ('BatchNorm_0',), "
+    "('Dense_0',)]). "
+    f"Layers found: {_describe(sorted(layer_paths, key=str), limit=12)}."
   )

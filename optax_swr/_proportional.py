@@ -50,12 +50,12 @@ class ProportionalityReport(NamedTuple):
 
 
 def check_proportional(
-    apply_fn: Callable[..., Any],
-    params: Any,
-    tx_or_layers: optax.GradientTransformation | Sequence[Path | str] | None,
-    *inputs: Any,
-    coef: float = 0.5,
-    seed: int = 0,
+  apply_fn: Callable[..., Any],
+  params: Any,
+  tx_or_layers: optax.GradientTransformation | Sequence[Path | str] | None,
+  *inputs: Any,
+  coef: float = 0.5,
+  seed: int = 0,
 ) -> ProportionalityReport:
   """Applies one SWR step with zero updates and measures the output change.
 
@@ -109,12 +109,14 @@ def check_proportional(
   scale = flat_after @ flat_before / max(flat_before @ flat_before, 1e-300)
   error = np.abs(flat_after - scale * flat_before).max()
   return ProportionalityReport(
-      relative_error=float(error / max(np.abs(scale * flat_before).max(), 1e-300)),
-      fitted_scale=float(scale),
-      predicted_scale=float(optax.tree.get(state, "cumulative_scales")[-1]),
-      argmax_agreement=float(
-          np.mean(np.argmax(before[0], -1) == np.argmax(after[0], -1))
-      ),
+    relative_error=float(
+      error / max(np.abs(scale * flat_before).max(), 1e-300)
+    ),
+    fitted_scale=float(scale),
+    predicted_scale=float(optax.tree.get(state, "cumulative_scales")[-1]),
+    argmax_agreement=float(
+      np.mean(np.argmax(before[0], -1) == np.argmax(after[0], -1))
+    ),
   )
 
 
@@ -128,7 +130,7 @@ def _with_random_reference_norms(opt_state: Any, seed: int) -> Any:
     factors = rng.uniform(0.5, 2.0, size=node.reference_norms.shape)
     scaled = node.reference_norms * factors
     return node._replace(
-        reference_norms=scaled.astype(node.reference_norms.dtype)
+      reference_norms=scaled.astype(node.reference_norms.dtype)
     )
 
   return jax.tree.map(perturb, opt_state, is_leaf=is_swr_state)

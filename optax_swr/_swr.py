@@ -32,12 +32,12 @@ Path = _layers.Path
 
 # optax keeps its own wording (base.NO_PARAMS_MSG) private; this repeats it.
 _NO_PARAMS_MSG = (
-    "You are using a transformation that requires the current value of"
-    " parameters, but you are not passing `params` when calling `update`."
-    " swr needs the current params: call `tx.update(updates, opt_state,"
-    " params)`. If your training loop calls `tx.update(grads, opt_state)`,"
-    " pass the params as the third argument (nnx.Optimizer and Flax's"
-    " TrainState.apply_gradients already do)."
+  "You are using a transformation that requires the current value of"
+  " parameters, but you are not passing `params` when calling `update`."
+  " swr needs the current params: call `tx.update(updates, opt_state,"
+  " params)`. If your training loop calls `tx.update(grads, opt_state)`,"
+  " pass the params as the third argument (nnx.Optimizer and Flax's"
+  " TrainState.apply_gradients already do)."
 )
 
 
@@ -82,12 +82,12 @@ class SWRState(NamedTuple):
 
 
 def swr(
-    coef: optax.ScalarOrSchedule = 1e-3,
-    *,
-    layers: Sequence[Path | str] | None = None,
-    classifier: int | Sequence[Path | str] | None = None,
-    classifier_coef: optax.ScalarOrSchedule | None = None,
-    reset_norms_at: Sequence[int] | int | jax.Array = (),
+  coef: optax.ScalarOrSchedule = 1e-3,
+  *,
+  layers: Sequence[Path | str] | None = None,
+  classifier: int | Sequence[Path | str] | None = None,
+  classifier_coef: optax.ScalarOrSchedule | None = None,
+  reset_norms_at: Sequence[int] | int | jax.Array = (),
 ) -> optax.GradientTransformation:
   r"""Soft Weight Rescaling: shrinks each layer toward its reference norm.
 
@@ -190,7 +190,7 @@ def swr(
     if classifier_coef is None:
       return jnp.full(is_classifier.shape, feature_coef)
     return jnp.where(
-        is_classifier, _evaluate(classifier_coef, step_count), feature_coef
+      is_classifier, _evaluate(classifier_coef, step_count), feature_coef
     )
 
   warned_precision = False
@@ -199,27 +199,27 @@ def swr(
     nonlocal warned_precision
     if params is None:
       raise ValueError(
-          "swr: `params` passed to init is None. Pass the model's params "
-          "(e.g. variables['params'] for Flax Linen)."
+        "swr: `params` passed to init is None. Pass the model's params "
+        "(e.g. variables['params'] for Flax Linen)."
       )
     found, _ = resolve(params)
     if not warned_precision:
       warned_precision = _warn_if_below_resolution(
-          jax.tree.leaves(params), found, (coef, classifier_coef)
+        jax.tree.leaves(params), found, (coef, classifier_coef)
       )
     norms = _weight_norms(jax.tree.leaves(params), found)
     ones = jnp.ones_like(norms)
     return SWRState(
-        step_count=jnp.zeros([], jnp.int32),
-        reference_norms=norms,
-        layer_scales=ones,
-        cumulative_scales=ones,
-        weight_norms=norms,
-        norm_input_scales=_norm_input_scales(ones, found),
+      step_count=jnp.zeros([], jnp.int32),
+      reference_norms=norms,
+      layer_scales=ones,
+      cumulative_scales=ones,
+      weight_norms=norms,
+      norm_input_scales=_norm_input_scales(ones, found),
     )
 
   def update_fn(
-      updates: Any, state: SWRState, params: Any = None
+    updates: Any, state: SWRState, params: Any = None
   ) -> tuple[Any, SWRState]:
     if params is None:
       raise ValueError(_NO_PARAMS_MSG)
@@ -231,17 +231,17 @@ def swr(
     reference_norms = state.reference_norms
     if reset_steps is not None:
       reference_norms = jax.lax.cond(
-          jnp.any(state.step_count == reset_steps),
-          lambda: _weight_norms(param_leaves, found),
-          lambda: reference_norms,
+        jnp.any(state.step_count == reset_steps),
+        lambda: _weight_norms(param_leaves, found),
+        lambda: reference_norms,
       )
     # p + u only feeds the norms: the outputs below are written from p and u,
     # so XLA need not keep a param-sized p + u buffer alive for them.
     moved = {
-        layer.weight_index: _sum(
-            param_leaves[layer.weight_index], update_leaves[layer.weight_index]
-        )
-        for layer in found
+      layer.weight_index: _sum(
+        param_leaves[layer.weight_index], update_leaves[layer.weight_index]
+      )
+      for layer in found
     }
     norms = _weight_norms(moved, found)
     coefs = layer_coefs(state.step_count, is_classifier)
@@ -250,21 +250,21 @@ def swr(
 
     for index, layer in enumerate(found):
       for leaf, factor in (
-          (layer.weight_index, layer_scales[index]),
-          (layer.bias_index, cumulative_scales[index]),
+        (layer.weight_index, layer_scales[index]),
+        (layer.bias_index, cumulative_scales[index]),
       ):
         if leaf is not None:
           update_leaves[leaf] = _rescaled_update(
-              update_leaves[leaf], param_leaves[leaf], factor
+            update_leaves[leaf], param_leaves[leaf], factor
           )
 
     new_state = SWRState(
-        step_count=optax.safe_increment(state.step_count),
-        reference_norms=reference_norms,
-        layer_scales=layer_scales,
-        cumulative_scales=cumulative_scales,
-        weight_norms=layer_scales * norms,
-        norm_input_scales=_norm_input_scales(cumulative_scales, found),
+      step_count=optax.safe_increment(state.step_count),
+      reference_norms=reference_norms,
+      layer_scales=layer_scales,
+      cumulative_scales=cumulative_scales,
+      weight_norms=layer_scales * norms,
+      norm_input_scales=_norm_input_scales(cumulative_scales, found),
     )
     return jax.tree.unflatten(treedef, update_leaves), new_state
 
@@ -272,7 +272,7 @@ def swr(
 
 
 def reset_reference_norms(
-    tx: optax.GradientTransformation, opt_state: Any, params: Any
+  tx: optax.GradientTransformation, opt_state: Any, params: Any
 ) -> Any:
   """Makes the current weight norms the new SWR targets ("SWR + re-init").
 
@@ -306,18 +306,18 @@ def reset_reference_norms(
   is_swr_state = lambda node: isinstance(node, SWRState)
   if not any(map(is_swr_state, jax.tree.leaves(opt_state, is_swr_state))):
     raise ValueError(
-        "reset_reference_norms: `opt_state` holds no SWRState. Pass the state "
-        "of a transformation that contains optax_swr.swr(...)."
+      "reset_reference_norms: `opt_state` holds no SWRState. Pass the state "
+      "of a transformation that contains optax_swr.swr(...)."
     )
   return jax.tree.map(
-      lambda old, new: (
-          old._replace(reference_norms=new.reference_norms)
-          if is_swr_state(old)
-          else old
-      ),
-      opt_state,
-      fresh_state,
-      is_leaf=is_swr_state,
+    lambda old, new: (
+      old._replace(reference_norms=new.reference_norms)
+      if is_swr_state(old)
+      else old
+    ),
+    opt_state,
+    fresh_state,
+    is_leaf=is_swr_state,
   )
 
 
@@ -326,17 +326,17 @@ def _check_coef(name: str, value: Any) -> None:
   if callable(value):
     return
   if isinstance(value, bool) or not isinstance(
-      value, (numbers.Real, np.ndarray, np.generic, jax.Array)
+    value, (numbers.Real, np.ndarray, np.generic, jax.Array)
   ):
     raise ValueError(
-        f"swr: `{name}` must be a float in [0, 1] or an optax schedule; got "
-        f"{value!r}."
+      f"swr: `{name}` must be a float in [0, 1] or an optax schedule; got "
+      f"{value!r}."
     )
   shape = () if isinstance(value, numbers.Real) else np.shape(value)
   if shape:
     raise ValueError(
-        f"swr: `{name}` must be a scalar; got an array of shape "
-        f"{shape}. Use `classifier_coef` for a second coefficient."
+      f"swr: `{name}` must be a scalar; got an array of shape "
+      f"{shape}. Use `classifier_coef` for a second coefficient."
     )
   try:
     number = float(value)
@@ -344,45 +344,45 @@ def _check_coef(name: str, value: Any) -> None:
     return  # A traced value (inject_hyperparams under jit) can't be checked.
   if not 0.0 <= number <= 1.0:  # Also rejects NaN.
     raise ValueError(
-        f"swr: `{name}` must be in [0, 1] (0 does nothing, 1 pins every layer "
-        f"at its reference norm); got {number}. The paper uses 1e-4 to 1."
+      f"swr: `{name}` must be in [0, 1] (0 does nothing, 1 pins every layer "
+      f"at its reference norm); got {number}. The paper uses 1e-4 to 1."
     )
 
 
 def _normalize_classifier(
-    classifier: Any, classifier_coef: Any
+  classifier: Any, classifier_coef: Any
 ) -> int | tuple[Path, ...] | None:
   if classifier is None:
     if classifier_coef is not None:
       raise ValueError(
-          "swr: `classifier_coef` is set but `classifier` is not, so no layer "
-          "would use it. Pass classifier=k (the last k layers) or a sequence "
-          "of layer paths."
+        "swr: `classifier_coef` is set but `classifier` is not, so no layer "
+        "would use it. Pass classifier=k (the last k layers) or a sequence "
+        "of layer paths."
       )
     return None
   if isinstance(classifier, (int, np.integer)) and not isinstance(
-      classifier, bool
+    classifier, bool
   ):
     if classifier < 0:
       raise ValueError(
-          f"swr: `classifier` must be >= 0 (the number of last layers that "
-          f"form the classifier); got {classifier}."
+        f"swr: `classifier` must be >= 0 (the number of last layers that "
+        f"form the classifier); got {classifier}."
       )
     return int(classifier)
   if isinstance(classifier, (str, bytes)) or not isinstance(
-      classifier, Sequence
+    classifier, Sequence
   ):
     raise ValueError(
-        "swr: `classifier` must be an int k (the last k layers) or a sequence "
-        f"of layer paths; got {classifier!r}. Under "
-        "optax.inject_hyperparams, pass static_args=('classifier',)."
+      "swr: `classifier` must be an int k (the last k layers) or a sequence "
+      f"of layer paths; got {classifier!r}. Under "
+      "optax.inject_hyperparams, pass static_args=('classifier',)."
     )
   return _layers.normalize_layers_arg(classifier, name="classifier")
 
 
 def _classifier_mask(
-    classifier: int | tuple[Path, ...] | None,
-    found: tuple[_layers.Layer, ...],
+  classifier: int | tuple[Path, ...] | None,
+  found: tuple[_layers.Layer, ...],
 ) -> np.ndarray:
   """Static boolean mask over the layers: True for classifier layers."""
   mask = np.zeros(len(found), dtype=bool)
@@ -391,8 +391,8 @@ def _classifier_mask(
   if isinstance(classifier, int):
     if classifier > len(found):
       raise ValueError(
-          f"swr: `classifier={classifier}` asks for more layers than the "
-          f"network has ({len(found)})."
+        f"swr: `classifier={classifier}` asks for more layers than the "
+        f"network has ({len(found)})."
       )
     mask[len(found) - classifier :] = True
     return mask
@@ -400,8 +400,8 @@ def _classifier_mask(
   for path in classifier:
     if path not in index_of:
       raise ValueError(
-          f"swr: the `classifier` path {path!r} is not one of the rescaled "
-          f"layers {list(index_of)}."
+        f"swr: the `classifier` path {path!r} is not one of the rescaled "
+        f"layers {list(index_of)}."
       )
     mask[index_of[path]] = True
   return mask
@@ -413,8 +413,8 @@ def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
     return None
   if not np.issubdtype(steps.dtype, np.integer) or steps.ndim > 1:
     raise ValueError(
-        "swr: `reset_norms_at` must be a step count or a sequence of step "
-        f"counts (ints); got {reset_norms_at!r}."
+      "swr: `reset_norms_at` must be a step count or a sequence of step "
+      f"counts (ints); got {reset_norms_at!r}."
     )
   # numpy, not jnp: building the transform must not start a JAX backend
   # (jax.distributed.initialize has to come first on multi-host setups).
@@ -422,7 +422,7 @@ def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
 
 
 def _check_floating(
-    leaves: list[Any], found: tuple[_layers.Layer, ...]
+  leaves: list[Any], found: tuple[_layers.Layer, ...]
 ) -> None:
   """Rescaling an integer or boolean leaf would silently truncate it."""
   for layer in found:
@@ -432,10 +432,10 @@ def _check_floating(
       dtype = jnp.result_type(leaves[index])
       if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(
-            f"swr: the layer {layer.path!r} has a {dtype} leaf; SWR rescales "
-            "floating-point weights and biases only. Keep integer or boolean "
-            "leaves out of the layers (e.g. under another key), or pass "
-            "`layers=` without this layer."
+          f"swr: the layer {layer.path!r} has a {dtype} leaf; SWR rescales "
+          "floating-point weights and biases only. Keep integer or boolean "
+          "leaves out of the layers (e.g. under another key), or pass "
+          "`layers=` without this layer."
         )
 
 
@@ -444,10 +444,10 @@ def _check_same_structure(updates: Any, params: Any) -> None:
   structure: Any = jax.tree.structure(updates)
   if structure != jax.tree.structure(params):
     raise ValueError(
-        "swr: `updates` and `params` have different tree structures; swr "
-        "must receive the full params tree that the updates belong to.\n"
-        f"updates: {jax.tree.structure(updates)}\n"
-        f"params:  {jax.tree.structure(params)}"
+      "swr: `updates` and `params` have different tree structures; swr "
+      "must receive the full params tree that the updates belong to.\n"
+      f"updates: {jax.tree.structure(updates)}\n"
+      f"params:  {jax.tree.structure(params)}"
     )
 
 
@@ -467,9 +467,9 @@ class LowPrecisionWarning(UserWarning):
 
 
 def _warn_if_below_resolution(
-    leaves: list[Any],
-    found: tuple[_layers.Layer, ...],
-    coefs: tuple[optax.ScalarOrSchedule | None, ...],
+  leaves: list[Any],
+  found: tuple[_layers.Layer, ...],
+  coefs: tuple[optax.ScalarOrSchedule | None, ...],
 ) -> bool:
   """Warns if the largest coefficient can't move a low-precision weight.
 
@@ -488,23 +488,23 @@ def _warn_if_below_resolution(
     resolution = float(jnp.finfo(dtype).eps) / 2
     if largest < resolution:
       warnings.warn(
-          f"swr: the layer {layer.path!r} has {dtype} weights, whose "
-          f"resolution ({resolution:.1e}) is coarser than the per-step "
-          f"rescaling, at most coef = {largest:g} of the weight: rounding "
-          "undoes it when the update is added, so wherever the base "
-          "optimizer's updates are small SWR changes nothing. Keep "
-          "float32 master params (e.g. Flax `param_dtype=jnp.float32` with "
-          "`dtype=jnp.bfloat16` for the computation), or use coef >= "
-          f"{resolution:.1e}.",
-          LowPrecisionWarning,
-          stacklevel=3,
+        f"swr: the layer {layer.path!r} has {dtype} weights, whose "
+        f"resolution ({resolution:.1e}) is coarser than the per-step "
+        f"rescaling, at most coef = {largest:g} of the weight: rounding "
+        "undoes it when the update is added, so wherever the base "
+        "optimizer's updates are small SWR changes nothing. Keep "
+        "float32 master params (e.g. Flax `param_dtype=jnp.float32` with "
+        "`dtype=jnp.bfloat16` for the computation), or use coef >= "
+        f"{resolution:.1e}.",
+        LowPrecisionWarning,
+        stacklevel=3,
       )
       return True
   return False
 
 
 def _largest_coef(
-    coefs: tuple[optax.ScalarOrSchedule | None, ...],
+  coefs: tuple[optax.ScalarOrSchedule | None, ...],
 ) -> float | None:
   """The largest constant coefficient; None for a schedule or a traced one."""
   values = []
@@ -536,15 +536,15 @@ def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
 
 
 def _weight_norms(
-    leaves: Sequence[jax.Array] | dict[int, jax.Array],
-    found: tuple[_layers.Layer, ...],
+  leaves: Sequence[jax.Array] | dict[int, jax.Array],
+  found: tuple[_layers.Layer, ...],
 ) -> jax.Array:
   """Float32 Frobenius norm of every layer's weight, in layer order."""
   if not found:
     return jnp.zeros([0], jnp.float32)
-  return jnp.stack([
-      _frobenius_norm(leaves[layer.weight_index]) for layer in found
-  ])
+  return jnp.stack(
+    [_frobenius_norm(leaves[layer.weight_index]) for layer in found]
+  )
 
 
 def _frobenius_norm(weight: jax.Array) -> jax.Array:
@@ -555,7 +555,7 @@ def _frobenius_norm(weight: jax.Array) -> jax.Array:
 
 
 def _layer_scales(
-    norms: jax.Array, reference_norms: jax.Array, coefs: jax.Array
+  norms: jax.Array, reference_norms: jax.Array, coefs: jax.Array
 ) -> jax.Array:
   """c_l = (lam n_l + (1 - lam) ||W_l||) / ||W_l||.
 
@@ -570,7 +570,7 @@ def _layer_scales(
 
 
 def _cumulative_scales(
-    layer_scales: jax.Array, found: tuple[_layers.Layer, ...]
+  layer_scales: jax.Array, found: tuple[_layers.Layer, ...]
 ) -> jax.Array:
   """C_l: the running product of c_l, restarted at every normalization layer.
 
@@ -580,20 +580,20 @@ def _cumulative_scales(
   starts = [i for i, layer in enumerate(found) if layer.is_norm and i > 0]
   segments = np.split(np.arange(len(found)), starts)
   return jnp.concatenate(
-      [jnp.cumprod(layer_scales[segment]) for segment in segments]
+    [jnp.cumprod(layer_scales[segment]) for segment in segments]
   )
 
 
 def _norm_input_scales(
-    cumulative_scales: jax.Array, found: tuple[_layers.Layer, ...]
+  cumulative_scales: jax.Array, found: tuple[_layers.Layer, ...]
 ) -> dict[str, jax.Array]:
   """The scale of each normalization layer's input: C of the layer before."""
   return {
-      layer_key(layer.path): (
-          cumulative_scales[index - 1] if index else jnp.ones([], jnp.float32)
-      )
-      for index, layer in enumerate(found)
-      if layer.is_norm
+    layer_key(layer.path): (
+      cumulative_scales[index - 1] if index else jnp.ones([], jnp.float32)
+    )
+    for index, layer in enumerate(found)
+    if layer.is_norm
   }
 
 
@@ -603,7 +603,7 @@ def layer_key(path: Path) -> str:
 
 
 def _rescaled_update(
-    update: jax.Array, param: jax.Array, factor: jax.Array
+  update: jax.Array, param: jax.Array, factor: jax.Array
 ) -> jax.Array:
   """The update u' with p + u' = factor * (p + u), in the update's dtype.
 

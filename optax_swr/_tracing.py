@@ -47,7 +47,7 @@ class NotAChainWarning(UserWarning):
 
 
 def layers_from_linen(
-    module: Any, variables: Any, *example_args: Any, **kwargs: Any
+  module: Any, variables: Any, *example_args: Any, **kwargs: Any
 ) -> tuple[Path, ...]:
   """The forward order of a Linen model's layers, for ``swr(layers=...)``.
 
@@ -94,8 +94,8 @@ def layers_from_linen(
 
   if "params" not in variables:
     raise ValueError(
-        "layers_from_linen: `variables` has no 'params' collection; pass the "
-        "whole dict returned by module.init(...)."
+      "layers_from_linen: `variables` has no 'params' collection; pass the "
+      "whole dict returned by module.init(...)."
     )
   recorder = _CallRecorder(_layers.leaf_paths(variables["params"]))
 
@@ -116,7 +116,7 @@ def layers_from_linen(
 
 
 def layers_from_nnx(
-    model: Any, *example_args: Any, **kwargs: Any
+  model: Any, *example_args: Any, **kwargs: Any
 ) -> tuple[Path, ...]:
   """The forward order of an NNX model's layers, for ``swr(layers=...)``.
 
@@ -159,9 +159,9 @@ def layers_from_nnx(
   def forward(state, *args):
     copy = nnx.merge(graphdef, state)
     layers: dict[Path, Any] = {
-        tuple(path): node
-        for path, node in nnx.iter_graph(copy)
-        if isinstance(node, nnx.Module) and tuple(path) in recorder.layers
+      tuple(path): node
+      for path, node in nnx.iter_graph(copy)
+      if isinstance(node, nnx.Module) and tuple(path) in recorder.layers
     }
     with _recording_calls(layers, recorder):
       return copy(*args, **kwargs)
@@ -175,17 +175,15 @@ class _CallRecorder:
   def __init__(self, param_paths: list[Path]):
     groups = _layers.group_by_layer(param_paths)
     self.layers = {
-        path
-        for path, group in groups.items()
-        if set(group) & set(_layers.WEIGHT_NAMES)
+      path
+      for path, group in groups.items()
+      if set(group) & set(_layers.WEIGHT_NAMES)
     }
     _check_no_nested_layers(self.layers)
     self.ids: dict[Path, int] = {}
     self.active: list[Path] = []
 
-  def call(
-      self, path: Path, next_fun: Callable[..., Any], args, kwargs
-  ) -> Any:
+  def call(self, path: Path, next_fun: Callable[..., Any], args, kwargs) -> Any:
     if path not in self.layers or path in self.active:
       return next_fun(*args, **kwargs)
     layer = self.ids.setdefault(path, len(self.ids))
@@ -202,45 +200,47 @@ class _CallRecorder:
     never_called = sorted(self.layers - set(order), key=str)
     if never_called:
       warnings.warn(
-          f"These layers were never called in the forward pass, so they are "
-          f"left out of the order and SWR will not rescale them: "
-          f"{never_called}.",
-          stacklevel=3,
+        f"These layers were never called in the forward pass, so they are "
+        f"left out of the order and SWR will not rescale them: "
+        f"{never_called}.",
+        stacklevel=3,
       )
     names = ["/".join(map(str, path)) for path in order]
     reasons = _chain.non_chain_reasons(closed_jaxpr, names) if order else []
     if reasons:
       warnings.warn(
-          NotAChainWarning(
-              "This network is not a chain of layers joined by ReLU-like "
-              "operations, so an SWR step does not scale its output by one "
-              "constant (Theorem 1); it still bounds the weights (Theorem 2). "
-              "Measure the effect with optax_swr.check_proportional. Found: "
-              + "; ".join(reasons[:6])
-              + ("; ..." if len(reasons) > 6 else "")
-              + "."
-          ),
-          stacklevel=3,
+        NotAChainWarning(
+          "This network is not a chain of layers joined by ReLU-like "
+          "operations, so an SWR step does not scale its output by one "
+          "constant (Theorem 1); it still bounds the weights (Theorem 2). "
+          "Measure the effect with optax_swr.check_proportional. Found: "
+          + "; ".join(reasons[:6])
+          + ("; ..." if len(reasons) > 6 else "")
+          + "."
+        ),
+        stacklevel=3,
       )
     return order
 
 
 def _check_no_nested_layers(layers: set[Path]) -> None:
   for outer in sorted(layers, key=str):
-    inner = [p for p in layers if len(p) > len(outer) and p[: len(outer)] == outer]
+    inner = [
+      p for p in layers if len(p) > len(outer) and p[: len(outer)] == outer
+    ]
     if inner:
       raise ValueError(
-          f"The module at {outer!r} owns a weight and also contains the layers "
-          f"{sorted(inner, key=str)}, so where its weight sits in the forward "
-          "order is unknown. Move the weight into a submodule (e.g. "
-          "nn.Dense), or pass swr(layers=...) yourself and check it with "
-          "optax_swr.check_proportional."
+        f"The module at {outer!r} owns a weight and also contains the layers "
+        f"{sorted(inner, key=str)}, so where its weight sits in the forward "
+        "order is unknown. Move the weight into a submodule (e.g. "
+        "nn.Dense), or pass swr(layers=...) yourself and check it with "
+        "optax_swr.check_proportional."
       )
 
 
 @contextlib.contextmanager
 def _recording_calls(
-    layers: dict[Path, Any], recorder: _CallRecorder
+  layers: dict[Path, Any], recorder: _CallRecorder
 ) -> Iterator[None]:
   """Routes ``__call__`` of the given layer modules through ``recorder``.
 
@@ -264,9 +264,9 @@ def _recording_calls(
 
 
 def _recording_call(
-    original: Callable[..., Any],
-    path_of: dict[int, Path],
-    recorder: _CallRecorder,
+  original: Callable[..., Any],
+  path_of: dict[int, Path],
+  recorder: _CallRecorder,
 ) -> Callable[..., Any]:
   @functools.wraps(original)
   def call(self, *args, **kwargs):

@@ -55,7 +55,7 @@ Path = _layers.Path
 
 
 def l2(
-    coef: float, mask: Any | Callable[[Any], Any] | None = None
+  coef: float, mask: Any | Callable[[Any], Any] | None = None
 ) -> optax.GradientTransformation:
   """L2 regularization: adds the gradient of ``coef / 2 * ||theta||^2``.
 
@@ -128,18 +128,18 @@ def l2_init(coef: float) -> optax.GradientTransformation:
     return L2InitState(initial_params=jax.tree.map(jnp.array, params))
 
   def update_fn(
-      updates: Any, state: L2InitState, params: Any = None
+    updates: Any, state: L2InitState, params: Any = None
   ) -> tuple[Any, L2InitState]:
     if params is None:
       raise ValueError(
-          "l2_init needs the current params: call `tx.update(updates, "
-          "opt_state, params)`."
+        "l2_init needs the current params: call `tx.update(updates, "
+        "opt_state, params)`."
       )
     updates = jax.tree.map(
-        lambda u, p, p0: (u + 2 * coef * (p - p0)).astype(u.dtype),
-        updates,
-        params,
-        state.initial_params,
+      lambda u, p, p0: (u + 2 * coef * (p - p0)).astype(u.dtype),
+      updates,
+      params,
+      state.initial_params,
     )
     return updates, state
 
@@ -169,14 +169,14 @@ def shrink_perturb(params: Any, fresh_params: Any, coef: float) -> Any:
   _check_coef("shrink_perturb", "coef", coef, upper=1.0)
   _check_same_structure("shrink_perturb", params, fresh_params)
   return jax.tree.map(
-      lambda p, f: ((1 - coef) * p + coef * f).astype(p.dtype),
-      params,
-      fresh_params,
+    lambda p, f: ((1 - coef) * p + coef * f).astype(p.dtype),
+    params,
+    fresh_params,
   )
 
 
 def reset_layers(
-    params: Any, fresh_params: Any, layers: Sequence[Path | str]
+  params: Any, fresh_params: Any, layers: Sequence[Path | str]
 ) -> Any:
   """Head reset: the given layers take their fresh initialisation.
 
@@ -209,26 +209,29 @@ def reset_layers(
   targets = _layers.normalize_layers_arg(layers, caller="reset_layers")
   if targets is None:
     raise ValueError(
-        "reset_layers: `layers` is None; list the layers to reset, e.g. "
-        "[('head',)]."
+      "reset_layers: `layers` is None; list the layers to reset, e.g. "
+      "[('head',)]."
     )
   for target in targets:
     if not any(path[: len(target)] == target for path in paths):
       raise ValueError(
-          f"reset_layers: the path {target!r} in `layers` matches no leaf of "
-          "the params."
+        f"reset_layers: the path {target!r} in `layers` matches no leaf of "
+        "the params."
       )
   reset = [any(p[: len(t)] == t for t in targets) for p in paths]
   leaves, treedef = jax.tree.flatten(params)
   fresh_leaves = jax.tree.leaves(fresh_params)
-  return jax.tree.unflatten(treedef, [
+  return jax.tree.unflatten(
+    treedef,
+    [
       fresh if chosen else leaf
       for leaf, fresh, chosen in zip(leaves, fresh_leaves, reset)
-  ])
+    ],
+  )
 
 
 def _check_coef(
-    function: str, name: str, value: Any, upper: float | None
+  function: str, name: str, value: Any, upper: float | None
 ) -> None:
   if isinstance(value, bool) or not isinstance(value, numbers.Real):
     raise ValueError(f"{function}: `{name}` must be a float; got {value!r}.")
@@ -243,6 +246,6 @@ def _check_same_structure(function: str, params: Any, fresh: Any) -> None:
   structure: Any = jax.tree.structure(params)
   if structure != jax.tree.structure(fresh):
     raise ValueError(
-        f"{function}: `params` and `fresh_params` have different tree "
-        "structures; initialise the same model again with a new key."
+      f"{function}: `params` and `fresh_params` have different tree "
+      "structures; initialise the same model again with a new key."
     )

@@ -36,19 +36,19 @@ from optax_swr import _swr
 Path = _layers.Path
 
 __all__ = (
-    "balancedness",
-    "dormant_fraction",
-    "effective_rank",
-    "entropy_effective_rank",
-    "layer_norms",
-    "lpq_norm",
+  "balancedness",
+  "dormant_fraction",
+  "effective_rank",
+  "entropy_effective_rank",
+  "layer_norms",
+  "lpq_norm",
 )
 
 DEFAULT_ITERATIONS = 1000
 
 
 def layer_norms(
-    params: Any, layers: Sequence[Path | str] | None = None
+  params: Any, layers: Sequence[Path | str] | None = None
 ) -> jax.Array:
   """Frobenius norm of every layer's weight, in forward order.
 
@@ -79,11 +79,11 @@ def layer_norms(
 
 
 def lpq_norm(
-    params: Any,
-    layers: Sequence[Path | str] | None = None,
-    *,
-    p: float = 2.0,
-    q: float = 2.0,
+  params: Any,
+  layers: Sequence[Path | str] | None = None,
+  *,
+  p: float = 2.0,
+  q: float = 2.0,
 ) -> jax.Array:
   r"""The entry-wise :math:`\ell_{p,q}` norm of a chain of dense/conv layers.
 
@@ -126,12 +126,12 @@ def _lpq_norm(weights: list[jax.Array], p: float, q: float) -> jax.Array:
 
 
 def balancedness(
-    params: Any,
-    layers: Sequence[Path | str] | None = None,
-    *,
-    p: float = 2.0,
-    q: float = 2.0,
-    iterations: int = DEFAULT_ITERATIONS,
+  params: Any,
+  layers: Sequence[Path | str] | None = None,
+  *,
+  p: float = 2.0,
+  q: float = 2.0,
+  iterations: int = DEFAULT_ITERATIONS,
 ) -> jax.Array:
   r"""How far a ReLU network is from its best-balanced rescaling (>= 1).
 
@@ -225,7 +225,7 @@ def balancedness(
 # number of iterations.
 @functools.partial(jax.jit, static_argnames=("p", "q"))
 def _balancedness(
-    weights: list[jax.Array], p: float, q: float, iterations: jax.Array
+  weights: list[jax.Array], p: float, q: float, iterations: jax.Array
 ) -> jax.Array:
   blocks = _unit_blocks(weights, p)
   initial = _objective(blocks, _unit_scales(blocks), p, q)
@@ -243,47 +243,47 @@ def _check_exponents(function: str, p: Any, q: Any) -> None:
   for name, value in (("p", p), ("q", q)):
     _check_static(function, name, value)
     if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not 0 < float(value) < np.inf
+      isinstance(value, bool)
+      or not isinstance(value, numbers.Real)
+      or not 0 < float(value) < np.inf
     ):
       raise ValueError(
-          f"{function}: `{name}` must be a positive finite number, e.g. 2.0 "
-          f"(p = q = 2 is the Frobenius norm of all weights); got {value!r}."
+        f"{function}: `{name}` must be a positive finite number, e.g. 2.0 "
+        f"(p = q = 2 is the Frobenius norm of all weights); got {value!r}."
       )
 
 
 def _check_iterations(iterations: Any) -> None:
   _check_static("balancedness", "iterations", iterations)
   if (
-      isinstance(iterations, bool)
-      or not isinstance(iterations, (int, np.integer))
-      or iterations < 1
+    isinstance(iterations, bool)
+    or not isinstance(iterations, (int, np.integer))
+    or iterations < 1
   ):
     raise ValueError(
-        "balancedness: `iterations` must be an int >= 1 (the number of "
-        f"multiplicative updates); got {iterations!r}."
+      "balancedness: `iterations` must be an int >= 1 (the number of "
+      f"multiplicative updates); got {iterations!r}."
     )
 
 
 def _check_static(function: str, name: str, value: Any) -> None:
   if isinstance(value, jax.core.Tracer):
     raise ValueError(
-        f"{function}: `{name}` must be a Python number, but it is traced. "
-        f"Under jax.jit, mark it static: jax.jit({function}, "
-        f"static_argnames=('{name}',)), or bind it with functools.partial."
+      f"{function}: `{name}` must be a Python number, but it is traced. "
+      f"Under jax.jit, mark it static: jax.jit({function}, "
+      f"static_argnames=('{name}',)), or bind it with functools.partial."
     )
 
 
 def _resolve(
-    params: Any, layers: Sequence[Path | str] | None
+  params: Any, layers: Sequence[Path | str] | None
 ) -> tuple[_layers.Layer, ...]:
   layer_paths = _layers.normalize_layers_arg(layers)
   return _layers.resolve_layers(_layers.leaf_paths(params), layer_paths)
 
 
 def _chain_weights(
-    params: Any, layers: Sequence[Path | str] | None, function: str
+  params: Any, layers: Sequence[Path | str] | None, function: str
 ) -> list[jax.Array]:
   """The kernels of the layers, in forward order, checked to form a chain."""
   found = _resolve(params, layers)
@@ -308,33 +308,33 @@ def _unit_blocks(weights: list[jax.Array], p: float) -> list[jax.Array]:
 
 
 def _check_chain(
-    found: tuple[_layers.Layer, ...], weights: list[jax.Array], function: str
+  found: tuple[_layers.Layer, ...], weights: list[jax.Array], function: str
 ) -> None:
   for layer, weight in zip(found, weights):
     if layer.is_norm:
       raise ValueError(
-          f"{function}: the layer {layer.path!r} is a normalization layer. "
-          "Normalization undoes any rescaling of its input, so balancedness "
-          "is defined for chains of dense/conv layers without normalization "
-          "layers. Measure such a network with metrics.layer_norms instead."
+        f"{function}: the layer {layer.path!r} is a normalization layer. "
+        "Normalization undoes any rescaling of its input, so balancedness "
+        "is defined for chains of dense/conv layers without normalization "
+        "layers. Measure such a network with metrics.layer_norms instead."
       )
     if weight.ndim < 2:
       raise ValueError(
-          f"{function}: the weight of layer {layer.path!r} has shape "
-          f"{weight.shape}, but a dense or conv kernel has shape [..., in, "
-          "out]. List only dense/conv layers in `layers`."
+        f"{function}: the weight of layer {layer.path!r} has shape "
+        f"{weight.shape}, but a dense or conv kernel has shape [..., in, "
+        "out]. List only dense/conv layers in `layers`."
       )
   for before, after, weight, previous in zip(
-      found, found[1:], weights[1:], weights
+    found, found[1:], weights[1:], weights
   ):
     units, fan_in = previous.shape[-1], int(np.prod(weight.shape[:-1]))
     if fan_in % units:
       raise ValueError(
-          f"{function}: the layer {after.path!r} (kernel shape "
-          f"{weight.shape}) cannot read the {units} outputs of "
-          f"{before.path!r}: its {fan_in} inputs are not a multiple of "
-          f"{units}. Pass `layers=` with the dense/conv layers in the order "
-          "the network runs them."
+        f"{function}: the layer {after.path!r} (kernel shape "
+        f"{weight.shape}) cannot read the {units} outputs of "
+        f"{before.path!r}: its {fan_in} inputs are not a multiple of "
+        f"{units}. Pass `layers=` with the dense/conv layers in the order "
+        "the network runs them."
       )
 
 
@@ -344,7 +344,7 @@ def _unit_scales(blocks: list[jax.Array]) -> list[jax.Array]:
 
 
 def _all_scales(
-    blocks: list[jax.Array], scales: list[jax.Array]
+  blocks: list[jax.Array], scales: list[jax.Array]
 ) -> list[jax.Array]:
   """a^p of the inputs, the hidden units and the outputs (fixed at 1)."""
   dtype = blocks[0].dtype
@@ -353,13 +353,13 @@ def _all_scales(
 
 
 def _incoming(
-    blocks: list[jax.Array], scales: list[jax.Array]
+  blocks: list[jax.Array], scales: list[jax.Array]
 ) -> list[jax.Array]:
   """rho: the sum of |w|^p into every unit of every layer, after rescaling."""
   full = _all_scales(blocks, scales)
   return [
-      after * ((1.0 / before) @ block)
-      for block, before, after in zip(blocks, full, full[1:])
+    after * ((1.0 / before) @ block)
+    for block, before, after in zip(blocks, full, full[1:])
   ]
 
 
@@ -370,7 +370,7 @@ def _safe_power(x: jax.Array, exponent: float) -> jax.Array:
 
 
 def _objective(
-    blocks: list[jax.Array], scales: list[jax.Array], p: float, q: float
+  blocks: list[jax.Array], scales: list[jax.Array], p: float, q: float
 ) -> jax.Array:
   """||W(a)||_{p,q} ** q."""
   rhos = _incoming(blocks, scales)
@@ -378,7 +378,7 @@ def _objective(
 
 
 def _rebalanced(
-    blocks: list[jax.Array], scales: list[jax.Array], p: float, q: float
+  blocks: list[jax.Array], scales: list[jax.Array], p: float, q: float
 ) -> list[jax.Array]:
   """One multiplicative update of Saul (2023) at every hidden unit at once."""
   full = _all_scales(blocks, scales)
@@ -410,13 +410,13 @@ def _without_dead_units(blocks: list[jax.Array]) -> list[jax.Array]:
   live[0] = jnp.ones(1, bool)
   live[-1] = jnp.ones(blocks[-1].shape[1], bool)
   return [
-      jnp.where(before[:, None] & after[None, :], block, 0.0)
-      for block, before, after in zip(blocks, live, live[1:])
+    jnp.where(before[:, None] & after[None, :], block, 0.0)
+    for block, before, after in zip(blocks, live, live[1:])
   ]
 
 
 def dormant_fraction(
-    activations: jax.Array | Sequence[jax.Array], tau: float = 0.0
+  activations: jax.Array | Sequence[jax.Array], tau: float = 0.0
 ) -> jax.Array:
   r"""The fraction of tau-dormant units (Sokar et al., 2023).
 
@@ -461,21 +461,21 @@ def dormant_fraction(
 
 def _as_layer_list(activations: Any) -> list[jax.Array]:
   layers = (
-      list(activations)
-      if isinstance(activations, (list, tuple))
-      else [activations]
+    list(activations)
+    if isinstance(activations, (list, tuple))
+    else [activations]
   )
   if not layers:
     raise ValueError(
-        "dormant_fraction: `activations` is empty; pass one array [batch, "
-        "..., units] or a list of them, one per layer."
+      "dormant_fraction: `activations` is empty; pass one array [batch, "
+      "..., units] or a list of them, one per layer."
     )
   for index, h in enumerate(layers):
     if jnp.ndim(h) < 2:
       raise ValueError(
-          f"dormant_fraction: `activations[{index}]` has shape "
-          f"{jnp.shape(h)}; each layer's activations must be [batch, ..., "
-          "units] (at least 2 axes). Add a units axis with h[:, None]."
+        f"dormant_fraction: `activations[{index}]` has shape "
+        f"{jnp.shape(h)}; each layer's activations must be [batch, ..., "
+        "units] (at least 2 axes). Add a units axis with h[:, None]."
       )
   return layers
 
@@ -487,8 +487,8 @@ def _check_tau(tau: Any) -> None:
     return  # A traced threshold can't be checked.
   if not value >= 0:
     raise ValueError(
-        f"dormant_fraction: `tau` must be >= 0 (Sokar et al. use 0 to 0.1); "
-        f"got {tau!r}."
+      f"dormant_fraction: `tau` must be >= 0 (Sokar et al. use 0 to 0.1); "
+      f"got {tau!r}."
     )
 
 
@@ -575,9 +575,9 @@ def entropy_effective_rank(features: jax.Array) -> jax.Array:
 def _singular_values(features: jax.Array, name: str) -> jax.Array:
   if jnp.ndim(features) != 2:
     raise ValueError(
-        f"{name}: `features` must be a [batch, dim] matrix; got shape "
-        f"{jnp.shape(features)}. Flatten other axes first, e.g. "
-        "features.reshape(len(features), -1)."
+      f"{name}: `features` must be a [batch, dim] matrix; got shape "
+      f"{jnp.shape(features)}. Flatten other axes first, e.g. "
+      "features.reshape(len(features), -1)."
     )
   features = jnp.asarray(features)
   dtype = jnp.promote_types(features.dtype, jnp.float32)
@@ -591,6 +591,6 @@ def _check_delta(delta: Any) -> None:
     return  # A traced delta can't be checked.
   if not 0.0 <= value < 1.0:
     raise ValueError(
-        "effective_rank: `delta` must be in [0, 1) (Kumar et al. use 0.01); "
-        f"got {delta!r}."
+      "effective_rank: `delta` must be in [0, 1) (Kumar et al. use 0.01); "
+      f"got {delta!r}."
     )

@@ -50,8 +50,10 @@ FEATURES, WIDTH, CLASSES, BATCH = 16, 32, 8, 32
 def save_checkpoint(path, params, opt_state, step):
   """Writes the params, the whole optimizer state and the step to `path`."""
   with ocp.StandardCheckpointer() as checkpointer:  # Waits for the write.
-    checkpointer.save(os.path.abspath(path),
-                      {"params": params, "opt_state": opt_state, "step": step})
+    checkpointer.save(
+      os.path.abspath(path),
+      {"params": params, "opt_state": opt_state, "step": step},
+    )
 
 
 def restore_checkpoint(path, tx, abstract_params):
@@ -65,9 +67,9 @@ def restore_checkpoint(path, tx, abstract_params):
   # (SWRState, ScaleByAdamState, ...) come back as those classes.
   abstract_state = jax.eval_shape(tx.init, abstract_params)
   target = {
-      "params": abstract_params,
-      "opt_state": with_shardings(abstract_state, abstract_params),
-      "step": 0,
+    "params": abstract_params,
+    "opt_state": with_shardings(abstract_state, abstract_params),
+    "step": 0,
   }
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(os.path.abspath(path), target)
@@ -85,16 +87,18 @@ def with_shardings(abstract_state, abstract_params):
   sharding = jax.tree.leaves(abstract_params)[0].sharding
   if isinstance(sharding, jax.sharding.NamedSharding):
     sharding = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec())
+      sharding.mesh, jax.sharding.PartitionSpec()
+    )
   is_params = lambda node: jax.tree.structure(node) == params_def
 
   def place(node):
     if not is_params(node):
       return jax.ShapeDtypeStruct(node.shape, node.dtype, sharding=sharding)
     return jax.tree.map(
-        lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                          sharding=p.sharding),
-        node, abstract_params)
+      lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p.sharding),
+      node,
+      abstract_params,
+    )
 
   return jax.tree.map(place, abstract_state, is_leaf=is_params)
 
@@ -131,9 +135,13 @@ MODEL = Net()
 def batches() -> list[tuple[np.ndarray, np.ndarray]]:
   """STEPS fixed batches of a random classification problem."""
   rng = np.random.default_rng(0)
-  return [(rng.normal(size=(BATCH, FEATURES)).astype(np.float32),
-           rng.integers(0, CLASSES, size=BATCH).astype(np.int32))
-          for _ in range(STEPS)]
+  return [
+    (
+      rng.normal(size=(BATCH, FEATURES)).astype(np.float32),
+      rng.integers(0, CLASSES, size=BATCH).astype(np.int32),
+    )
+    for _ in range(STEPS)
+  ]
 
 
 def init() -> tuple[Any, tuple[tuple[str, ...], ...]]:
@@ -150,23 +158,31 @@ def chain_tx(layers) -> optax.GradientTransformation:
   it, and the classifier coef changes at every step.
   """
   return optax.chain(
-      optax.adam(1e-2),
-      optax_swr.swr(
-          coef=optax.piecewise_constant_schedule(0.3, {5: 0.5}),
-          layers=layers,
-          reset_norms_at=(3,),
-          classifier=1,
-          classifier_coef=optax.linear_schedule(1.0, 0.2, STEPS)))
+    optax.adam(1e-2),
+    optax_swr.swr(
+      coef=optax.piecewise_constant_schedule(0.3, {5: 0.5}),
+      layers=layers,
+      reset_norms_at=(3,),
+      classifier=1,
+      classifier_coef=optax.linear_schedule(1.0, 0.2, STEPS),
+    ),
+  )
 
 
-def make_inner(learning_rate, coef, layers, classifier, classifier_coef,
-               reset_norms_at) -> optax.GradientTransformation:
+def make_inner(
+  learning_rate, coef, layers, classifier, classifier_coef, reset_norms_at
+) -> optax.GradientTransformation:
   """The factory that inject_hyperparams wraps."""
   return optax.chain(
-      optax.adam(learning_rate),
-      optax_swr.swr(coef=coef, layers=layers, classifier=classifier,
-                    classifier_coef=classifier_coef,
-                    reset_norms_at=reset_norms_at))
+    optax.adam(learning_rate),
+    optax_swr.swr(
+      coef=coef,
+      layers=layers,
+      classifier=classifier,
+      classifier_coef=classifier_coef,
+      reset_norms_at=reset_norms_at,
+    ),
+  )
 
 
 def inject_tx(layers) -> optax.GradientTransformation:
@@ -176,10 +192,13 @@ def inject_tx(layers) -> optax.GradientTransformation:
   and `reset_norms_at` are passed through as they are.
   """
   return optax.inject_hyperparams(make_inner, static_args=("classifier",))(
-          learning_rate=optax.piecewise_constant_schedule(1e-2, {6: 0.1}),
-          coef=optax.piecewise_constant_schedule(0.3, {5: 0.5}),
-          layers=layers, classifier=1, classifier_coef=0.8,
-          reset_norms_at=(3,))
+    learning_rate=optax.piecewise_constant_schedule(1e-2, {6: 0.1}),
+    coef=optax.piecewise_constant_schedule(0.3, {5: 0.5}),
+    layers=layers,
+    classifier=1,
+    classifier_coef=0.8,
+    reset_norms_at=(3,),
+  )
 
 
 def multisteps_tx(layers) -> optax.GradientTransformation:
@@ -189,10 +208,15 @@ def multisteps_tx(layers) -> optax.GradientTransformation:
   (inner step 1) comes after it.
   """
   inner = optax.chain(
-      optax.adam(1e-2),
-      optax_swr.swr(coef=0.3, layers=layers, reset_norms_at=(1,),
-                    classifier=1,
-                    classifier_coef=optax.linear_schedule(1.0, 0.5, 2)))
+    optax.adam(1e-2),
+    optax_swr.swr(
+      coef=0.3,
+      layers=layers,
+      reset_norms_at=(1,),
+      classifier=1,
+      classifier_coef=optax.linear_schedule(1.0, 0.5, 2),
+    ),
+  )
   return optax.MultiSteps(inner, every_k_schedule=3)
 
 
@@ -200,14 +224,16 @@ def fsdp(params) -> Any:
   """Every leaf split over 8 devices along its first axis."""
   mesh = Mesh(np.array(jax.devices()), ("fsdp",))
   return jax.tree.map(
-      lambda p: NamedSharding(mesh, P("fsdp", *[None] * (p.ndim - 1))), params)
+    lambda p: NamedSharding(mesh, P("fsdp", *[None] * (p.ndim - 1))), params
+  )
 
 
 def mesh_2x4(params) -> Any:
   """Kernels split over both axes of a 2x4 mesh, vectors over the second."""
   mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model"))
   return jax.tree.map(
-      lambda p: NamedSharding(mesh, P(*("data", "model")[-p.ndim:])), params)
+    lambda p: NamedSharding(mesh, P(*("data", "model")[-p.ndim :])), params
+  )
 
 
 def one_device(params) -> Any:
@@ -228,11 +254,11 @@ class Run:
 
 
 RUNS = {
-    "chain": Run(chain_tx),
-    "inject_hyperparams": Run(inject_tx),
-    "multisteps": Run(multisteps_tx),
-    "fsdp_to_2x4": Run(chain_tx, fsdp, mesh_2x4),
-    "fsdp_to_one_device": Run(chain_tx, fsdp, one_device),
+  "chain": Run(chain_tx),
+  "inject_hyperparams": Run(inject_tx),
+  "multisteps": Run(multisteps_tx),
+  "fsdp_to_2x4": Run(chain_tx, fsdp, mesh_2x4),
+  "fsdp_to_one_device": Run(chain_tx, fsdp, one_device),
 }
 
 
@@ -243,8 +269,7 @@ def make_step(tx) -> Callable[..., Any]:
       logits = MODEL.apply({"params": p}, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state,
-                                   params)
+    updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
   return step
@@ -256,18 +281,23 @@ def place(params, layout) -> Any:
   if layout is None:
     return abstract
   return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, layout(params))
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract,
+    layout(params),
+  )
 
 
 def reshard(params, opt_state, layout) -> tuple[Any, Any]:
   """Moves params and state to `layout` as restore_checkpoint lays them out."""
   abstract_params = place(params, layout)
   abstract_state = with_shardings(
-      jax.eval_shape(lambda: opt_state), abstract_params)
+    jax.eval_shape(lambda: opt_state), abstract_params
+  )
   sharding_of = lambda a: a.sharding
-  return (jax.device_put(params, jax.tree.map(sharding_of, abstract_params)),
-          jax.device_put(opt_state, jax.tree.map(sharding_of, abstract_state)))
+  return (
+    jax.device_put(params, jax.tree.map(sharding_of, abstract_params)),
+    jax.device_put(opt_state, jax.tree.map(sharding_of, abstract_state)),
+  )
 
 
 @functools.cache
@@ -301,7 +331,8 @@ def write(path: pathlib.Path, params, opt_state) -> dict[str, Any]:
   """Every leaf to an .npz; returns a summary for the JSON report."""
   path.parent.mkdir(parents=True, exist_ok=True)
   leaves = jax.tree_util.tree_flatten_with_path(
-      {"params": params, "opt_state": opt_state})[0]
+    {"params": params, "opt_state": opt_state}
+  )[0]
   np.savez(path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
   return {"treedef": str(jax.tree.structure(opt_state))}
 
@@ -312,14 +343,18 @@ def check_restored(tx, abstract_params, params, opt_state) -> dict[str, Any]:
   target = (abstract_params, with_shardings(abstract_state, abstract_params))
   is_swr = lambda node: isinstance(node, optax_swr.SWRState)
   return {
-      "treedef_is_init": (
-          jax.tree.structure(opt_state) == jax.tree.structure(abstract_state)),
-      "swr_states": sum(map(is_swr, jax.tree.leaves(opt_state, is_swr))),
-      "as_target": all(
-          a.shape == t.shape and a.dtype == t.dtype
-          and a.sharding.is_equivalent_to(t.sharding, a.ndim)
-          for a, t in zip(jax.tree.leaves((params, opt_state)),
-                          jax.tree.leaves(target))),
+    "treedef_is_init": (
+      jax.tree.structure(opt_state) == jax.tree.structure(abstract_state)
+    ),
+    "swr_states": sum(map(is_swr, jax.tree.leaves(opt_state, is_swr))),
+    "as_target": all(
+      a.shape == t.shape
+      and a.dtype == t.dtype
+      and a.sharding.is_equivalent_to(t.sharding, a.ndim)
+      for a, t in zip(
+        jax.tree.leaves((params, opt_state)), jax.tree.leaves(target)
+      )
+    ),
   }
 
 
@@ -341,8 +376,8 @@ def save(directory: pathlib.Path) -> dict[str, Any]:
     path = os.path.relpath(directory / "ckpt" / name)
     save_checkpoint(path, params, opt_state, SAVE_AT)
     report[name] = {
-        "swr_step_count": int(optax.tree.get(opt_state, "step_count")),
-        "mini_step": int(getattr(opt_state, "mini_step", -1)),
+      "swr_step_count": int(optax.tree.get(opt_state, "step_count")),
+      "mini_step": int(getattr(opt_state, "mini_step", -1)),
     }
   return report
 
@@ -354,12 +389,15 @@ def resume(directory: pathlib.Path) -> dict[str, Any]:
     fresh = init()[0]
     abstract_params = place(fresh, run.after)
     params, opt_state, step = restore_checkpoint(
-        directory / "ckpt" / name, tx, abstract_params)
+      directory / "ckpt" / name, tx, abstract_params
+    )
     restored = check_restored(tx, abstract_params, params, opt_state)
     restored["step"] = step
     params, opt_state = last_steps(run, params, opt_state)
-    report[name] = {**write(directory / "resume" / f"{name}.npz", params,
-                            opt_state), **restored}
+    report[name] = {
+      **write(directory / "resume" / f"{name}.npz", params, opt_state),
+      **restored,
+    }
   return report
 
 

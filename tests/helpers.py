@@ -12,15 +12,15 @@ from tests import reference
 
 def dense(rng: np.random.Generator, fan_in: int, fan_out: int, scale=1.0):
   return {
-      "kernel": scale * rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in),
-      "bias": 0.1 * rng.normal(size=(fan_out,)),
+    "kernel": scale * rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in),
+    "bias": 0.1 * rng.normal(size=(fan_out,)),
   }
 
 
 def layer_norm(rng: np.random.Generator, width: int):
   return {
-      "scale": 1.0 + 0.1 * rng.normal(size=(width,)),
-      "bias": 0.1 * rng.normal(size=(width,)),
+    "scale": 1.0 + 0.1 * rng.normal(size=(width,)),
+    "bias": 0.1 * rng.normal(size=(width,)),
   }
 
 
@@ -29,8 +29,8 @@ def mlp_params(widths, seed=0, names=None, dtype=jnp.float32) -> dict:
   rng = np.random.default_rng(seed)
   names = names or [f"Dense_{i}" for i in range(len(widths) - 1)]
   tree = {
-      name: dense(rng, fan_in, fan_out)
-      for name, fan_in, fan_out in zip(names, widths[:-1], widths[1:])
+    name: dense(rng, fan_in, fan_out)
+    for name, fan_in, fan_out in zip(names, widths[:-1], widths[1:])
   }
   return to_jax(tree, dtype)
 
@@ -48,8 +48,8 @@ def pulling_grads(params, steps: int, seed: int = 1):
   rng = np.random.default_rng(seed)
   target = jax.tree.map(lambda p: 3.0 * rng.normal(size=p.shape), params)
   noise = [
-      jax.tree.map(lambda p: 0.5 * rng.normal(size=p.shape), params)
-      for _ in range(steps)
+    jax.tree.map(lambda p: 0.5 * rng.normal(size=p.shape), params)
+    for _ in range(steps)
   ]
   return target, noise
 
@@ -61,8 +61,10 @@ def train(tx: optax.GradientTransformation, params, target, noise, state=None):
   @jax.jit
   def step(params, state, noise_t):
     grads = jax.tree.map(
-        lambda p, t, n: p - t.astype(p.dtype) + n.astype(p.dtype),
-        params, target, noise_t,
+      lambda p, t, n: p - t.astype(p.dtype) + n.astype(p.dtype),
+      params,
+      target,
+      noise_t,
     )
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
@@ -78,9 +80,7 @@ def reference_grad_fn(target, noise):
   """The numpy float64 twin of the grads used by `train`."""
   flat_target = reference.flatten(target)
   flat_noise = [reference.flatten(n) for n in noise]
-  return lambda p, t: {
-      k: p[k] - flat_target[k] + flat_noise[t][k] for k in p
-  }
+  return lambda p, t: {k: p[k] - flat_target[k] + flat_noise[t][k] for k in p}
 
 
 def relu_mlp_apply(params, names, x, eps=1e-12):

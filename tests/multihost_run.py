@@ -49,20 +49,26 @@ def start(process_id: int, num_processes: int, port: int) -> None:
   """Joins the run: must come before anything touches a JAX backend."""
   local = GLOBAL_DEVICES // num_processes
   os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "")
-      + f" --xla_force_host_platform_device_count={local}").strip()
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={local}"
+  ).strip()
   jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(
-      coordinator_address=f"localhost:{port}", num_processes=num_processes,
-      process_id=process_id, initialization_timeout=60)
+    coordinator_address=f"localhost:{port}",
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=60,
+  )
 
 
 def check_collectives(mesh: Mesh) -> None:
   """Sums a value over every device of every process; raises if it is off."""
   ones = jax.make_array_from_callback(
-      (GLOBAL_DEVICES,), NamedSharding(mesh, P(AXIS)),
-      lambda index: np.ones(GLOBAL_DEVICES, np.float32)[index])
+    (GLOBAL_DEVICES,),
+    NamedSharding(mesh, P(AXIS)),
+    lambda index: np.ones(GLOBAL_DEVICES, np.float32)[index],
+  )
   total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(ones)
   if float(total.addressable_data(0)) != GLOBAL_DEVICES:
     raise RuntimeError(f"a sum over {GLOBAL_DEVICES} ones gave {total}")
@@ -73,20 +79,25 @@ def global_params() -> dict[str, dict[str, np.ndarray]]:
   """The same numbers in every process: drawn from a fixed seed."""
   rng = np.random.default_rng(0)
   return {
-      f"Dense_{i}": {
-          "kernel": (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(
-              np.float32),
-          "bias": (rng.normal(size=(n_out,)) / 10).astype(np.float32),
-      }
-      for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:]))
+    f"Dense_{i}": {
+      "kernel": (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(
+        np.float32
+      ),
+      "bias": (rng.normal(size=(n_out,)) / 10).astype(np.float32),
+    }
+    for i, (n_in, n_out) in enumerate(zip(SIZES[:-1], SIZES[1:]))
   }
 
 
 def global_batches() -> list[tuple[np.ndarray, np.ndarray]]:
   rng = np.random.default_rng(1)
-  return [(rng.normal(size=(BATCH, SIZES[0])).astype(np.float32),
-           rng.integers(0, CLASSES, BATCH).astype(np.int32))
-          for _ in range(STEPS)]
+  return [
+    (
+      rng.normal(size=(BATCH, SIZES[0])).astype(np.float32),
+      rng.integers(0, CLASSES, BATCH).astype(np.int32),
+    )
+    for _ in range(STEPS)
+  ]
 
 
 def fsdp_spec(leaf: np.ndarray) -> P:
@@ -94,14 +105,16 @@ def fsdp_spec(leaf: np.ndarray) -> P:
   return P(AXIS, *([None] * (leaf.ndim - 1)))
 
 
-def to_global(tree: Any, mesh: Mesh,
-              spec_fn: Callable[[np.ndarray], P] = fsdp_spec) -> Any:
+def to_global(
+  tree: Any, mesh: Mesh, spec_fn: Callable[[np.ndarray], P] = fsdp_spec
+) -> Any:
   """Global arrays; each process only fills in its own devices' shards."""
   return jax.tree.map(
-      lambda leaf: jax.make_array_from_callback(
-          leaf.shape, NamedSharding(mesh, spec_fn(leaf)),
-          lambda index: leaf[index]),
-      tree)
+    lambda leaf: jax.make_array_from_callback(
+      leaf.shape, NamedSharding(mesh, spec_fn(leaf)), lambda index: leaf[index]
+    ),
+    tree,
+  )
 
 
 def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -112,8 +125,9 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, params: dict,
-                        replicated: NamedSharding) -> Any:
+def opt_state_shardings(
+  tx: optax.GradientTransformation, params: dict, replicated: NamedSharding
+) -> Any:
   """Sub-trees shaped like the params (Adam's moments) are sharded like them.
 
   Everything else (step counts, SWR's per-layer scalars) is replicated.
@@ -124,8 +138,10 @@ def opt_state_shardings(tx: optax.GradientTransformation, params: dict,
   like_params = lambda node: jax.tree.structure(node) == params_def
   param_shardings = jax.tree.map(lambda a: a.sharding, params)
   return jax.tree.map(
-      lambda node: param_shardings if like_params(node) else replicated,
-      jax.eval_shape(tx.init, params), is_leaf=like_params)
+    lambda node: param_shardings if like_params(node) else replicated,
+    jax.eval_shape(tx.init, params),
+    is_leaf=like_params,
+  )
 
 
 def train(mesh: Mesh) -> tuple[dict, dict, optax_swr.SWRState, list[float]]:
@@ -138,7 +154,8 @@ def train(mesh: Mesh) -> tuple[dict, dict, optax_swr.SWRState, list[float]]:
   state = jax.jit(tx.init, out_shardings=state_shardings)(params)
 
   @functools.partial(
-      jax.jit, out_shardings=(param_shardings, state_shardings, replicated))
+    jax.jit, out_shardings=(param_shardings, state_shardings, replicated)
+  )
   def step(params, state, x, y):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
     updates, state = tx.update(grads, state, params)
@@ -152,34 +169,44 @@ def train(mesh: Mesh) -> tuple[dict, dict, optax_swr.SWRState, list[float]]:
   return params, state[0][0].mu, state[1], losses
 
 
-def report(params: dict, adam_mu: dict, swr_state: optax_swr.SWRState,
-           losses: list[float]) -> dict:
+def report(
+  params: dict,
+  adam_mu: dict,
+  swr_state: optax_swr.SWRState,
+  losses: list[float],
+) -> dict:
   """What the test compares: full params from all processes, the SWR state."""
   local_copies = [
-      [np.asarray(shard.data) for shard in leaf.addressable_shards]
-      for leaf in jax.tree.leaves(swr_state)]
+    [np.asarray(shard.data) for shard in leaf.addressable_shards]
+    for leaf in jax.tree.leaves(swr_state)
+  ]
   gathered = multihost_utils.process_allgather(params, tiled=True)
   return {
-      "process_index": jax.process_index(),
-      "process_count": jax.process_count(),
-      "local_devices": jax.local_device_count(),
-      "global_devices": jax.device_count(),
-      "param_shard_shape": list(
-          params["Dense_0"]["kernel"].addressable_shards[0].data.shape),
-      "moment_shard_shape": list(
-          adam_mu["Dense_0"]["kernel"].addressable_shards[0].data.shape),
-      "losses": losses,
-      "params": jax.tree.map(lambda a: np.asarray(a).tolist(), gathered),
-      "swr_state": {
-          name: np.asarray(value.addressable_data(0)).tolist()
-          for name, value in swr_state._asdict().items()
-          if name != "norm_input_scales"},
-      "swr_state_replicated": all(
-          leaf.sharding.is_fully_replicated
-          for leaf in jax.tree.leaves(swr_state)),
-      "swr_state_same_on_local_devices": all(
-          np.array_equal(copy, copies[0])
-          for copies in local_copies for copy in copies),
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "local_devices": jax.local_device_count(),
+    "global_devices": jax.device_count(),
+    "param_shard_shape": list(
+      params["Dense_0"]["kernel"].addressable_shards[0].data.shape
+    ),
+    "moment_shard_shape": list(
+      adam_mu["Dense_0"]["kernel"].addressable_shards[0].data.shape
+    ),
+    "losses": losses,
+    "params": jax.tree.map(lambda a: np.asarray(a).tolist(), gathered),
+    "swr_state": {
+      name: np.asarray(value.addressable_data(0)).tolist()
+      for name, value in swr_state._asdict().items()
+      if name != "norm_input_scales"
+    },
+    "swr_state_replicated": all(
+      leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(swr_state)
+    ),
+    "swr_state_same_on_local_devices": all(
+      np.array_equal(copy, copies[0])
+      for copies in local_copies
+      for copy in copies
+    ),
   }
 
 

@@ -40,10 +40,10 @@ def dense_layers(names: Sequence[str]) -> list[RefLayer]:
 
 
 def swr_step(
-    params: dict[tuple, np.ndarray],
-    layers: Sequence[RefLayer],
-    reference_norms: Sequence[float],
-    coefs: Sequence[float],
+  params: dict[tuple, np.ndarray],
+  layers: Sequence[RefLayer],
+  reference_norms: Sequence[float],
+  coefs: Sequence[float],
 ) -> tuple[dict[tuple, np.ndarray], list[float], list[float]]:
   """One SWR step on already-updated params; returns (params, c, C)."""
   params = dict(params)
@@ -85,14 +85,14 @@ class Adam:
 
 
 def train(
-    params: dict[tuple, np.ndarray],
-    layers: Sequence[RefLayer],
-    grad_fn: Callable[[dict, int], dict],
-    steps: int,
-    coefs_at: Callable[[int], Sequence[float]],
-    lr: float = 1e-2,
-    reset_norms_at: Sequence[int] = (),
-    reference_params: dict | None = None,
+  params: dict[tuple, np.ndarray],
+  layers: Sequence[RefLayer],
+  grad_fn: Callable[[dict, int], dict],
+  steps: int,
+  coefs_at: Callable[[int], Sequence[float]],
+  lr: float = 1e-2,
+  reset_norms_at: Sequence[int] = (),
+  reference_params: dict | None = None,
 ) -> list[dict[tuple, np.ndarray]]:
   """Adam + SWR for `steps` steps; returns the params after every step."""
   adam = Adam(lr)

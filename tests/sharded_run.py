@@ -37,11 +37,11 @@ DATA_AXIS = "data"
 def make_params():
   rng = np.random.default_rng(0)
   return {
-      f"Dense_{i}": {
-          "kernel": rng.normal(size=(64, 64)).astype(np.float32) / 8,
-          "bias": rng.normal(size=(64,)).astype(np.float32) / 10,
-      }
-      for i in range(4)
+    f"Dense_{i}": {
+      "kernel": rng.normal(size=(64, 64)).astype(np.float32) / 8,
+      "bias": rng.normal(size=(64,)).astype(np.float32) / 10,
+    }
+    for i in range(4)
   }
 
 
@@ -49,8 +49,10 @@ def train(params, shardings=None):
   """STEPS jitted steps; with shardings, params and state live sharded."""
   tx = optax.chain(optax.adam(0.05), optax_swr.swr(0.3, reset_norms_at=(2,)))
   rng = np.random.default_rng(1)
-  grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32),
-                        params) for _ in range(STEPS)]
+  grads = [
+    jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    for _ in range(STEPS)
+  ]
   if shardings is not None:
     params = jax.device_put(params, shardings)
     grads = [jax.device_put(g, shardings) for g in grads]
@@ -77,8 +79,10 @@ def step_collectives(shardings: dict) -> list[str]:
 
   hlo = jax.jit(step).lower(params, jax.jit(tx.init)(params), params)
   pattern = r"= (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all)\("
-  return [f"{op} {shape}" for shape, op in re.findall(
-      pattern, hlo.compile().as_text())]
+  return [
+    f"{op} {shape}"
+    for shape, op in re.findall(pattern, hlo.compile().as_text())
+  ]
 
 
 def mlp_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -92,18 +96,24 @@ def mlp_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 
 def make_batches() -> list[tuple[np.ndarray, np.ndarray]]:
   rng = np.random.default_rng(2)
-  return [(rng.normal(size=(BATCH, 64)).astype(np.float32),
-           rng.integers(0, CLASSES, BATCH).astype(np.int32))
-          for _ in range(STEPS)]
+  return [
+    (
+      rng.normal(size=(BATCH, 64)).astype(np.float32),
+      rng.integers(0, CLASSES, BATCH).astype(np.int32),
+    )
+    for _ in range(STEPS)
+  ]
 
 
 def data_parallel_tx() -> optax.GradientTransformation:
   return optax.chain(optax.adam(1e-2), optax_swr.swr(0.3, reset_norms_at=(2,)))
 
 
-def data_parallel_step(tx: optax.GradientTransformation,
-                       axis_name: str | None = None,
-                       replicated_params: bool = False):
+def data_parallel_step(
+  tx: optax.GradientTransformation,
+  axis_name: str | None = None,
+  replicated_params: bool = False,
+):
   """One training step; with axis_name, on one device's slice of the batch.
 
   Args:
@@ -114,6 +124,7 @@ def data_parallel_step(tx: optax.GradientTransformation,
       already summed over the axis, and pmean would not divide it; the
       gradient is taken at a device-varying copy instead.
   """
+
   def step(params, state, x, y):
     at = params
     if replicated_params:
@@ -123,6 +134,7 @@ def data_parallel_step(tx: optax.GradientTransformation,
       loss, grads = jax.lax.pmean((loss, grads), axis_name)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
+
   return step
 
 
@@ -149,17 +161,25 @@ def train_shard_map() -> tuple[list, list, list[float]]:
   replicated = NamedSharding(mesh, P())
   params = jax.device_put(make_params(), replicated)
   state = jax.jit(tx.init, out_shardings=replicated)(params)
-  step = jax.jit(jax.shard_map(
-      data_parallel_step(tx, DATA_AXIS, replicated_params=True), mesh=mesh,
+  step = jax.jit(
+    jax.shard_map(
+      data_parallel_step(tx, DATA_AXIS, replicated_params=True),
+      mesh=mesh,
       in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
-      out_specs=(P(), P(), P())))
+      out_specs=(P(), P(), P()),
+    )
+  )
   losses = []
   for x, y in make_batches():
     params, state, loss = step(params, state, x, y)
     losses.append(float(loss))
   per_device = lambda tree: [
-      [np.asarray(leaf.addressable_shards[d].data) for leaf in jax.tree.leaves(tree)]
-      for d in range(len(jax.devices()))]
+    [
+      np.asarray(leaf.addressable_shards[d].data)
+      for leaf in jax.tree.leaves(tree)
+    ]
+    for d in range(len(jax.devices()))
+  ]
   return per_device(params), per_device(state[1]), losses
 
 
@@ -171,7 +191,8 @@ def train_pmap() -> tuple[list, list, list[float]]:
   devices = len(jax.devices())
   tx = data_parallel_tx()
   stack = lambda tree: jax.tree.map(
-      lambda a: np.broadcast_to(a, (devices, *np.shape(a))), tree)
+    lambda a: np.broadcast_to(a, (devices, *np.shape(a))), tree
+  )
   params = stack(make_params())
   state = jax.pmap(tx.init)(params)
   step = jax.pmap(data_parallel_step(tx, DATA_AXIS), axis_name=DATA_AXIS)
@@ -181,29 +202,37 @@ def train_pmap() -> tuple[list, list, list[float]]:
     params, state, loss = step(params, state, split(x), split(y))
     losses.append(float(loss[0]))
   per_device = lambda tree: [
-      [np.asarray(leaf)[d] for leaf in jax.tree.leaves(tree)]
-      for d in range(devices)]
+    [np.asarray(leaf)[d] for leaf in jax.tree.leaves(tree)]
+    for d in range(devices)
+  ]
   return per_device(params), per_device(state[1]), losses
 
 
-def data_parallel_report(per_device_params: list, per_device_swr: list,
-                         losses: list[float], reference: tuple) -> dict:
+def data_parallel_report(
+  per_device_params: list,
+  per_device_swr: list,
+  losses: list[float],
+  reference: tuple,
+) -> dict:
   """How far device 0 is from one device, and whether the copies agree."""
   ref_params, ref_state, ref_losses = reference
   same_on_all = lambda copies: all(
-      np.array_equal(a, b) for copy in copies[1:] for a, b in zip(copy, copies[0]))
+    np.array_equal(a, b) for copy in copies[1:] for a, b in zip(copy, copies[0])
+  )
   return {
-      "devices": len(per_device_params),
-      "max_abs_diff": max(
-          float(np.max(np.abs(a - np.asarray(b))))
-          for a, b in zip(per_device_params[0], jax.tree.leaves(ref_params))),
-      "swr_state_diff": max(
-          float(np.max(np.abs(a - np.asarray(b)), initial=0.0))
-          for a, b in zip(per_device_swr[0], jax.tree.leaves(ref_state[1]))),
-      "loss_diff": max(abs(a - b) for a, b in zip(losses, ref_losses)),
-      "loss_decreased": losses[-1] < losses[0],
-      "params_same_on_all_devices": same_on_all(per_device_params),
-      "swr_state_same_on_all_devices": same_on_all(per_device_swr),
+    "devices": len(per_device_params),
+    "max_abs_diff": max(
+      float(np.max(np.abs(a - np.asarray(b))))
+      for a, b in zip(per_device_params[0], jax.tree.leaves(ref_params))
+    ),
+    "swr_state_diff": max(
+      float(np.max(np.abs(a - np.asarray(b)), initial=0.0))
+      for a, b in zip(per_device_swr[0], jax.tree.leaves(ref_state[1]))
+    ),
+    "loss_diff": max(abs(a - b) for a, b in zip(losses, ref_losses)),
+    "loss_decreased": losses[-1] < losses[0],
+    "params_same_on_all_devices": same_on_all(per_device_params),
+    "swr_state_same_on_all_devices": same_on_all(per_device_swr),
   }
 
 
@@ -212,32 +241,50 @@ def main() -> None:
   reference, reference_state = train(make_params())
   report = {}
   meshes = {
-      "fsdp": (Mesh(np.array(jax.devices()), ("fsdp",)),
-               lambda path: P("fsdp", None) if path == "kernel" else P("fsdp")),
-      "data_x_model": (Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model")),
-                       lambda path: P("data", "model") if path == "kernel" else P("model")),
+    "fsdp": (
+      Mesh(np.array(jax.devices()), ("fsdp",)),
+      lambda path: P("fsdp", None) if path == "kernel" else P("fsdp"),
+    ),
+    "data_x_model": (
+      Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "model")),
+      lambda path: P("data", "model") if path == "kernel" else P("model"),
+    ),
   }
   for name, (mesh, spec) in meshes.items():
-    shardings = {layer: {leaf: NamedSharding(mesh, spec(leaf)) for leaf in leaves}
-                 for layer, leaves in make_params().items()}
+    shardings = {
+      layer: {leaf: NamedSharding(mesh, spec(leaf)) for leaf in leaves}
+      for layer, leaves in make_params().items()
+    }
     params, state = train(make_params(), shardings)
     swr_state = state[1]
     report[name] = {
-        "max_abs_diff": max(
-            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-            for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))),
-        "scales_diff": float(np.max(np.abs(
-            np.asarray(swr_state.layer_scales) - np.asarray(reference_state[1].layer_scales)))),
-        "params_keep_sharding": all(
-            p.sharding.is_equivalent_to(s, p.ndim)
-            for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings))),
-        "moments_keep_sharding": all(
-            m.sharding.is_equivalent_to(s, m.ndim)
-            for m, s in zip(jax.tree.leaves(state[0][0].mu), jax.tree.leaves(shardings))),
-        "swr_state_replicated": all(
-            x.sharding.is_fully_replicated for x in jax.tree.leaves(swr_state)),
-        "swr_state_bytes": int(sum(x.nbytes for x in jax.tree.leaves(swr_state))),
-        "collectives": step_collectives(shardings),
+      "max_abs_diff": max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
+      ),
+      "scales_diff": float(
+        np.max(
+          np.abs(
+            np.asarray(swr_state.layer_scales)
+            - np.asarray(reference_state[1].layer_scales)
+          )
+        )
+      ),
+      "params_keep_sharding": all(
+        p.sharding.is_equivalent_to(s, p.ndim)
+        for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings))
+      ),
+      "moments_keep_sharding": all(
+        m.sharding.is_equivalent_to(s, m.ndim)
+        for m, s in zip(
+          jax.tree.leaves(state[0][0].mu), jax.tree.leaves(shardings)
+        )
+      ),
+      "swr_state_replicated": all(
+        x.sharding.is_fully_replicated for x in jax.tree.leaves(swr_state)
+      ),
+      "swr_state_bytes": int(sum(x.nbytes for x in jax.tree.leaves(swr_state))),
+      "collectives": step_collectives(shardings),
     }
   one_device = train_one_device()
   report["shard_map"] = data_parallel_report(*train_shard_map(), one_device)

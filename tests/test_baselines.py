@@ -30,9 +30,13 @@ def test_l2_before_sgd_is_gradient_descent_on_the_regularized_loss(setup):
   lam = 0.3
   tx = optax.chain(baselines.l2(lam), optax.sgd(0.1))
   updates, _ = tx.update(jax.grad(loss)(params, x), tx.init(params), params)
-  regularized = lambda p: loss(p, x) + lam / 2 * optax.tree.norm(p, squared=True)
+  regularized = lambda p: (
+    loss(p, x) + lam / 2 * optax.tree.norm(p, squared=True)
+  )
   expected = jax.tree.map(lambda g: -0.1 * g, jax.grad(regularized)(params))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected
+  )
 
 
 def test_l2_init_pulls_toward_the_initial_params(setup):
@@ -42,13 +46,19 @@ def test_l2_init_pulls_toward_the_initial_params(setup):
   state = tx.init(params)
   moved = jax.tree.map(lambda p: p + 0.5, params)
   updates, state = jax.jit(tx.update)(jax.grad(loss)(moved, x), state, moved)
-  regularized = lambda p: loss(p, x) + lam * optax.tree.norm(
-      jax.tree.map(jnp.subtract, p, params), squared=True)
+  regularized = lambda p: (
+    loss(p, x)
+    + lam * optax.tree.norm(jax.tree.map(jnp.subtract, p, params), squared=True)
+  )
   expected = jax.tree.map(lambda g: -0.1 * g, jax.grad(regularized)(moved))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected
+  )
   # At the initial params the pull is zero.
   zeros = jax.tree.map(jnp.zeros_like, params)
-  at_init, _ = baselines.l2_init(lam).update(zeros, baselines.l2_init(lam).init(params), params)
+  at_init, _ = baselines.l2_init(lam).update(
+    zeros, baselines.l2_init(lam).init(params), params
+  )
   assert all((u == 0).all() for u in jax.tree.leaves(at_init))
 
 
@@ -67,8 +77,14 @@ def test_shrink_perturb_interpolates_leafwise():
   out = baselines.shrink_perturb(params, fresh, 0.25)
   np.testing.assert_allclose(out["a"], [3.0, -1.0])
   assert out["b"].dtype == jnp.bfloat16 and float(out["b"][0]) == 1.5
-  assert baselines.shrink_perturb(params, fresh, 0.0)["a"].tolist() == [4.0, -2.0]
-  assert baselines.shrink_perturb(params, fresh, 1.0)["a"].tolist() == [0.0, 2.0]
+  assert baselines.shrink_perturb(params, fresh, 0.0)["a"].tolist() == [
+    4.0,
+    -2.0,
+  ]
+  assert baselines.shrink_perturb(params, fresh, 1.0)["a"].tolist() == [
+    0.0,
+    2.0,
+  ]
 
 
 def test_reset_layers_replaces_only_the_listed_layers(setup):
@@ -81,22 +97,37 @@ def test_reset_layers_replaces_only_the_listed_layers(setup):
 
 
 @pytest.mark.parametrize(
-    "call, message",
-    [
-        (lambda: baselines.l2(-1.0), "l2: `coef` must be >= 0; got -1.0"),
-        (lambda: baselines.l2("x"), "l2: `coef` must be a float; got 'x'"),
-        (lambda: baselines.l2_init(float("nan")), "l2_init: `coef` must be >= 0; got nan"),
-        (lambda: baselines.shrink_perturb({}, {}, 1.5),
-         "shrink_perturb: `coef` must be in [0, 1]; got 1.5"),
-        (lambda: baselines.shrink_perturb({"a": 1.0}, {"b": 1.0}, 0.5),
-         "shrink_perturb: `params` and `fresh_params` have different tree structures"),
-        (lambda: baselines.reset_layers({"a": {"kernel": 1.0}}, {"a": {"kernel": 2.0}}, ["b"]),
-         "reset_layers: the path ('b',) in `layers` matches no leaf"),
-        (lambda: baselines.reset_layers({"a": 1.0}, {"a": 2.0}, None),
-         "reset_layers: `layers` is None"),
-        (lambda: baselines.reset_layers({"a": 1.0}, {"a": 2.0}, ["a", "a"]),
-         "reset_layers: `layers` lists the path ('a',) more than once"),
-    ],
+  "call, message",
+  [
+    (lambda: baselines.l2(-1.0), "l2: `coef` must be >= 0; got -1.0"),
+    (lambda: baselines.l2("x"), "l2: `coef` must be a float; got 'x'"),
+    (
+      lambda: baselines.l2_init(float("nan")),
+      "l2_init: `coef` must be >= 0; got nan",
+    ),
+    (
+      lambda: baselines.shrink_perturb({}, {}, 1.5),
+      "shrink_perturb: `coef` must be in [0, 1]; got 1.5",
+    ),
+    (
+      lambda: baselines.shrink_perturb({"a": 1.0}, {"b": 1.0}, 0.5),
+      "shrink_perturb: `params` and `fresh_params` have different tree structures",
+    ),
+    (
+      lambda: baselines.reset_layers(
+        {"a": {"kernel": 1.0}}, {"a": {"kernel": 2.0}}, ["b"]
+      ),
+      "reset_layers: the path ('b',) in `layers` matches no leaf",
+    ),
+    (
+      lambda: baselines.reset_layers({"a": 1.0}, {"a": 2.0}, None),
+      "reset_layers: `layers` is None",
+    ),
+    (
+      lambda: baselines.reset_layers({"a": 1.0}, {"a": 2.0}, ["a", "a"]),
+      "reset_layers: `layers` lists the path ('a',) more than once",
+    ),
+  ],
 )
 def test_errors_name_the_function_and_argument(call, message):
   with pytest.raises(ValueError, match=re.escape(message)):

@@ -38,9 +38,13 @@ def relative_spread(after, before):
 def one_swr_step(tx, params, seed=0):
   """An SWR step with zero updates and reference norms far from the norms."""
   state = tx.init(params)
-  factors = np.random.default_rng(seed).uniform(0.5, 2.0, state.reference_norms.shape)
+  factors = np.random.default_rng(seed).uniform(
+    0.5, 2.0, state.reference_norms.shape
+  )
   state = state._replace(reference_norms=state.reference_norms * factors)
-  updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  updates, state = tx.update(
+    jax.tree.map(jnp.zeros_like, params), state, params
+  )
   return optax.apply_updates(params, updates), state
 
 
@@ -67,7 +71,9 @@ def test_linen_sync_scales_mean_by_s_and_var_by_s_squared():
   model = LinenCNNBN()
   variables = model.init(jax.random.key(0), X)
   layers = optax_swr.layers_from_linen(model, variables, X)
-  _, state = one_swr_step(optax_swr.swr(0.7, layers=layers), variables["params"])
+  _, state = one_swr_step(
+    optax_swr.swr(0.7, layers=layers), variables["params"]
+  )
   scales = state.norm_input_scales
   assert set(scales) == {"BatchNorm_0", "BatchNorm_1"}
   # Order: Conv_0, BatchNorm_0, Conv_1, BatchNorm_1, Dense_0, Dense_1. The
@@ -79,8 +85,12 @@ def test_linen_sync_scales_mean_by_s_and_var_by_s_squared():
   synced = optax_swr.sync_batch_stats(stats, state)
   for name in scales:
     s = float(scales[name])
-    np.testing.assert_allclose(synced[name]["mean"], s * stats[name]["mean"], rtol=1e-6)
-    np.testing.assert_allclose(synced[name]["var"], s**2 * stats[name]["var"], rtol=1e-6)
+    np.testing.assert_allclose(
+      synced[name]["mean"], s * stats[name]["mean"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+      synced[name]["var"], s**2 * stats[name]["var"], rtol=1e-6
+    )
 
 
 class NnxCNNBN(nnx.Module):
@@ -112,14 +122,20 @@ def test_nnx_eval_logits_stay_proportional_once_stats_are_synced():
   before = model(X)
   stale_stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
 
-  optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
+  optimizer.update(
+    model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+  )
   stale = model(X)
   optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state)
   synced = model(X)
   assert relative_spread(synced, before) <= 1e-4
   assert relative_spread(stale, before) > 1e-2
-  s = float(optax.tree.get(optimizer.opt_state, "norm_input_scales")["bn2"][...])
-  np.testing.assert_allclose(model.bn2.var[...], s**2 * stale_stats["bn2"]["var"], rtol=1e-6)
+  s = float(
+    optax.tree.get(optimizer.opt_state, "norm_input_scales")["bn2"][...]
+  )
+  np.testing.assert_allclose(
+    model.bn2.var[...], s**2 * stale_stats["bn2"]["var"], rtol=1e-6
+  )
 
 
 def swr_state():
@@ -129,14 +145,20 @@ def swr_state():
 
 def test_stats_of_an_unknown_layer_are_an_error():
   stats = {"BatchNorm_7": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
-  with pytest.raises(ValueError, match=re.escape(
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
       "the statistic ('BatchNorm_7', 'mean') belongs to 'BatchNorm_7', which "
-      "SWR does not rescale as a normalization layer")):
+      "SWR does not rescale as a normalization layer"
+    ),
+  ):
     optax_swr.sync_batch_stats(stats, swr_state())
 
 
 def test_unknown_statistic_is_an_error():
-  with pytest.raises(ValueError, match=re.escape("unknown statistic ('bn', 'count')")):
+  with pytest.raises(
+    ValueError, match=re.escape("unknown statistic ('bn', 'count')")
+  ):
     optax_swr.sync_batch_stats({"bn": {"count": jnp.zeros(())}}, swr_state())
 
 

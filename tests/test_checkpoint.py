@@ -22,15 +22,21 @@ import pytest
 pytest.importorskip("orbax.checkpoint", reason="needs the [checkpoint] extra")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RUNS = ("chain", "inject_hyperparams", "multisteps", "fsdp_to_2x4",
-        "fsdp_to_one_device")
+RUNS = (
+  "chain",
+  "inject_hyperparams",
+  "multisteps",
+  "fsdp_to_2x4",
+  "fsdp_to_one_device",
+)
 SHARDED = ("fsdp_to_2x4", "fsdp_to_one_device")
 
 
 def run_worker(mode: str, directory: pathlib.Path) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8").strip()
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = str(ROOT)
   # The later processes load the executables the first one compiled: this
@@ -40,9 +46,17 @@ def run_worker(mode: str, directory: pathlib.Path) -> dict:
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
   result = subprocess.run(
-      [sys.executable, str(ROOT / "tests" / "checkpoint_run.py"), mode,
-       str(directory)],
-      env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      str(ROOT / "tests" / "checkpoint_run.py"),
+      mode,
+      str(directory),
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, f"{mode} failed:\n{result.stderr[-3000:]}"
   return json.loads((directory / f"{mode}.json").read_text())
 
@@ -50,8 +64,9 @@ def run_worker(mode: str, directory: pathlib.Path) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
   directory = tmp_path_factory.mktemp("checkpoint")
-  reports = {mode: run_worker(mode, directory)
-             for mode in ("full", "save", "resume")}
+  reports = {
+    mode: run_worker(mode, directory) for mode in ("full", "save", "resume")
+  }
   return {"dir": directory, **reports}
 
 
@@ -100,5 +115,6 @@ def test_resharded_run_matches_one_device_within_rounding(runs, name):
   # differs (relative differences below 1e-6 after 8 steps).
   one_device, sharded = load(runs, "full", "chain"), load(runs, "full", name)
   for key, value in one_device.items():
-    np.testing.assert_allclose(sharded[key], value, rtol=1e-5, atol=1e-6,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      sharded[key], value, rtol=1e-5, atol=1e-6, err_msg=key
+    )

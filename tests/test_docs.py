@@ -20,9 +20,9 @@ def readme_python_blocks() -> list[str]:
 
 def linen_setup() -> dict:
   """What the README's Linen snippets assume the reader already has."""
+  from flax.training import train_state
   import jax
   import jax.numpy as jnp
-  from flax.training import train_state
 
   from examples import models_linen
 
@@ -30,23 +30,25 @@ def linen_setup() -> dict:
   x = jnp.ones((4, 8))
   variables = model.init(jax.random.key(0), x)
   return dict(
-      jax=jax, train_state=train_state, model=model, x=x,
-      params=variables["params"],
-      layers=optax_swr.layers_from_linen(model, variables, x),
-      loss_fn=lambda p: jnp.mean(model.apply({"params": p}, x) ** 2),
+    jax=jax,
+    train_state=train_state,
+    model=model,
+    x=x,
+    params=variables["params"],
+    layers=optax_swr.layers_from_linen(model, variables, x),
+    loss_fn=lambda p: jnp.mean(model.apply({"params": p}, x) ** 2),
   )
 
 
 def nnx_setup() -> dict:
-  import jax.numpy as jnp
   from flax import nnx
+  import jax.numpy as jnp
 
   from examples import models_nnx
 
   model = models_nnx.MLP(8, hidden=(16, 16), num_classes=3, rngs=nnx.Rngs(0))
   x = jnp.ones((4, 8))
-  return dict(nnx=nnx, model=model, x=x,
-              loss_fn=lambda m: jnp.mean(m(x) ** 2))
+  return dict(nnx=nnx, model=model, x=x, loss_fn=lambda m: jnp.mean(m(x) ** 2))
 
 
 def setup_for(block: str) -> dict:
@@ -75,7 +77,9 @@ def test_readme_code_blocks_run(capsys):
 
 def test_readme_checkpoint_code_is_what_the_checkpoint_test_runs():
   (block,) = [b for b in readme_python_blocks() if "def save_checkpoint" in b]
-  functions = block[block.index("def save_checkpoint"):block.index("\n\n\n# ")]
+  functions = block[
+    block.index("def save_checkpoint") : block.index("\n\n\n# ")
+  ]
   worker = (ROOT / "tests" / "checkpoint_run.py").read_text()
   assert functions in worker
 
@@ -87,9 +91,12 @@ def test_demo_quick_run_prints_both_methods(capsys):
   digits_demo.main(["--quick"])
   printed = capsys.readouterr().out
   rows = re.findall(
-      r"^(vanilla|SWR)\s+(warm start|from scratch)\s+([01]\.\d{4}) \+-",
-      printed, flags=re.MULTILINE)
+    r"^(vanilla|SWR)\s+(warm start|from scratch)\s+([01]\.\d{4}) \+-",
+    printed,
+    flags=re.MULTILINE,
+  )
   assert {(m, p) for m, p, _ in rows} == {
-      (m, p) for m in ("vanilla", "SWR") for p in ("warm start", "from scratch")}
+    (m, p) for m in ("vanilla", "SWR") for p in ("warm start", "from scratch")
+  }
   # Two epochs already beat chance (0.1) by far on digits.
   assert all(float(acc) > 0.5 for _, _, acc in rows)

@@ -28,33 +28,52 @@ def fenced_blocks(page: pathlib.Path) -> list[tuple[str, str]]:
   return FENCE.findall(page.read_text())
 
 
-PAGES_WITH_CODE = [page for page in PAGES
-                   if any(info == "python" for info, _ in fenced_blocks(page))]
+PAGES_WITH_CODE = [
+  page
+  for page in PAGES
+  if any(info == "python" for info, _ in fenced_blocks(page))
+]
 
 
 def test_pages_exist():
   names = {page.stem for page in PAGES}
-  assert {"index", "getting_started", "how_it_works", "choosing_coef",
-          "scaling_out", "benchmarks", "results", "faq", "api"} <= names
+  assert {
+    "index",
+    "getting_started",
+    "how_it_works",
+    "choosing_coef",
+    "scaling_out",
+    "benchmarks",
+    "results",
+    "faq",
+    "api",
+  } <= names
 
 
 def test_api_page_documents_every_public_name():
   import optax_swr  # pylint: disable=g-import-not-at-top
 
   api = (DOCS / "api.md").read_text()
-  documented = set(re.findall(r"^\.\. auto\w+:: optax_swr\.(\w+)", api, flags=re.MULTILINE))
-  assert set(optax_swr.__all__) <= documented, set(optax_swr.__all__) - documented
+  documented = set(
+    re.findall(r"^\.\. auto\w+:: optax_swr\.(\w+)", api, flags=re.MULTILINE)
+  )
+  assert set(optax_swr.__all__) <= documented, (
+    set(optax_swr.__all__) - documented
+  )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_every_code_block_is_python_or_a_directive(page):
   for info, _ in fenced_blocks(page):
     assert info == "python" or info.startswith("{"), (
-        f"{page.name}: a ```{info} block would not be executed; write it as "
-        "```python (it runs in this test) or as prose.")
+      f"{page.name}: a ```{info} block would not be executed; write it as "
+      "```python (it runs in this test) or as prose."
+    )
 
 
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=[p.stem for p in PAGES_WITH_CODE])
+@pytest.mark.parametrize(
+  "page", PAGES_WITH_CODE, ids=[p.stem for p in PAGES_WITH_CODE]
+)
 def test_page_code_runs(page, tmp_path, monkeypatch):
   blocks = [code for info, code in fenced_blocks(page) if info == "python"]
   if "orbax" in page.read_text():
@@ -65,39 +84,63 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
   module = types.ModuleType(f"docs_page_{page.stem}")
   monkeypatch.setitem(sys.modules, module.__name__, module)
   for index, code in enumerate(blocks):
-    exec(compile(code, f"{page.name}[python block {index}]", "exec"),  # pylint: disable=exec-used
-         module.__dict__)
+    exec(
+      compile(code, f"{page.name}[python block {index}]", "exec"),  # pylint: disable=exec-used
+      module.__dict__,
+    )
 
 
 def test_multihost_snippet_is_the_tested_worker():
   page = (DOCS / "scaling_out.md").read_text()
-  (block,) = [code for info, code in FENCE.findall(page)
-              if info == "python" and "def start(" in code]
-  function = block[block.index("def start("):].rstrip()
+  (block,) = [
+    code
+    for info, code in FENCE.findall(page)
+    if info == "python" and "def start(" in code
+  ]
+  function = block[block.index("def start(") :].rstrip()
   assert function in (ROOT / "tests" / "multihost_run.py").read_text()
 
 
 def test_weight_norms_figure_is_drawn_from_the_results(tmp_path):
   pytest.importorskip("matplotlib", reason="the [plots] extra")
   spec = importlib.util.spec_from_file_location(
-      "docs_make_figures", DOCS / "make_figures.py")
+    "docs_make_figures", DOCS / "make_figures.py"
+  )
   make_figures = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(make_figures)
-  out = make_figures.draw(str(ROOT / "examples" / "results"),
-                          str(tmp_path / "weight_norms.png"))
+  out = make_figures.draw(
+    str(ROOT / "examples" / "results"), str(tmp_path / "weight_norms.png")
+  )
   assert pathlib.Path(out).stat().st_size > 10_000
   assert (DOCS / "_static" / "weight_norms.png").exists()
 
 
 def test_sphinx_builds_without_warnings(tmp_path):
-  missing = [name for name in ("sphinx", "sphinx_book_theme", "myst_parser")
-             if importlib.util.find_spec(name) is None]
+  missing = [
+    name
+    for name in ("sphinx", "sphinx_book_theme", "myst_parser")
+    if importlib.util.find_spec(name) is None
+  ]
   if missing:
     pytest.skip(f"the [docs] extra is not installed (missing: {missing})")
   result = subprocess.run(
-      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b",
-       "html", str(DOCS), str(tmp_path / "html")],
-      capture_output=True, text=True, check=False, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "sphinx",
+      "-W",
+      "--keep-going",
+      "-q",
+      "-b",
+      "html",
+      str(DOCS),
+      str(tmp_path / "html"),
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-5000:]
   assert "WARNING" not in result.stderr, result.stderr[-5000:]
   for page in PAGES:

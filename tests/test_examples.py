@@ -71,7 +71,7 @@ def test_swr_loop_learns_and_resets_norms_at_lr_drops(loop):
 
 def test_linen_baseline_learns_without_swr():
   history = train_linen.train_and_evaluate(
-      dataclasses.replace(QUICK, epochs=2, swr=False)
+    dataclasses.replace(QUICK, epochs=2, swr=False)
   )
   assert {len(values) for values in history.values()} == {2}
   assert history["test_accuracy"][-1] > 0.6
@@ -87,9 +87,19 @@ def test_lr_drops_at_half_and_three_quarters_of_the_steps():
 def test_flags_map_to_the_config():
   assert training.parse_config([], "") == training.Config()
   config = training.parse_config(
-      ["--model", "mlp", "--batch-size", "32", "--classifier-coef", "1",
-       "--width", "16", "--no-swr", "--no-progress"],
-      "",
+    [
+      "--model",
+      "mlp",
+      "--batch-size",
+      "32",
+      "--classifier-coef",
+      "1",
+      "--width",
+      "16",
+      "--no-swr",
+      "--no-progress",
+    ],
+    "",
   )
   assert (config.model, config.batch_size, config.width) == ("mlp", 32, 16)
   assert config.classifier_coef == 1.0
@@ -98,8 +108,7 @@ def test_flags_map_to_the_config():
 
 def test_nnx_main_prints_one_row_per_epoch(capsys):
   train_nnx.main(
-      ["--epochs", "2", "--width", "4", "--classifier-coef", "1",
-       "--no-progress"]
+    ["--epochs", "2", "--width", "4", "--classifier-coef", "1", "--no-progress"]
   )
   printed = capsys.readouterr().out
   rows = re.findall(r"^\s+\d+\s+\d\.\d{4}\s+", printed, flags=re.MULTILINE)

@@ -27,12 +27,15 @@ NAMES = ["Dense_0", "Dense_1", "Dense_2"]
 def random_like(params, seed, scale=1.0):
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+    lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params
+  )
 
 
 def test_init_with_params_none_names_the_argument():
   tx = optax.chain(optax.adam(1e-3), optax_swr.swr())
-  with pytest.raises(ValueError, match=re.escape("`params` passed to init is None")):
+  with pytest.raises(
+    ValueError, match=re.escape("`params` passed to init is None")
+  ):
     tx.init(None)
 
 
@@ -60,12 +63,17 @@ def test_zero_size_layer_keeps_its_update_and_the_others_are_exact():
 
   np.testing.assert_array_equal(state.layer_scales[0], 1.0)
   assert updates["Dense_0"]["kernel"].shape == (0, 5)
-  np.testing.assert_array_equal(updates["Dense_0"]["bias"], grads["Dense_0"]["bias"])
+  np.testing.assert_array_equal(
+    updates["Dense_0"]["bias"], grads["Dense_0"]["bias"]
+  )
   moved = reference.flatten(jax.tree.map(lambda p, g: p + g, params, grads))
   layers = reference.dense_layers(["Dense_1"])
   expected, c, _ = reference.swr_step(
-      moved, layers, reference.weight_norms(reference.flatten(params), layers),
-      [0.5])
+    moved,
+    layers,
+    reference.weight_norms(reference.flatten(params), layers),
+    [0.5],
+  )
   new_params = reference.flatten(optax.apply_updates(params, updates))
   np.testing.assert_allclose(state.layer_scales[1], c[0], rtol=1e-6)
   for key in (("Dense_1", "kernel"), ("Dense_1", "bias")):
@@ -76,14 +84,17 @@ def test_all_zero_weights_stay_finite_and_unscaled_until_they_move():
   params = jax.tree.map(jnp.zeros_like, helpers.mlp_params([3, 4, 2]))
   tx = optax_swr.swr(coef=0.5)
   state = tx.init(params)
-  zero_updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  zero_updates, state = tx.update(
+    jax.tree.map(jnp.zeros_like, params), state, params
+  )
   assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero_updates))
   # Once a weight moves, its reference norm 0 pulls it back by (1 - coef).
   grads = random_like(params, 2)
   updates, state = tx.update(grads, state, params)
   np.testing.assert_allclose(state.layer_scales, [0.5, 0.5], rtol=1e-6)
   np.testing.assert_allclose(
-      updates["Dense_0"]["kernel"], 0.5 * grads["Dense_0"]["kernel"], rtol=1e-6)
+    updates["Dense_0"]["kernel"], 0.5 * grads["Dense_0"]["kernel"], rtol=1e-6
+  )
 
 
 def schedule_with_values(values):
@@ -163,28 +174,38 @@ def shrink_doubled_weights(dtype, coef, steps=100):
 def test_bfloat16_below_resolution_warns_once_and_indeed_does_nothing():
   params = {"Dense_0": {"kernel": jnp.ones((4, 4), jnp.bfloat16)}}
   tx = optax_swr.swr(coef=1e-3)
-  with pytest.warns(optax_swr.LowPrecisionWarning, match="float32 master params") as record:
+  with pytest.warns(
+    optax_swr.LowPrecisionWarning, match="float32 master params"
+  ) as record:
     tx.init(params)
     tx.init(params)
   assert len(record) == 1
 
   exact = 1 + (1 - 1e-3) ** 100
-  np.testing.assert_allclose(shrink_doubled_weights(jnp.float32, 1e-3), exact, rtol=1e-4)
+  np.testing.assert_allclose(
+    shrink_doubled_weights(jnp.float32, 1e-3), exact, rtol=1e-4
+  )
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optax_swr.LowPrecisionWarning)
-    assert shrink_doubled_weights(jnp.bfloat16, 1e-3) == pytest.approx(2.0, abs=1e-3)
+    assert shrink_doubled_weights(jnp.bfloat16, 1e-3) == pytest.approx(
+      2.0, abs=1e-3
+    )
   # Above the resolution (bf16: 3.9e-3), bf16 follows the exact shrinkage.
   np.testing.assert_allclose(
-      shrink_doubled_weights(jnp.bfloat16, 1e-2), 1 + 0.99 ** 100, rtol=0.02)
+    shrink_doubled_weights(jnp.bfloat16, 1e-2), 1 + 0.99**100, rtol=0.02
+  )
 
 
-@pytest.mark.parametrize("coef, dtype", [
+@pytest.mark.parametrize(
+  "coef, dtype",
+  [
     (1e-2, jnp.bfloat16),  # above bf16's resolution
-    (1e-3, jnp.float16),   # above f16's (4.9e-4)
+    (1e-3, jnp.float16),  # above f16's (4.9e-4)
     (1e-5, jnp.float32),
-    (0.0, jnp.bfloat16),   # a deliberate no-op
+    (0.0, jnp.bfloat16),  # a deliberate no-op
     (optax.constant_schedule(1e-3), jnp.bfloat16),  # later values unknown
-])
+  ],
+)
 def test_no_precision_warning_where_the_step_is_representable(coef, dtype):
   params = {"Dense_0": {"kernel": jnp.ones((4, 4), dtype)}}
   with warnings.catch_warnings():
@@ -195,12 +216,19 @@ def test_no_precision_warning_where_the_step_is_representable(coef, dtype):
 def test_tree_map_params_works_for_models_without_normalization_layers():
   # optax.tree_map_params calls tx.init on placeholder params with no leaves;
   # swr gives it an empty state of the same structure.
-  params = {"encoder": helpers.mlp_params([4, 5, 3]), "head": helpers.mlp_params([3, 2])}
+  params = {
+    "encoder": helpers.mlp_params([4, 5, 3]),
+    "head": helpers.mlp_params([3, 2]),
+  }
   layers = [("encoder", "Dense_0"), ("encoder", "Dense_1"), ("head", "Dense_0")]
   tx = optax.chain(optax.adam(1e-3), optax_swr.swr(layers=layers))
   specs = jax.tree.map(lambda p: f"rank {p.ndim}", params)
   mapped = optax.tree_map_params(
-      tx, lambda _, spec: spec, tx.init(params), specs,
-      transform_non_params=lambda _: "replicated")
+    tx,
+    lambda _, spec: spec,
+    tx.init(params),
+    specs,
+    transform_non_params=lambda _: "replicated",
+  )
   assert mapped[0][0].mu == specs
   assert set(jax.tree.leaves(mapped[1])) == {"replicated"}

@@ -17,39 +17,41 @@ def leaf(*shape):
 
 
 def inferred_paths(params):
-  return [l.path for l in _layers.resolve_layers(_layers.leaf_paths(params), None)]
+  return [
+    l.path for l in _layers.resolve_layers(_layers.leaf_paths(params), None)
+  ]
 
 
 def test_numbered_names_are_ordered_numerically_not_alphabetically():
-  params = {f"Dense_{i}": {"kernel": leaf(2, 2), "bias": leaf(2)} for i in range(12)}
+  params = {
+    f"Dense_{i}": {"kernel": leaf(2, 2), "bias": leaf(2)} for i in range(12)
+  }
   assert inferred_paths(params) == [(f"Dense_{i}",) for i in range(12)]
 
 
 def test_nested_and_list_layers_are_ordered_at_every_level():
   params = {
-      "backbone": {
-          "blocks": [
-              {"conv": {"kernel": leaf(3, 3)}} for _ in range(11)
-          ]
-      }
+    "backbone": {
+      "blocks": [{"conv": {"kernel": leaf(3, 3)}} for _ in range(11)]
+    }
   }
   assert inferred_paths(params) == [
-      ("backbone", "blocks", i, "conv") for i in range(11)
+    ("backbone", "blocks", i, "conv") for i in range(11)
   ]
 
 
 def test_frozen_dict_and_names_without_underscore():
   params = flax.core.freeze(
-      {"layer10": {"kernel": leaf(2, 2)}, "layer2": {"kernel": leaf(2, 2)}}
+    {"layer10": {"kernel": leaf(2, 2)}, "layer2": {"kernel": leaf(2, 2)}}
   )
   assert inferred_paths(params) == [("layer2",), ("layer10",)]
 
 
 def test_resolved_layer_records_weight_bias_and_norm():
   params = {
-      "a": {"kernel": leaf(2, 2), "bias": leaf(2)},
-      "b": {"scale": leaf(2), "bias": leaf(2)},
-      "c": {"embedding": leaf(4, 2)},
+    "a": {"kernel": leaf(2, 2), "bias": leaf(2)},
+    "b": {"scale": leaf(2), "bias": leaf(2)},
+    "c": {"embedding": leaf(4, 2)},
   }
   paths = _layers.leaf_paths(params)
   a, b, c = _layers.resolve_layers(paths, (("a",), ("b",), ("c",)))
@@ -61,16 +63,16 @@ def test_resolved_layer_records_weight_bias_and_norm():
 
 def test_leaves_outside_the_layers_are_left_alone():
   params = {
-      "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
-      "Dense_1": {"kernel": leaf(2, 2)},
-      "temperature": jnp.array(2.0),
+    "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
+    "Dense_1": {"kernel": leaf(2, 2)},
+    "temperature": jnp.array(2.0),
   }
   tx = optax_swr.swr(coef=1.0, layers=["Dense_1"])
   state = tx.init(params)
   grads = {
-      "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
-      "Dense_1": {"kernel": leaf(2, 2)},
-      "temperature": jnp.array(0.5),
+    "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
+    "Dense_1": {"kernel": leaf(2, 2)},
+    "temperature": jnp.array(0.5),
   }
   updates, _ = tx.update(grads, state, params)
   assert (updates["Dense_0"]["kernel"] == 1).all()
@@ -85,9 +87,9 @@ def error(match_text):
 
 
 LINEN_LIKE = {
-    "Conv_0": {"kernel": leaf(3, 3, 1, 2)},
-    "BatchNorm_0": {"scale": leaf(2), "bias": leaf(2)},
-    "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
+  "Conv_0": {"kernel": leaf(3, 3, 1, 2)},
+  "BatchNorm_0": {"scale": leaf(2), "bias": leaf(2)},
+  "Dense_0": {"kernel": leaf(2, 2), "bias": leaf(2)},
 }
 
 
@@ -126,13 +128,17 @@ def test_a_tree_without_layers_raises():
 
 
 def test_path_not_in_tree_names_the_path_and_lists_layers():
-  with error("the path ('Dense_9',) in `layers` is not in the params tree") as e:
+  with error(
+    "the path ('Dense_9',) in `layers` is not in the params tree"
+  ) as e:
     optax_swr.swr(layers=[("Dense_9",)]).init(LINEN_LIKE)
   assert "('Conv_0',)" in str(e.value)
 
 
 def test_path_to_a_leaf_is_rejected():
-  with error("('Dense_0', 'kernel') in `layers` points to a leaf, not to a layer"):
+  with error(
+    "('Dense_0', 'kernel') in `layers` points to a leaf, not to a layer"
+  ):
     optax_swr.swr(layers=[("Dense_0", "kernel")]).init(LINEN_LIKE)
 
 
@@ -144,19 +150,21 @@ def test_layer_without_weight_is_rejected():
 
 def test_layer_with_two_weights_is_rejected():
   params = {"odd": {"kernel": leaf(2, 2), "scale": leaf(2)}}
-  with error("the layer ('odd',) has more than one weight leaf (kernel, scale)"):
+  with error(
+    "the layer ('odd',) has more than one weight leaf (kernel, scale)"
+  ):
     optax_swr.swr(layers=["odd"]).init(params)
 
 
 @pytest.mark.parametrize(
-    "layers, message",
-    [
-        ("Dense_0", "`layers` must be a sequence of paths"),
-        ([], "`layers` is empty"),
-        ([()], "must be a non-empty tuple of keys"),
-        ([3], "must be a non-empty tuple of keys"),
-        ([("a",), ["a"]], "lists the path ('a',) more than once"),
-    ],
+  "layers, message",
+  [
+    ("Dense_0", "`layers` must be a sequence of paths"),
+    ([], "`layers` is empty"),
+    ([()], "must be a non-empty tuple of keys"),
+    ([3], "must be a non-empty tuple of keys"),
+    ([("a",), ["a"]], "lists the path ('a',) more than once"),
+  ],
 )
 def test_malformed_layers_argument(layers, message):
   with error(message):

@@ -26,8 +26,8 @@ def random_mlp(widths, seed=0, spread=0.0) -> dict:
     unit_scales = np.exp(spread * rng.normal(size=fan_out))
     kernel = rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in)
     params[f"Dense_{index}"] = {
-        "kernel": kernel * unit_scales,
-        "bias": 0.1 * rng.normal(size=fan_out),
+      "kernel": kernel * unit_scales,
+      "bias": 0.1 * rng.normal(size=fan_out),
     }
   return params
 
@@ -56,7 +56,7 @@ def minimal_norm(params, **kwargs):
   """The norm after the best rescaling: the current norm over the ratio."""
   norm_kwargs = {k: v for k, v in kwargs.items() if k != "iterations"}
   return metrics.lpq_norm(params, **norm_kwargs) / metrics.balancedness(
-      params, **kwargs
+    params, **kwargs
   )
 
 
@@ -74,8 +74,8 @@ def reference_l22_rebalancing(edges, sweeps=300):
     The minimal norm and the log-scales of the hidden layers.
   """
   squares = [
-      np.array([[np.sum(np.square(w)) for w in row] for row in layer])
-      for layer in edges
+    np.array([[np.sum(np.square(w)) for w in row] for row in layer])
+    for layer in edges
   ]
   log_scales = [np.zeros(len(layer)) for layer in edges]
   log_scales.append(np.zeros(squares[-1].shape[1]))
@@ -104,33 +104,40 @@ def mlp_edges(params):
 def test_layer_norms_are_frobenius_norms_in_forward_order():
   rng = np.random.default_rng(0)
   params = {
-      "layers_0": {"kernel": rng.normal(size=(3, 3, 2, 4))},
-      "layers_1": {"scale": rng.normal(size=4), "bias": rng.normal(size=4)},
-      "layers_2": {"kernel": rng.normal(size=(4, 5)), "bias": np.ones(5)},
+    "layers_0": {"kernel": rng.normal(size=(3, 3, 2, 4))},
+    "layers_1": {"scale": rng.normal(size=4), "bias": rng.normal(size=4)},
+    "layers_2": {"kernel": rng.normal(size=(4, 5)), "bias": np.ones(5)},
   }
-  weights = [params["layers_0"]["kernel"], params["layers_1"]["scale"],
-             params["layers_2"]["kernel"]]
+  weights = [
+    params["layers_0"]["kernel"],
+    params["layers_1"]["scale"],
+    params["layers_2"]["kernel"],
+  ]
   norms = jax.jit(metrics.layer_norms)(to_jax(params))
   assert norms.dtype == jnp.float32
   np.testing.assert_allclose(
-      norms, [np.sqrt(np.sum(w**2)) for w in weights], rtol=1e-6
+    norms, [np.sqrt(np.sum(w**2)) for w in weights], rtol=1e-6
   )
 
 
 def test_layer_norms_follow_the_given_layers_not_key_order():
-  params = to_jax({
+  params = to_jax(
+    {
       "b": {"kernel": np.full((2, 2), 1.0)},
       "a": {"kernel": np.full((2, 2), 3.0)},
-  })
+    }
+  )
   norms = metrics.layer_norms(params, layers=["b", "a"])
   np.testing.assert_allclose(norms, [2.0, 6.0])
 
 
 def test_layer_norms_refuse_to_guess_the_order_like_swr():
-  params = to_jax({
+  params = to_jax(
+    {
       "encoder": {"kernel": np.ones((2, 2))},
       "head": {"kernel": np.ones((2, 2))},
-  })
+    }
+  )
   with pytest.raises(ValueError, match="cannot infer the forward order"):
     metrics.layer_norms(params)
 
@@ -144,8 +151,8 @@ def test_balancedness_is_one_for_a_balanced_network(p, q):
   # have the same norms, so no rescaling can lower the norm.
   rng = np.random.default_rng(1)
   params = {
-      f"Dense_{i}": {"kernel": 0.7 * rng.choice([-1.0, 1.0], size=(5, 5))}
-      for i in range(4)
+    f"Dense_{i}": {"kernel": 0.7 * rng.choice([-1.0, 1.0], size=(5, 5))}
+    for i in range(4)
   }
   balance = jax.jit(functools.partial(metrics.balancedness, p=p, q=q))
   ratio = balance(to_jax(params))
@@ -158,12 +165,12 @@ def test_minimal_norm_matches_a_numpy_rebalancing_which_is_balanced():
   reference, log_scales = reference_l22_rebalancing(mlp_edges(params))
   ratio = metrics.balancedness(to_jax(params))
   np.testing.assert_allclose(
-      metrics.lpq_norm(to_jax(params)) / ratio, reference, rtol=1e-5
+    metrics.lpq_norm(to_jax(params)) / ratio, reference, rtol=1e-5
   )
   assert ratio > 1.2  # spread=1.0 made it clearly unbalanced.
   balanced = rescale_hidden_units(params, [np.exp(s) for s in log_scales])
   np.testing.assert_allclose(
-      metrics.balancedness(to_jax(balanced)), 1.0, rtol=1e-6
+    metrics.balancedness(to_jax(balanced)), 1.0, rtol=1e-6
   )
 
 
@@ -175,20 +182,20 @@ def test_balancedness_is_invariant_under_function_preserving_rescalings(p, q):
   rescaled = rescale_hidden_units(params, factors)
   x = rng.normal(size=(16, 6))
   np.testing.assert_allclose(
-      mlp_logits(rescaled, x), mlp_logits(params, x), rtol=1e-10, atol=1e-12
+    mlp_logits(rescaled, x), mlp_logits(params, x), rtol=1e-10, atol=1e-12
   )
 
   balance = jax.jit(functools.partial(metrics.balancedness, p=p, q=q))
   assert balance(to_jax(rescaled)) > balance(to_jax(params)) + 0.5
   np.testing.assert_allclose(
-      minimal_norm(to_jax(rescaled), p=p, q=q),
-      minimal_norm(to_jax(params), p=p, q=q),
-      rtol=1e-5,
+    minimal_norm(to_jax(rescaled), p=p, q=q),
+    minimal_norm(to_jax(params), p=p, q=q),
+    rtol=1e-5,
   )
 
 
 @pytest.mark.parametrize(
-    "p, q", [(2.0, 2.0), (1.0, 1.0), (1.0, 2.0), (2.0, 1.0), (3.0, 1.5)]
+  "p, q", [(2.0, 2.0), (1.0, 1.0), (1.0, 2.0), (2.0, 1.0), (3.0, 1.5)]
 )
 def test_balancedness_of_one_hidden_unit_has_a_closed_form(p, q):
   # The incoming part of ||W(a)||^q is A a^q, the outgoing part B a^-q, and
@@ -197,17 +204,20 @@ def test_balancedness_of_one_hidden_unit_has_a_closed_form(p, q):
   w_out = np.array([[3.0, -0.2, 1.0, 0.7]])
   a_term = np.sum(np.abs(w_in) ** p) ** (q / p)
   b_term = np.sum(np.abs(w_out) ** q)
-  params = to_jax({
+  params = to_jax(
+    {
       "Dense_0": {"kernel": w_in, "bias": np.ones(1)},
       "Dense_1": {"kernel": w_out},
-  })
+    }
+  )
   np.testing.assert_allclose(
-      metrics.lpq_norm(params, p=p, q=q), (a_term + b_term) ** (1 / q),
-      rtol=1e-6,
+    metrics.lpq_norm(params, p=p, q=q),
+    (a_term + b_term) ** (1 / q),
+    rtol=1e-6,
   )
   expected = (a_term + b_term) / (2 * np.sqrt(a_term * b_term))
   np.testing.assert_allclose(
-      metrics.balancedness(params, p=p, q=q), expected ** (1 / q), rtol=1e-6
+    metrics.balancedness(params, p=p, q=q), expected ** (1 / q), rtol=1e-6
   )
 
 
@@ -220,18 +230,20 @@ def test_balancedness_of_conv_then_flattened_dense_matches_numpy():
   conv1 = rng.normal(size=(2, 2, 4, 3)) * np.exp(rng.normal(size=3))
   dense0 = rng.normal(size=(2 * 2 * 3, 5))  # flattened [2, 2, 3] NHWC maps
   dense1 = rng.normal(size=(5, 2))
-  params = to_jax({
+  params = to_jax(
+    {
       "Conv_0": {"kernel": conv0, "bias": rng.normal(size=4)},
       "Conv_1": {"kernel": conv1},
       "Dense_0": {"kernel": dense0, "bias": rng.normal(size=5)},
       "Dense_1": {"kernel": dense1},
-  })
+    }
+  )
   channel_of_row = np.arange(12) % 3
   edges = [
-      [[conv0[..., o] for o in range(4)]],  # all inputs act as one unit
-      [[conv1[:, :, i, o] for o in range(3)] for i in range(4)],
-      [[dense0[channel_of_row == i, o] for o in range(5)] for i in range(3)],
-      [[dense1[i, o] for o in range(2)] for i in range(5)],
+    [[conv0[..., o] for o in range(4)]],  # all inputs act as one unit
+    [[conv1[:, :, i, o] for o in range(3)] for i in range(4)],
+    [[dense0[channel_of_row == i, o] for o in range(5)] for i in range(3)],
+    [[dense1[i, o] for o in range(2)] for i in range(5)],
   ]
   reference, _ = reference_l22_rebalancing(edges)
   current = np.sqrt(sum(np.sum(w**2) for w in (conv0, conv1, dense0, dense1)))
@@ -242,7 +254,6 @@ def test_balancedness_of_conv_then_flattened_dense_matches_numpy():
 
 
 class ConvThenDense(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.Conv(4, (3, 3), padding="VALID")(x))
@@ -255,10 +266,10 @@ class ConvThenDense(nn.Module):
 def test_dense_rows_c_mod_channels_are_what_rescaling_channel_c_moves():
   rng = np.random.default_rng(12)
   params = {
-      "Conv_0": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": np.ones(4)},
-      "Conv_1": {"kernel": rng.normal(size=(2, 2, 4, 3))},
-      "Dense_0": {"kernel": rng.normal(size=(12, 5)), "bias": np.ones(5)},
-      "Dense_1": {"kernel": rng.normal(size=(5, 2))},
+    "Conv_0": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": np.ones(4)},
+    "Conv_1": {"kernel": rng.normal(size=(2, 2, 4, 3))},
+    "Dense_0": {"kernel": rng.normal(size=(12, 5)), "bias": np.ones(5)},
+    "Dense_1": {"kernel": rng.normal(size=(5, 2))},
   }
   model, x = ConvThenDense(), rng.normal(size=(3, 5, 5, 2))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
@@ -269,14 +280,15 @@ def test_dense_rows_c_mod_channels_are_what_rescaling_channel_c_moves():
   rows = np.tile(factors, 4)[:, None]  # row r belongs to channel r % 3
   rescaled["Dense_0"]["kernel"] = params["Dense_0"]["kernel"] / rows
   np.testing.assert_allclose(
-      model.apply({"params": rescaled}, x),
-      model.apply({"params": params}, x),
-      rtol=1e-4, atol=1e-6,
+    model.apply({"params": rescaled}, x),
+    model.apply({"params": params}, x),
+    rtol=1e-4,
+    atol=1e-6,
   )
   np.testing.assert_allclose(
-      minimal_norm(to_jax(rescaled), layers=LAYERS),
-      minimal_norm(to_jax(params), layers=LAYERS),
-      rtol=1e-5,
+    minimal_norm(to_jax(rescaled), layers=LAYERS),
+    minimal_norm(to_jax(params), layers=LAYERS),
+    rtol=1e-5,
   )
 
 
@@ -285,7 +297,7 @@ def test_balancedness_converges_monotonically_and_stops_changing():
   params = to_jax(random_mlp(widths, seed=5, spread=1.0))
   balance = metrics.balancedness  # jitted inside, for any iterations
   ratios = np.array(
-      [balance(params, iterations=k) for k in (1, 3, 10, 30, 100, 300)]
+    [balance(params, iterations=k) for k in (1, 3, 10, 30, 100, 300)]
   )
   # The ratio only rises (the norm only falls), and by a lot.
   assert np.all(np.diff(ratios) >= -1e-6 * ratios[1:])
@@ -309,33 +321,39 @@ def test_units_without_incoming_or_outgoing_weights_scale_away():
   pruned["Dense_2"]["kernel"] = params["Dense_2"]["kernel"].copy()
   pruned["Dense_2"]["kernel"][3, :] = 0.0
   np.testing.assert_allclose(
-      minimal_norm(to_jax(params)), minimal_norm(to_jax(pruned)), rtol=1e-5
+    minimal_norm(to_jax(params)), minimal_norm(to_jax(pruned)), rtol=1e-5
   )
 
 
 def test_balancedness_of_degenerate_networks():
-  zero = to_jax({
+  zero = to_jax(
+    {
       "Dense_0": {"kernel": np.zeros((2, 3))},
       "Dense_1": {"kernel": np.zeros((3, 2))},
-  })
+    }
+  )
   assert metrics.balancedness(zero) == 1.0
-  cut = to_jax({
+  cut = to_jax(
+    {
       "Dense_0": {"kernel": np.zeros((2, 3))},
       "Dense_1": {"kernel": np.ones((3, 2))},
-  })
+    }
+  )
   assert metrics.balancedness(cut) == np.inf  # no path: the infimum is 0
 
 
 def test_balancedness_refuses_normalization_layers():
-  params = to_jax({
+  params = to_jax(
+    {
       "layers_0": {"kernel": np.ones((2, 3))},
       "layers_1": {"scale": np.ones(3), "bias": np.zeros(3)},
       "layers_2": {"kernel": np.ones((3, 1))},
-  })
+    }
+  )
   message = (
-      re.escape("the layer ('layers_1',) is a normalization layer")
-      + ".* defined for chains of dense/conv layers without normalization "
-      "layers"
+    re.escape("the layer ('layers_1',) is a normalization layer")
+    + ".* defined for chains of dense/conv layers without normalization "
+    "layers"
   )
   for function in (metrics.balancedness, metrics.lpq_norm):
     with pytest.raises(ValueError, match=function.__name__ + ": " + message):
@@ -343,13 +361,15 @@ def test_balancedness_refuses_normalization_layers():
 
 
 def test_balancedness_refuses_layers_that_do_not_chain():
-  params = to_jax({
+  params = to_jax(
+    {
       "Dense_0": {"kernel": np.ones((2, 4))},
       "Dense_1": {"kernel": np.ones((5, 1))},
-  })
+    }
+  )
   message = (
-      "balancedness: the layer ('Dense_1',) (kernel shape (5, 1)) cannot "
-      "read the 4 outputs of ('Dense_0',): its 5 inputs are not a multiple"
+    "balancedness: the layer ('Dense_1',) (kernel shape (5, 1)) cannot "
+    "read the 4 outputs of ('Dense_0',): its 5 inputs are not a multiple"
   )
   with pytest.raises(ValueError, match=re.escape(message)):
     metrics.balancedness(params)
@@ -360,7 +380,7 @@ def test_balancedness_refuses_layers_that_do_not_chain():
 
 
 @pytest.mark.parametrize(
-    "name, value", [("p", 0.0), ("q", -1.0), ("p", np.inf), ("q", True)]
+  "name, value", [("p", 0.0), ("q", -1.0), ("p", np.inf), ("q", True)]
 )
 def test_balancedness_refuses_bad_exponents(name, value):
   params = to_jax(random_mlp((2, 2, 1)))
@@ -379,8 +399,8 @@ def test_balancedness_refuses_bad_iterations(iterations):
 def test_balancedness_asks_for_static_exponents_under_jit():
   params = to_jax(random_mlp((2, 2, 1)))
   message = re.escape(
-      "balancedness: `q` must be a Python number, but it is traced. Under "
-      "jax.jit, mark it static: jax.jit(balancedness, static_argnames=('q',))"
+    "balancedness: `q` must be a Python number, but it is traced. Under "
+    "jax.jit, mark it static: jax.jit(balancedness, static_argnames=('q',))"
   )
   with pytest.raises(ValueError, match=message):
     jax.jit(metrics.balancedness)(params, q=2.0)
@@ -419,15 +439,15 @@ def test_dormant_fraction_pools_spatial_axes_and_counts_all_layers():
 def test_dormant_fraction_matches_numpy_on_random_activations():
   rng = np.random.default_rng(7)
   layers = [
-      np.maximum(rng.normal(size=(8, 4, 4, 6)) - 1.0, 0.0),
-      np.maximum(rng.normal(size=(8, 10)) * rng.uniform(0, 2, 10), 0.0),
+    np.maximum(rng.normal(size=(8, 4, 4, 6)) - 1.0, 0.0),
+    np.maximum(rng.normal(size=(8, 10)) * rng.uniform(0, 2, 10), 0.0),
   ]
   dormant = 0
   for h in layers:
     score = np.abs(h).reshape(-1, h.shape[-1]).mean(0)
     dormant += np.sum(score / score.mean() <= 0.5)
   np.testing.assert_allclose(
-      jax.jit(metrics.dormant_fraction)(layers, 0.5), dormant / 16, rtol=1e-6
+    jax.jit(metrics.dormant_fraction)(layers, 0.5), dormant / 16, rtol=1e-6
   )
 
 
@@ -435,8 +455,8 @@ def test_dormant_fraction_errors():
   with pytest.raises(ValueError, match="dormant_fraction: `activations` is e"):
     metrics.dormant_fraction([])
   message = (
-      "dormant_fraction: `activations[1]` has shape (4,); each layer's "
-      "activations must be [batch, ..., units]"
+    "dormant_fraction: `activations[1]` has shape (4,); each layer's "
+    "activations must be [batch, ..., units]"
   )
   with pytest.raises(ValueError, match=re.escape(message)):
     metrics.dormant_fraction([np.ones((4, 2)), np.ones(4)])
@@ -448,7 +468,7 @@ def test_dormant_fraction_errors():
 
 
 @pytest.mark.parametrize(
-    "delta, expected", [(0.01, 3), (0.0, 3), (0.2, 2), (0.6, 1)]
+  "delta, expected", [(0.01, 3), (0.0, 3), (0.2, 2), (0.6, 1)]
 )
 def test_srank_of_known_singular_values(delta, expected):
   # Singular values 3, 2, 1, 0: cumulative mass 0.5, 0.833, 1, 1.
@@ -500,8 +520,8 @@ def test_entropy_rank_matches_numpy_and_is_zero_for_zero_features():
 def test_effective_rank_errors():
   for function in (metrics.effective_rank, metrics.entropy_effective_rank):
     message = (
-        f"{function.__name__}: `features` must be a [batch, dim] matrix; "
-        "got shape (2, 3, 4)"
+      f"{function.__name__}: `features` must be a [batch, dim] matrix; "
+      "got shape (2, 3, 4)"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
       function(jnp.ones((2, 3, 4)))

@@ -41,16 +41,20 @@ class Worker:
 
   def error(self) -> str:
     text = self.stderr.read_text(errors="replace")
-    lines = [line for line in text.splitlines()
-             if not line.startswith("[Gloo]")]
+    lines = [
+      line for line in text.splitlines() if not line.startswith("[Gloo]")
+    ]
     last = lines[-1] if lines else "no output"
     # The last line (the exception) first: `pytest -ra` shows one line.
-    return (f"{self.name} (exit {self.process.returncode}): {last}\n"
-            + "\n".join(lines)[-ERROR_TAIL:])
+    return (
+      f"{self.name} (exit {self.process.returncode}): {last}\n"
+      + "\n".join(lines)[-ERROR_TAIL:]
+    )
 
   def reached_collectives(self) -> bool:
     return multihost_run.COLLECTIVES_OK in self.stderr.read_text(
-        errors="replace")
+      errors="replace"
+    )
 
   def report(self) -> dict:
     return json.loads(self.stdout.read_text().strip().splitlines()[-1])
@@ -62,8 +66,9 @@ def free_port() -> int:
     return probe.getsockname()[1]
 
 
-def start(num_processes: int, tmp_path: pathlib.Path,
-          started: list[Worker]) -> list[Worker]:
+def start(
+  num_processes: int, tmp_path: pathlib.Path, started: list[Worker]
+) -> list[Worker]:
   """Starts the processes of one run; each is also appended to ``started``."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   port = free_port()
@@ -76,8 +81,18 @@ def start(num_processes: int, tmp_path: pathlib.Path,
       # Files, not pipes: a worker blocked on a full pipe would stall the
       # collectives of the other one.
       process = subprocess.Popen(
-          [sys.executable, str(WORKER), str(process_id), str(num_processes),
-           str(port)], env=env, stdout=out, stderr=err, cwd=ROOT)
+        [
+          sys.executable,
+          str(WORKER),
+          str(process_id),
+          str(num_processes),
+          str(port),
+        ],
+        env=env,
+        stdout=out,
+        stderr=err,
+        cwd=ROOT,
+      )
     workers.append(Worker(name, process, stdout, stderr))
     started.append(workers[-1])
   return workers
@@ -116,22 +131,30 @@ def reports(tmp_path_factory) -> dict[int, list[dict]]:
     wait_all(everyone, 0)
     raise
   killed = wait_all(everyone, TIMEOUT_S)
-  failed = [worker for worker in everyone
-            if worker not in killed and worker.process.returncode != 0]
+  failed = [
+    worker
+    for worker in everyone
+    if worker not in killed and worker.process.returncode != 0
+  ]
   culprits = failed or killed
   if culprits:
     errors = "\n".join(worker.error() for worker in culprits)
     if not all(worker.reached_collectives() for worker in culprits):
-      pytest.skip(f"this JAX cannot run multi-process CPU collectives: {errors}")
+      pytest.skip(
+        f"this JAX cannot run multi-process CPU collectives: {errors}"
+      )
     what = "failed" if failed else f"did not finish in {TIMEOUT_S} s"
     pytest.fail(f"multihost_run.py {what}:\n{errors}")
-  return {n: [worker.report() for worker in workers]
-          for n, workers in runs.items()}
+  return {
+    n: [worker.report() for worker in workers] for n, workers in runs.items()
+  }
 
 
 def max_abs_diff(a, b) -> float:
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_each_process_holds_4_devices_and_an_eighth_of_each_kernel(reports):
@@ -145,8 +168,9 @@ def test_each_process_holds_4_devices_and_an_eighth_of_each_kernel(reports):
 
 
 @pytest.mark.parametrize("process_index", [0, 1])
-def test_swr_state_is_replicated_and_equal_to_one_process(reports,
-                                                          process_index):
+def test_swr_state_is_replicated_and_equal_to_one_process(
+  reports, process_index
+):
   report = reports[2][process_index]
   assert report["swr_state_replicated"]
   assert report["swr_state_same_on_local_devices"]

@@ -18,11 +18,14 @@ import sys
 import pytest
 
 nbformat = pytest.importorskip(
-    "nbformat", reason="executing the notebook needs the [notebook] extra")
+  "nbformat", reason="executing the notebook needs the [notebook] extra"
+)
 nbclient = pytest.importorskip(
-    "nbclient", reason="executing the notebook needs the [notebook] extra")
+  "nbclient", reason="executing the notebook needs the [notebook] extra"
+)
 pytest.importorskip(
-    "ipykernel", reason="executing the notebook needs the [notebook] extra")
+  "ipykernel", reason="executing the notebook needs the [notebook] extra"
+)
 pytest.importorskip("sklearn", reason="the notebook needs the [examples] extra")
 pytest.importorskip("matplotlib", reason="the notebook needs the [plots] extra")
 
@@ -49,8 +52,9 @@ print({RESULTS_MARKER!r} + json.dumps({{
 
 def test_notebook_is_generated_from_make_colab_notebook():
   assert NOTEBOOK.read_text(encoding="utf-8") == make_colab_notebook.render(), (
-      "examples/colab_quickstart.ipynb is stale: run "
-      "python examples/make_colab_notebook.py")
+    "examples/colab_quickstart.ipynb is stale: run "
+    "python examples/make_colab_notebook.py"
+  )
 
 
 def test_notebook_has_no_outputs_and_opens_on_colab():
@@ -70,9 +74,10 @@ def test_notebook_cnn_is_the_papers():
 
   from examples import models_linen
 
-  (source,) = [s for _, cell_id, s in make_colab_notebook.CELLS
-               if cell_id == "model"]
-  class_source = source[:source.index("\n\n\nmodel = ")]
+  (source,) = [
+    s for _, cell_id, s in make_colab_notebook.CELLS if cell_id == "model"
+  ]
+  class_source = source[: source.index("\n\n\nmodel = ")]
   namespace = {"nn": models_linen.nn}
   exec(class_source, namespace)  # pylint: disable=exec-used
   x = jnp.zeros((1, 32, 32, 3))
@@ -87,12 +92,21 @@ def test_notebook_runs_offline_on_digits(tmp_path, monkeypatch):
   # JUPYTER_PATH comes first in the kernel search path.
   spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
   spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher",
-               "-f", "{connection_file}"],
-      "display_name": "Python 3 (tests)",
-      "language": "python",
-  }))
+  (spec_dir / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [
+          sys.executable,
+          "-m",
+          "ipykernel_launcher",
+          "-f",
+          "{connection_file}",
+        ],
+        "display_name": "Python 3 (tests)",
+        "language": "python",
+      }
+    )
+  )
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
   monkeypatch.setenv("OPTAX_SWR_OFFLINE", "1")
   monkeypatch.setenv("OPTAX_SWR_NOTEBOOK_QUICK", "1")
@@ -101,22 +115,27 @@ def test_notebook_runs_offline_on_digits(tmp_path, monkeypatch):
   notebook = copy.deepcopy(nbformat.read(NOTEBOOK, as_version=4))
   notebook.cells.append(nbformat.v4.new_code_cell(REPORT_CELL.strip()))
   client = nbclient.NotebookClient(
-      notebook,
-      timeout=CELL_TIMEOUT_S,
-      kernel_name="python3",
-      resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    notebook,
+    timeout=CELL_TIMEOUT_S,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(NOTEBOOK.parent)}},
   )
   client.execute()  # Raises CellExecutionError if any cell fails.
 
-  outputs = [o for c in notebook.cells if c.cell_type == "code"
-             for o in c.outputs]
+  outputs = [
+    o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
+  ]
   assert not [o for o in outputs if o.output_type == "error"]
   assert any("image/png" in o.get("data", {}) for o in outputs), (
-      "the plot cell displayed no figure")
-  text = "".join(o.get("text", "") for o in outputs
-                 if o.output_type == "stream" and o.name == "stdout")
+    "the plot cell displayed no figure"
+  )
+  text = "".join(
+    o.get("text", "")
+    for o in outputs
+    if o.output_type == "stream" and o.name == "stdout"
+  )
   (line,) = [l for l in text.splitlines() if l.startswith(RESULTS_MARKER)]
-  report = json.loads(line[len(RESULTS_MARKER):])
+  report = json.loads(line[len(RESULTS_MARKER) :])
   assert report["data"] == "digits"
   assert report["epochs"] == 6
   assert set(report["final_acc"]) == {"Adam", "Adam + SWR"}

@@ -30,14 +30,14 @@ VERSION = optax_swr.__version__
 
 # Extras' modules (and tools') that `import optax_swr` must not pull in.
 EXTRAS_MODULES = (
-    "sklearn",
-    "tqdm",
-    "matplotlib",
-    "orbax",
-    "hypothesis",
-    "pytest",
-    "sphinx",
-    "nbclient",
+  "sklearn",
+  "tqdm",
+  "matplotlib",
+  "orbax",
+  "hypothesis",
+  "pytest",
+  "sphinx",
+  "nbclient",
 )
 # Distributions of the extras that a core install must not need. orbax-checkpoint
 # is absent from this list: flax, a core dependency, requires it.
@@ -47,11 +47,11 @@ EXTRAS_DISTRIBUTIONS = ("scikit-learn", "tqdm", "matplotlib", "hypothesis")
 def run(*args: str | os.PathLike, **kwargs) -> subprocess.CompletedProcess:
   """Runs a command; on failure, the assertion shows its output."""
   result = subprocess.run(
-      [str(a) for a in args],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-      **kwargs,
+    [str(a) for a in args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
   )
   assert result.returncode == 0, f"{args} failed:\n{result.stdout}"
   return result
@@ -76,8 +76,13 @@ def metadata(text: str) -> email.message.Message:
 def test_twine_check_passes(dist):
   pytest.importorskip("twine", reason="needs the dev extra: pip install .[dev]")
   run(
-      sys.executable, "-m", "twine", "check", "--strict",
-      dist["sdist"], dist["wheel"],
+    sys.executable,
+    "-m",
+    "twine",
+    "check",
+    "--strict",
+    dist["sdist"],
+    dist["wheel"],
   )
 
 
@@ -106,7 +111,12 @@ def test_wheel_ships_the_package_py_typed_and_license(dist):
   requires = meta.get_all("Requires-Dist")
   core = [r for r in requires if "extra ==" not in r]
   assert {r.split(">")[0].split("=")[0] for r in core} == {
-      "jax", "jaxlib", "optax", "chex", "numpy", "flax"
+    "jax",
+    "jaxlib",
+    "optax",
+    "chex",
+    "numpy",
+    "flax",
   }
 
 
@@ -115,8 +125,13 @@ def test_sdist_ships_license_changelog_and_py_typed(dist):
   with tarfile.open(dist["sdist"]) as sdist:
     names = set(sdist.getnames())
     pkg_info = sdist.extractfile(f"{top}/PKG-INFO").read().decode()
-  for name in ("LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml",
-               "optax_swr/py.typed"):
+  for name in (
+    "LICENSE",
+    "CHANGELOG.md",
+    "README.md",
+    "pyproject.toml",
+    "optax_swr/py.typed",
+  ):
     assert f"{top}/{name}" in names, name
   assert metadata(pkg_info)["Version"] == VERSION
 
@@ -126,7 +141,7 @@ def test_changelog_has_an_entry_for_this_version():
 
 
 USAGE = textwrap.dedent(
-    """
+  """
     import sys
     from importlib import metadata
 
@@ -159,21 +174,27 @@ USAGE = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_wheel_installs_in_a_fresh_venv_and_runs_the_usage_line(
-    dist, tmp_path
-):
+def test_wheel_installs_in_a_fresh_venv_and_runs_the_usage_line(dist, tmp_path):
   venv = tmp_path / "venv"
   run(sys.executable, "-m", "venv", venv)  # No --system-site-packages.
   python = venv / "bin" / "python"
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+  }
   run(python, "-m", "pip", "install", "--quiet", dist["wheel"], env=env)
   # -I: neither the working directory nor PYTHONPATH is on sys.path, so this
   # imports the installed wheel, not the checkout.
   result = run(
-      python, "-I", "-c", USAGE,
-      ",".join(EXTRAS_MODULES), ",".join(EXTRAS_DISTRIBUTIONS),
-      cwd=tmp_path, env=env,
+    python,
+    "-I",
+    "-c",
+    USAGE,
+    ",".join(EXTRAS_MODULES),
+    ",".join(EXTRAS_DISTRIBUTIONS),
+    cwd=tmp_path,
+    env=env,
   )
   version, location = result.stdout.split()[-2:]
   assert version == VERSION

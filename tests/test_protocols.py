@@ -23,12 +23,14 @@ FLAGS = ["--epochs", "1", "--seeds", "2", "--no-progress", "--batch-size", "32"]
 def npz(tmp_path_factory):
   """A user's data set: 4 classes of 8x8 grey images with a bright row."""
   rng = np.random.default_rng(0)
+
   def split(n):
     y = rng.integers(0, 4, n)
     x = rng.integers(0, 60, (n, 8, 8)).astype(np.uint8)
     for label in range(4):
       x[y == label, label, :] = 255
     return x, y
+
   (x_train, y_train), (x_test, y_test) = split(160), split(40)
   path = tmp_path_factory.mktemp("data") / "user.npz"
   np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
@@ -46,28 +48,49 @@ def check_schema(results, methods, epochs_per_seed, seeds=2):
     assert entry["final_test_acc"] == [run[-1] for run in entry["test_acc"]]
     assert all(0.0 <= a <= 1.0 for run in entry["test_acc"] for a in run)
     num_layers = len(results["config"]["layers"])
-    assert np.array(entry["weight_norms"]).shape == (seeds, epochs_per_seed, num_layers)
+    assert np.array(entry["weight_norms"]).shape == (
+      seeds,
+      epochs_per_seed,
+      num_layers,
+    )
   json.dumps(results)  # everything is JSON-ready
 
 
 def test_warm_start_on_a_users_npz(npz, tmp_path):
   out = tmp_path / "ws.json"
-  results = warm_start.main(["--data", npz, "--model", "cnn", "--width", "4",
-                             "--out", str(out), *FLAGS])
-  check_schema(results, ["vanilla", "l2", "l2_init", "snp", "head_reset", "swr",
-                         "from_scratch"], epochs_per_seed=2)
+  results = warm_start.main(
+    ["--data", npz, "--model", "cnn", "--width", "4", "--out", str(out), *FLAGS]
+  )
+  check_schema(
+    results,
+    ["vanilla", "l2", "l2_init", "snp", "head_reset", "swr", "from_scratch"],
+    epochs_per_seed=2,
+  )
   assert json.loads(out.read_text())["config"]["input_shape"] == [8, 8, 1]
   assert results["config"]["num_classes"] == 4
   swr = results["methods"]["swr"]["hparams"]
   assert swr["coefs"] == [1e-3, 1e-3]  # the paper's CNN warm-start value
   # The CNN has no normalization layer, so balancedness is recorded.
-  assert all(b >= 1.0 for run in results["methods"]["swr"]["balancedness"] for b in run)
+  assert all(
+    b >= 1.0 for run in results["methods"]["swr"]["balancedness"] for b in run
+  )
 
 
 @pytest.mark.parametrize("access, epochs", [("full", 3), ("limited", 3)])
 def test_continual_stages(npz, access, epochs):
-  results = continual.main(["--data", npz, "--access", access, "--chunks", "3",
-                            "--methods", "vanilla,snp,swr", *FLAGS])
+  results = continual.main(
+    [
+      "--data",
+      npz,
+      "--access",
+      access,
+      "--chunks",
+      "3",
+      "--methods",
+      "vanilla,snp,swr",
+      *FLAGS,
+    ]
+  )
   check_schema(results, ["vanilla", "snp", "swr"], epochs_per_seed=epochs)
   assert results["config"]["protocol"] == f"continual_{access}"
 
@@ -77,15 +100,21 @@ def test_continual_stage_sets():
   full = continual.stages(x, y, 3, "full")
   limited = continual.stages(x, y, 3, "limited")
   assert [len(s[0]) for s in full] == [4, 7, 10]
-  assert sorted(np.concatenate([s[0] for s in limited]).tolist()) == list(range(10))
+  assert sorted(np.concatenate([s[0] for s in limited]).tolist()) == list(
+    range(10)
+  )
   assert set(full[0][0]) == set(limited[0][0])
 
 
 def test_generalization_with_lr_decay_adds_swr_reinit(npz):
-  results = generalization.main(["--data", npz, "--model", "mlp", "--lr-decay",
-                                 *FLAGS, "--epochs", "4"])
-  check_schema(results, ["vanilla", "l2", "l2_init", "swr", "swr_reinit"],
-               epochs_per_seed=4)
+  results = generalization.main(
+    ["--data", npz, "--model", "mlp", "--lr-decay", *FLAGS, "--epochs", "4"]
+  )
+  check_schema(
+    results,
+    ["vanilla", "l2", "l2_init", "swr", "swr_reinit"],
+    epochs_per_seed=4,
+  )
   boundaries = results["methods"]["swr_reinit"]["hparams"]["lr_boundaries"]
   assert boundaries == [10, 15]  # 4 epochs of 5 steps (160 / 32): 50%, 75%
   assert results["methods"]["swr"]["hparams"]["lr_boundaries"] == [10, 15]
@@ -101,11 +130,19 @@ def test_unknown_method_and_data_are_clear_errors(npz):
 def test_npz_errors(tmp_path):
   missing = tmp_path / "missing.npz"
   np.savez(missing, x_train=np.zeros((2, 3)))
-  with pytest.raises(ValueError, match=re.escape("lacks the arrays ['x_test', 'y_test', 'y_train']")):
+  with pytest.raises(
+    ValueError,
+    match=re.escape("lacks the arrays ['x_test', 'y_test', 'y_train']"),
+  ):
     data.load(str(missing))
   bad = tmp_path / "bad.npz"
-  np.savez(bad, x_train=np.zeros((2, 3)), y_train=np.array([0.5, 1.0]),
-           x_test=np.zeros((1, 3)), y_test=np.array([0]))
+  np.savez(
+    bad,
+    x_train=np.zeros((2, 3)),
+    y_train=np.array([0.5, 1.0]),
+    x_test=np.zeros((1, 3)),
+    y_test=np.array([0]),
+  )
   with pytest.raises(ValueError, match="labels must be non-negative integers"):
     data.load(str(bad))
   with pytest.raises(ValueError, match="does not exist"):
@@ -137,12 +174,20 @@ def test_plots_are_written(npz, tmp_path):
 
 def test_summary_tables_are_generated_into_the_markers(npz, tmp_path):
   out = tmp_path / "warm.json"
-  warm_start.main(["--data", npz, "--methods", "vanilla,swr", "--out", str(out), *FLAGS])
+  warm_start.main(
+    ["--data", npz, "--methods", "vanilla,swr", "--out", str(out), *FLAGS]
+  )
   report = tmp_path / "RESULTS.md"
-  report.write_text("intro\n<!-- tables:begin -->\nold\n<!-- tables:end -->\noutro\n")
+  report.write_text(
+    "intro\n<!-- tables:begin -->\nold\n<!-- tables:end -->\noutro\n"
+  )
   summarize_results.main([str(out), "--write", str(report)])
   text = report.read_text()
-  assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+  assert (
+    text.startswith("intro\n")
+    and text.endswith("outro\n")
+    and "old" not in text
+  )
   results = json.loads(out.read_text())["methods"]
   final = np.array(results["swr"]["final_test_acc"])
   assert f"| swr | {final.mean():.4f} ± {final.std():.4f} |" in text

@@ -25,8 +25,11 @@ def assert_matches_reference(history, ref_history, rtol=2e-5):
       expected = ref_params[key]
       scale = np.max(np.abs(expected)) + 1e-12
       np.testing.assert_allclose(
-          value / scale, expected / scale, rtol=0, atol=rtol,
-          err_msg=f"step {step}, leaf {key}",
+        value / scale,
+        expected / scale,
+        rtol=0,
+        atol=rtol,
+        err_msg=f"step {step}, leaf {key}",
       )
 
 
@@ -36,9 +39,13 @@ def run_both(params, ref_layers, coefs_at, steps=STEPS, **swr_kwargs):
   target, noise = helpers.pulling_grads(params, steps)
   history, state = helpers.train(tx, params, target, noise)
   ref_history = reference.train(
-      reference.flatten(params), ref_layers,
-      helpers.reference_grad_fn(target, noise), steps, coefs_at, lr=LR,
-      reset_norms_at=reset_norms_at,
+    reference.flatten(params),
+    ref_layers,
+    helpers.reference_grad_fn(target, noise),
+    steps,
+    coefs_at,
+    lr=LR,
+    reset_norms_at=reset_norms_at,
   )
   return history, ref_history, state
 
@@ -49,11 +56,15 @@ def test_deep_mlp_with_inferred_numeric_order():
   params = helpers.mlp_params(widths)
   names = [f"Dense_{i}" for i in range(12)]
   history, ref_history, state = run_both(
-      params, reference.dense_layers(names), lambda step: [0.1] * 12,
-      coef=0.1,
+    params,
+    reference.dense_layers(names),
+    lambda step: [0.1] * 12,
+    coef=0.1,
   )
   assert_matches_reference(history, ref_history)
-  ref_norms = reference.weight_norms(ref_history[-1], reference.dense_layers(names))
+  ref_norms = reference.weight_norms(
+    ref_history[-1], reference.dense_layers(names)
+  )
   np.testing.assert_allclose(state[1].weight_norms, ref_norms, rtol=2e-5)
 
 
@@ -61,36 +72,42 @@ def test_normalization_layer_in_the_middle_restarts_the_bias_scale():
   rng = np.random.default_rng(3)
   names = ["fc1", "fc2", "norm", "fc3", "head"]
   tree = {
-      "fc1": helpers.dense(rng, 4, 6),
-      "fc2": helpers.dense(rng, 6, 6),
-      "norm": helpers.layer_norm(rng, 6),
-      "fc3": helpers.dense(rng, 6, 5),
-      "head": helpers.dense(rng, 5, 3),
+    "fc1": helpers.dense(rng, 4, 6),
+    "fc2": helpers.dense(rng, 6, 6),
+    "norm": helpers.layer_norm(rng, 6),
+    "fc3": helpers.dense(rng, 6, 5),
+    "head": helpers.dense(rng, 5, 3),
   }
   params = helpers.to_jax(tree)
   history, ref_history, state = run_both(
-      params, reference.dense_layers(names), lambda step: [0.3] * 5,
-      coef=0.3, layers=[(n,) for n in names],
+    params,
+    reference.dense_layers(names),
+    lambda step: [0.3] * 5,
+    coef=0.3,
+    layers=[(n,) for n in names],
   )
   assert_matches_reference(history, ref_history)
   c = np.asarray(state[1].layer_scales)
   np.testing.assert_allclose(
-      state[1].cumulative_scales,
-      [c[0], c[0] * c[1], c[2], c[2] * c[3], c[2] * c[3] * c[4]],
-      rtol=1e-6,
+    state[1].cumulative_scales,
+    [c[0], c[0] * c[1], c[2], c[2] * c[3], c[2] * c[3] * c[4]],
+    rtol=1e-6,
   )
 
 
 @pytest.mark.parametrize(
-    "classifier", [2, [("Dense_3",), ("Dense_4",)]], ids=["last_k", "paths"]
+  "classifier", [2, [("Dense_3",), ("Dense_4",)]], ids=["last_k", "paths"]
 )
 def test_feature_and_classifier_coefficients(classifier):
   params = helpers.mlp_params([6, 8, 8, 7, 5, 4])
   names = [f"Dense_{i}" for i in range(5)]
   history, ref_history, _ = run_both(
-      params, reference.dense_layers(names),
-      lambda step: [1e-2, 1e-2, 1e-2, 1.0, 1.0],
-      coef=1e-2, classifier=classifier, classifier_coef=1.0,
+    params,
+    reference.dense_layers(names),
+    lambda step: [1e-2, 1e-2, 1e-2, 1.0, 1.0],
+    coef=1e-2,
+    classifier=classifier,
+    classifier_coef=1.0,
   )
   assert_matches_reference(history, ref_history)
 
@@ -101,9 +118,12 @@ def test_schedules_are_evaluated_at_the_step_count():
   classifier_coef = optax.exponential_decay(1.0, 1, 0.5)
   feature = lambda step: 0.6 * (1.0 - step / STEPS)
   history, ref_history, _ = run_both(
-      params, reference.dense_layers(["Dense_0", "Dense_1", "Dense_2"]),
-      lambda step: [feature(step), feature(step), 0.5**step],
-      coef=coef, classifier=1, classifier_coef=classifier_coef,
+    params,
+    reference.dense_layers(["Dense_0", "Dense_1", "Dense_2"]),
+    lambda step: [feature(step), feature(step), 0.5**step],
+    coef=coef,
+    classifier=1,
+    classifier_coef=classifier_coef,
   )
   assert_matches_reference(history, ref_history)
 
@@ -112,15 +132,18 @@ def test_reset_norms_at_takes_the_norms_of_the_params_before_the_update():
   params = helpers.mlp_params([4, 6, 5, 3])
   names = ["Dense_0", "Dense_1", "Dense_2"]
   history, ref_history, state = run_both(
-      params, reference.dense_layers(names), lambda step: [0.2] * 3,
-      coef=0.2, reset_norms_at=(3, 6),
+    params,
+    reference.dense_layers(names),
+    lambda step: [0.2] * 3,
+    coef=0.2,
+    reset_norms_at=(3, 6),
   )
   assert_matches_reference(history, ref_history)
   before_last_reset = reference.flatten(history[5])
   np.testing.assert_allclose(
-      state[1].reference_norms,
-      reference.weight_norms(before_last_reset, reference.dense_layers(names)),
-      rtol=1e-6,
+    state[1].reference_norms,
+    reference.weight_norms(before_last_reset, reference.dense_layers(names)),
+    rtol=1e-6,
   )
 
 
@@ -129,7 +152,10 @@ def test_zero_norm_layers_get_scale_one_and_zero_reference_shrinks():
   params["Dense_1"]["kernel"] = jnp.zeros((5, 5))  # reference norm 0
   names = ["Dense_0", "Dense_1", "Dense_2"]
   history, ref_history, state = run_both(
-      params, reference.dense_layers(names), lambda step: [0.5] * 3, coef=0.5,
+    params,
+    reference.dense_layers(names),
+    lambda step: [0.5] * 3,
+    coef=0.5,
   )
   assert_matches_reference(history, ref_history)
   # A weight with norm 0 now: the factor is exactly 1, no NaN.
@@ -157,25 +183,33 @@ def test_low_precision_adam_steps_match_the_float64_rule(dtype):
   resolution = float(jnp.finfo(dtype).eps)
   for step in range(STEPS):
     grads = jax.tree.map(
-        lambda p, t, n: (p - t + n).astype(dtype), params, target, noise[step])
+      lambda p, t, n: (p - t + n).astype(dtype), params, target, noise[step]
+    )
     base_updates, adam_state = adam.update(grads, adam_state, params)
     updates, swr_state = jax.jit(swr.update)(base_updates, swr_state, params)
     new_params = optax.apply_updates(params, updates)
 
     moved = {
-        k: p + u for (k, p), u in zip(
-            reference.flatten(params).items(),
-            reference.flatten(base_updates).values())
+      k: p + u
+      for (k, p), u in zip(
+        reference.flatten(params).items(),
+        reference.flatten(base_updates).values(),
+      )
     }
-    expected, c, _ = reference.swr_step(moved, layers, reference_norms, [0.3] * 3)
+    expected, c, _ = reference.swr_step(
+      moved, layers, reference_norms, [0.3] * 3
+    )
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(new_params))
     assert swr_state.reference_norms.dtype == jnp.float32
     assert swr_state.layer_scales.dtype == jnp.float32
     np.testing.assert_allclose(swr_state.layer_scales, c, rtol=1e-6)
     for key, value in reference.flatten(new_params).items():
       np.testing.assert_allclose(
-          value, expected[key], rtol=2 * resolution, atol=2 * resolution,
-          err_msg=f"step {step}, leaf {key}",
+        value,
+        expected[key],
+        rtol=2 * resolution,
+        atol=2 * resolution,
+        err_msg=f"step {step}, leaf {key}",
       )
     params = new_params
 
@@ -188,5 +222,7 @@ def test_large_float16_weights_do_not_overflow_the_norm():
   np.testing.assert_allclose(state.reference_norms, [2400.0], rtol=1e-6)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, state = tx.update(grads, state, params)
-  assert np.all(np.isfinite(np.asarray(updates["Dense_0"]["kernel"], np.float32)))
+  assert np.all(
+    np.isfinite(np.asarray(updates["Dense_0"]["kernel"], np.float32))
+  )
   np.testing.assert_allclose(state.weight_norms, [2412.0], rtol=1e-6)

@@ -20,12 +20,28 @@ SCRIPT = ROOT / "examples" / "sharded_training.py"
 def printed() -> str:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   # The script sets the device count itself, unless XLA_FLAGS already does.
-  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
-                            "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = re.sub(
+    r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")
+  )
   result = subprocess.run(
-      [sys.executable, str(SCRIPT), "--steps", "40", "--log-every", "20",
-       "--devices", "8", "--fsdp", "4"],
-      env=env, capture_output=True, text=True, timeout=300, check=False)
+    [
+      sys.executable,
+      str(SCRIPT),
+      "--steps",
+      "40",
+      "--log-every",
+      "20",
+      "--devices",
+      "8",
+      "--fsdp",
+      "4",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
@@ -33,16 +49,22 @@ def printed() -> str:
 def test_mesh_and_placement_are_printed(printed):
   assert "mesh: {'data': 2, 'fsdp': 4} over 8 cpu devices" in printed
   # A [128, 128] kernel is split in 4 over fsdp; the 10 head biases are not.
-  assert re.search(r"hidden_1/kernel +\(128, 128\) +P\('fsdp',\) +\(32, 128\)",
-                   printed)
+  assert re.search(
+    r"hidden_1/kernel +\(128, 128\) +P\('fsdp',\) +\(32, 128\)", printed
+  )
   assert re.search(r"head/bias +\(10,\) +P\(\) +\(10,\)", printed)
-  assert len(re.findall(r"^  cpu:\d: \[\d+:\d+, 0:128\]$", printed,
-                        flags=re.MULTILINE)) == 8
+  assert (
+    len(
+      re.findall(r"^  cpu:\d: \[\d+:\d+, 0:128\]$", printed, flags=re.MULTILINE)
+    )
+    == 8
+  )
 
 
 def test_it_learns(printed):
-  accuracies = [float(a) for a in re.findall(r"test accuracy (\d\.\d+)",
-                                             printed)]
+  accuracies = [
+    float(a) for a in re.findall(r"test accuracy (\d\.\d+)", printed)
+  ]
   losses = [float(a) for a in re.findall(r"train loss (\d+\.\d+)", printed)]
   assert len(accuracies) == 2
   assert losses[-1] < losses[0]
@@ -51,5 +73,8 @@ def test_it_learns(printed):
 
 def test_state_placement_is_checked(printed):
   assert "Adam's moments split as the params: True" in printed
-  assert re.search(r"SWR state: 5 arrays, \d+ bytes, replicated, equal on 8 "
-                   r"devices", printed)
+  assert re.search(
+    r"SWR state: 5 arrays, \d+ bytes, replicated, equal on 8 "
+    r"devices",
+    printed,
+  )

@@ -17,13 +17,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def report() -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8").strip()
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  ).strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = str(ROOT)
   result = subprocess.run(
-      [sys.executable, str(ROOT / "tests" / "sharded_run.py")],
-      env=env, capture_output=True, text=True, check=True, timeout=600)
+    [sys.executable, str(ROOT / "tests" / "sharded_run.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=600,
+  )
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -28,32 +28,39 @@ NAMES = ["Dense_0", "Dense_1", "Dense_2"]
 def random_like(params, seed, scale=1.0):
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+    lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params
+  )
 
 
 def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
   jax.tree.map(
-      lambda x, y: np.testing.assert_allclose(
-          np.asarray(x, np.float32), np.asarray(y, np.float32),
-          rtol=rtol, atol=atol),
-      a, b)
+    lambda x, y: np.testing.assert_allclose(
+      np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=rtol, atol=atol
+    ),
+    a,
+    b,
+  )
 
 
 # The battery below runs over each of these; add new public transforms here.
 CONFIGURATIONS = {
-    "plain": lambda: optax_swr.swr(coef=0.1),
-    "classifier": lambda: optax_swr.swr(
-        coef=0.1, classifier=1, classifier_coef=1.0),
-    "schedule": lambda: optax_swr.swr(
-        coef=optax.linear_schedule(0.5, 0.0, 4),
-        classifier=[("Dense_2",)],
-        classifier_coef=optax.constant_schedule(0.9)),
-    "reset": lambda: optax_swr.swr(coef=0.1, reset_norms_at=(1, 2)),
-    "explicit_layers": lambda: optax_swr.swr(
-        coef=0.1, layers=["Dense_0", "Dense_1", "Dense_2"]),
+  "plain": lambda: optax_swr.swr(coef=0.1),
+  "classifier": lambda: optax_swr.swr(
+    coef=0.1, classifier=1, classifier_coef=1.0
+  ),
+  "schedule": lambda: optax_swr.swr(
+    coef=optax.linear_schedule(0.5, 0.0, 4),
+    classifier=[("Dense_2",)],
+    classifier_coef=optax.constant_schedule(0.9),
+  ),
+  "reset": lambda: optax_swr.swr(coef=0.1, reset_norms_at=(1, 2)),
+  "explicit_layers": lambda: optax_swr.swr(
+    coef=0.1, layers=["Dense_0", "Dense_1", "Dense_2"]
+  ),
 }
-battery = pytest.mark.parametrize("make_swr", CONFIGURATIONS.values(),
-                                  ids=CONFIGURATIONS.keys())
+battery = pytest.mark.parametrize(
+  "make_swr", CONFIGURATIONS.values(), ids=CONFIGURATIONS.keys()
+)
 
 
 @pytest.fixture
@@ -87,9 +94,10 @@ def test_vmap_over_an_ensemble_equals_one_member_at_a_time():
 
   for i, member in enumerate(members):
     single, single_state = tx.update(grads[i], tx.init(member), member)
-    assert_trees_close(jax.tree.map(lambda x: x[i], updates), single)
+    assert_trees_close(jax.tree.map(lambda x, i=i: x[i], updates), single)
     np.testing.assert_allclose(
-        state[1].layer_scales[i], single_state[1].layer_scales, rtol=1e-6)
+      state[1].layer_scales[i], single_state[1].layer_scales, rtol=1e-6
+    )
 
 
 def test_inject_hyperparams_matches_and_coef_changes_at_run_time(params):
@@ -110,18 +118,24 @@ def test_inject_hyperparams_matches_and_coef_changes_at_run_time(params):
   state.hyperparams["coef"] = jnp.asarray(1.0)
   _, new_state = jax.jit(injected.update)(grads, state, params)
   np.testing.assert_allclose(
-      new_state.inner_state.weight_norms, state.inner_state.reference_norms,
-      rtol=1e-6)
+    new_state.inner_state.weight_norms,
+    state.inner_state.reference_norms,
+    rtol=1e-6,
+  )
 
 
 def test_inject_hyperparams_with_classifier_needs_static_args(params):
   injected = optax.inject_hyperparams(optax_swr.swr)(
-      coef=0.1, classifier=1, classifier_coef=1.0)
-  with pytest.raises(ValueError, match=re.escape("static_args=('classifier',)")):
+    coef=0.1, classifier=1, classifier_coef=1.0
+  )
+  with pytest.raises(
+    ValueError, match=re.escape("static_args=('classifier',)")
+  ):
     jax.jit(injected.init)(params)
 
   injected = optax.inject_hyperparams(optax_swr.swr, static_args="classifier")(
-      coef=0.1, classifier=1, classifier_coef=1.0)
+    coef=0.1, classifier=1, classifier_coef=1.0
+  )
   plain = optax_swr.swr(coef=0.1, classifier=1, classifier_coef=1.0)
   grads = random_like(params, 3, scale=3.0)
   updates, _ = jax.jit(injected.update)(grads, injected.init(params), params)
@@ -154,8 +168,10 @@ def test_multisteps_accumulates_then_applies_one_swr_step(dtype, make_swr):
 def test_masked_swr_only_sees_the_unmasked_layers():
   params = helpers.mlp_params([4, 5, 3], names=["Dense_0", "Dense_1"])
   params["head"] = helpers.mlp_params([3, 2])["Dense_0"]
-  mask = {name: jax.tree.map(lambda _: name != "head", params[name])
-          for name in params}
+  mask = {
+    name: jax.tree.map(lambda _, name=name: name != "head", params[name])
+    for name in params
+  }
   tx = optax.masked(optax_swr.swr(coef=1.0), mask)
   grads = random_like(params, 4, scale=2.0)
   updates, state = tx.update(grads, tx.init(params), params)
@@ -163,8 +179,10 @@ def test_masked_swr_only_sees_the_unmasked_layers():
   assert_trees_close(updates["head"], grads["head"], rtol=0, atol=0)
   new = optax.apply_updates(params, updates)
   np.testing.assert_allclose(
-      [jnp.linalg.norm(new[n]["kernel"]) for n in ["Dense_0", "Dense_1"]],
-      state.inner_state.reference_norms, rtol=1e-5)
+    [jnp.linalg.norm(new[n]["kernel"]) for n in ["Dense_0", "Dense_1"]],
+    state.inner_state.reference_norms,
+    rtol=1e-5,
+  )
 
 
 class NnxMLP(nnx.Module):
@@ -173,7 +191,8 @@ class NnxMLP(nnx.Module):
   def __init__(self, rngs: nnx.Rngs):
     node_list = getattr(nnx, "List", list)  # flax < 0.12 takes plain lists
     self.layers = node_list(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(WIDTHS[:-1], WIDTHS[1:])])
+      [nnx.Linear(a, b, rngs=rngs) for a, b in zip(WIDTHS[:-1], WIDTHS[1:])]
+    )
 
   def __call__(self, x):
     for layer in self.layers[:-1]:
@@ -183,7 +202,9 @@ class NnxMLP(nnx.Module):
 
 def test_nnx_optimizer_with_state_params_matches_plain_dict_params():
   model = NnxMLP(nnx.Rngs(0))
-  as_dict = nnx.to_pure_dict(nnx.state(model, nnx.Param))  # {"layers": {0: ...}}
+  as_dict = nnx.to_pure_dict(
+    nnx.state(model, nnx.Param)
+  )  # {"layers": {0: ...}}
   tx = optax.chain(optax.adam(0.1), optax_swr.swr(coef=0.2))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
@@ -195,7 +216,8 @@ def test_nnx_optimizer_with_state_params_matches_plain_dict_params():
   updates, _ = tx.update(dict_grads, tx.init(as_dict), as_dict)
   expected = optax.apply_updates(as_dict, updates)
   assert_trees_close(
-      nnx.to_pure_dict(nnx.state(model, nnx.Param)), expected, rtol=1e-5)
+    nnx.to_pure_dict(nnx.state(model, nnx.Param)), expected, rtol=1e-5
+  )
   scales = optax.tree.get(optimizer.opt_state, "layer_scales")
   assert scales.shape == (3,) and not np.allclose(scales, 1.0)
 
@@ -205,10 +227,17 @@ def test_nnx_optimizer_with_state_params_matches_plain_dict_params():
 def test_updates_keep_dtype_and_state_is_float32(dtype, make_swr):
   params = helpers.mlp_params(WIDTHS, dtype=dtype)
   tx = optax.chain(optax.adam(1e-2), make_swr())
-  updates, state = jax.jit(tx.update)(random_like(params, 5), tx.init(params), params)
+  updates, state = jax.jit(tx.update)(
+    random_like(params, 5), tx.init(params), params
+  )
   for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert u.dtype == p.dtype
-  for name in ["reference_norms", "layer_scales", "cumulative_scales", "weight_norms"]:
+  for name in [
+    "reference_norms",
+    "layer_scales",
+    "cumulative_scales",
+    "weight_norms",
+  ]:
     assert optax.tree.get(state, name).dtype == jnp.float32
   assert optax.tree.get(state, "step_count").dtype == jnp.int32
 
@@ -221,11 +250,14 @@ def test_state_shape_dtype_and_sharding_are_stable_under_jit(dtype, make_swr):
 
   @jax.jit
   def step(params, state):
-    grads = jax.tree.map(lambda p: p.astype(jnp.float32).astype(p.dtype), params)
+    grads = jax.tree.map(
+      lambda p: p.astype(jnp.float32).astype(p.dtype), params
+    )
     # lax.cond forces both branches to agree on the state's type exactly.
     take = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
     updates, state = jax.lax.cond(
-        take, lambda: tx.update(grads, state, params), lambda: (params, state))
+      take, lambda: tx.update(grads, state, params), lambda: (params, state)
+    )
     return optax.apply_updates(params, updates), state
 
   state = tx.init(params)
@@ -238,15 +270,20 @@ def test_state_shape_dtype_and_sharding_are_stable_under_jit(dtype, make_swr):
 
 def test_reset_reference_norms_on_demand_inside_nested_states(params):
   tx = optax.MultiSteps(
-      optax.chain(optax.adam(0.1), optax.inject_hyperparams(optax_swr.swr)(coef=0.1)),
-      every_k_schedule=1)
+    optax.chain(
+      optax.adam(0.1), optax.inject_hyperparams(optax_swr.swr)(coef=0.1)
+    ),
+    every_k_schedule=1,
+  )
   state = tx.init(params)
   bigger = jax.tree.map(lambda p: 2 * p, params)
   state = optax_swr.reset_reference_norms(tx, state, bigger)
   expected = reference.weight_norms(
-      reference.flatten(bigger), reference.dense_layers(NAMES))
+    reference.flatten(bigger), reference.dense_layers(NAMES)
+  )
   np.testing.assert_allclose(
-      optax.tree.get(state, "reference_norms"), expected, rtol=1e-6)
+    optax.tree.get(state, "reference_norms"), expected, rtol=1e-6
+  )
   assert optax.tree.get(state, "step_count") == 0
 
 
@@ -268,7 +305,9 @@ def test_a_non_finite_update_does_not_spread_to_other_layers(params, bad):
 
 def test_lam_zero_is_an_exact_no_op(params):
   grads = random_like(params, 6)
-  updates, _ = optax_swr.swr(coef=0.0).update(grads, optax_swr.swr(coef=0.0).init(params), params)
+  updates, _ = optax_swr.swr(coef=0.0).update(
+    grads, optax_swr.swr(coef=0.0).init(params), params
+  )
   assert_trees_close(updates, grads, rtol=0, atol=0)
 
 
@@ -296,7 +335,11 @@ def test_updates_and_params_with_different_structure(params):
 @pytest.mark.parametrize("name", ["coef", "classifier_coef"])
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), np.float32(2.0)])
 def test_coefficient_out_of_range(name, value):
-  kwargs = {name: value, "classifier": 1} if name == "classifier_coef" else {name: value}
+  kwargs = (
+    {name: value, "classifier": 1}
+    if name == "classifier_coef"
+    else {name: value}
+  )
   with error(f"`{name}` must be in [0, 1]"):
     optax_swr.swr(**kwargs)
 
@@ -321,7 +364,9 @@ def test_classifier_errors(params):
     optax_swr.swr(classifier=1.5)
   with error("`classifier=4` asks for more layers than the network has (3)"):
     optax_swr.swr(classifier=4).init(params)
-  with error("the `classifier` path ('head',) is not one of the rescaled layers"):
+  with error(
+    "the `classifier` path ('head',) is not one of the rescaled layers"
+  ):
     optax_swr.swr(classifier=["head"]).init(params)
   with error("`classifier` lists the path ('Dense_2',) more than once"):
     optax_swr.swr(classifier=["Dense_2", ("Dense_2",)])
@@ -329,8 +374,10 @@ def test_classifier_errors(params):
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
 def test_integer_or_boolean_layer_leaves_are_rejected(dtype):
-  params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2, dtype)},
-            "step": jnp.zeros((), jnp.int32)}  # outside any layer: fine
+  params = {
+    "Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2, dtype)},
+    "step": jnp.zeros((), jnp.int32),
+  }  # outside any layer: fine
   with error("swr: the layer ('Dense_0',) has a"):
     optax_swr.swr().init(params)
   params["Dense_0"]["bias"] = jnp.ones(2)
@@ -338,7 +385,9 @@ def test_integer_or_boolean_layer_leaves_are_rejected(dtype):
 
 
 def test_reset_norms_at_must_be_integers():
-  with error("`reset_norms_at` must be a step count or a sequence of step counts"):
+  with error(
+    "`reset_norms_at` must be a step count or a sequence of step counts"
+  ):
     optax_swr.swr(reset_norms_at=[1.5])
 
 
@@ -352,10 +401,10 @@ def test_building_swr_does_not_start_a_jax_backend():
   # jax.distributed.initialize must run before any backend starts, and users
   # often build their optimizer first.
   code = (
-      "import optax_swr\n"
-      "from jax._src import xla_bridge\n"
-      "optax_swr.swr(coef=0.1, classifier=1, classifier_coef=0.5,"
-      " reset_norms_at=[3, 5], layers=['a', 'b'])\n"
-      "assert not xla_bridge.backends_are_initialized()\n"
+    "import optax_swr\n"
+    "from jax._src import xla_bridge\n"
+    "optax_swr.swr(coef=0.1, classifier=1, classifier_coef=0.5,"
+    " reset_norms_at=[3, 5], layers=['a', 'b'])\n"
+    "assert not xla_bridge.backends_are_initialized()\n"
   )
   subprocess.run([sys.executable, "-c", code], check=True)

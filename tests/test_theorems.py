@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
@@ -24,14 +25,14 @@ def scaled_copy(params, rng: np.random.Generator):
 
 @SETTINGS
 @given(
-    depth=st.integers(2, 6),
-    width=st.sampled_from([4, 8]),
-    coef=coefs,
-    classifier_coef=coefs,
-    seed=st.integers(0, 2**16),
+  depth=st.integers(2, 6),
+  width=st.sampled_from([4, 8]),
+  coef=coefs,
+  classifier_coef=coefs,
+  seed=st.integers(0, 2**16),
 )
 def test_theorem_1_zero_update_scales_relu_logits_by_one_constant(
-    depth, width, coef, classifier_coef, seed
+  depth, width, coef, classifier_coef, seed
 ):
   rng = np.random.default_rng(seed)
   names = [f"Dense_{i}" for i in range(depth)]
@@ -48,8 +49,11 @@ def test_theorem_1_zero_update_scales_relu_logits_by_one_constant(
   after = helpers.relu_mlp_apply(rescaled, names, x)
   output_scale = state.cumulative_scales[-1]
   np.testing.assert_allclose(
-      after, output_scale * before,
-      rtol=1e-4, atol=1e-5 * float(jnp.abs(output_scale * before).max()))
+    after,
+    output_scale * before,
+    rtol=1e-4,
+    atol=1e-5 * float(jnp.abs(output_scale * before).max()),
+  )
   margin = jnp.sort(before, axis=-1)
   clear = (margin[:, -1] - margin[:, -2]) > 1e-4 * jnp.abs(margin[:, -1])
   assert (jnp.argmax(after, -1) == jnp.argmax(before, -1))[clear].all()
@@ -60,27 +64,35 @@ def test_theorem_1_zero_update_scales_relu_logits_by_one_constant(
 def test_theorem_1_with_a_normalization_layer_in_the_middle(coef, seed):
   rng = np.random.default_rng(seed)
   names = ["fc1", "norm", "fc2", "fc3"]
-  initial = helpers.to_jax({
+  initial = helpers.to_jax(
+    {
       "fc1": helpers.dense(rng, 6, 8),
       "norm": helpers.layer_norm(rng, 8),
       "fc2": helpers.dense(rng, 8, 8),
       "fc3": helpers.dense(rng, 8, 4),
-  })
+    }
+  )
   params = scaled_copy(initial, rng)
   x = jnp.asarray(rng.normal(size=(16, 6)), jnp.float32)
   tx = optax_swr.swr(coef=coef, layers=names)
   updates, state = tx.update(
-      jax.tree.map(jnp.zeros_like, params), tx.init(initial), params)
+    jax.tree.map(jnp.zeros_like, params), tx.init(initial), params
+  )
   rescaled = optax.apply_updates(params, updates)
 
   before = helpers.relu_mlp_apply(params, names, x)
   after = helpers.relu_mlp_apply(rescaled, names, x)
   # Only the layers from the norm layer on decide the output scale.
   c = np.asarray(state.layer_scales)
-  np.testing.assert_allclose(state.cumulative_scales[-1], c[1] * c[2] * c[3], rtol=1e-6)
   np.testing.assert_allclose(
-      after, state.cumulative_scales[-1] * before, rtol=1e-4,
-      atol=1e-5 * float(jnp.abs(after).max()))
+    state.cumulative_scales[-1], c[1] * c[2] * c[3], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    after,
+    state.cumulative_scales[-1] * before,
+    rtol=1e-4,
+    atol=1e-5 * float(jnp.abs(after).max()),
+  )
 
 
 def growth_run(coef, budget, steps, adversarial, key):
@@ -93,7 +105,8 @@ def growth_run(coef, budget, steps, adversarial, key):
     w = params["Dense_0"]["kernel"]
     norm = jnp.linalg.norm(w)
     direction = jnp.where(
-        adversarial, w / norm, jax.random.normal(key, w.shape))
+      adversarial, w / norm, jax.random.normal(key, w.shape)
+    )
     direction = direction / jnp.linalg.norm(direction)
     # Largest step along `direction` with ||w + u||^2 - ||w||^2 <= budget.
     along = jnp.vdot(w, direction)
@@ -113,10 +126,10 @@ _growth_run = jax.jit(growth_run, static_argnums=(2,))
 
 @SETTINGS
 @given(
-    coef=st.floats(0.01, 1.0),
-    budget=st.floats(1e-3, 10.0),
-    adversarial=st.booleans(),
-    seed=st.integers(0, 2**16),
+  coef=st.floats(0.01, 1.0),
+  budget=st.floats(1e-3, 10.0),
+  adversarial=st.booleans(),
+  seed=st.integers(0, 2**16),
 )
 def test_theorem_2_norms_stay_under_the_bound(coef, budget, adversarial, seed):
   norms = _growth_run(coef, budget, 300, adversarial, jax.random.key(seed))
@@ -129,21 +142,29 @@ _injected_swr = optax.inject_hyperparams(optax_swr.swr)(coef=0.0)
 _injected_update = jax.jit(_injected_swr.update)
 
 
-@pytest.mark.filterwarnings("ignore::optax_swr.LowPrecisionWarning")  # tiny coefs
+@pytest.mark.filterwarnings(
+  "ignore::optax_swr.LowPrecisionWarning"
+)  # tiny coefs
 @SETTINGS
-@given(coef=st.floats(0.0, 1.0), scale=st.floats(0.01, 3.0), seed=st.integers(0, 2**16))
+@given(
+  coef=st.floats(0.0, 1.0),
+  scale=st.floats(0.01, 3.0),
+  seed=st.integers(0, 2**16),
+)
 def test_theorem_3_norm_ratio_moves_toward_its_initial_value(coef, scale, seed):
   rng = np.random.default_rng(seed)
   params = helpers.mlp_params([5, 6, 4], seed=seed)
   kernels = lambda p: [p["Dense_0"]["kernel"], p["Dense_1"]["kernel"]]
   ratio = lambda p: float(
-      jnp.linalg.norm(kernels(p)[1]) / jnp.linalg.norm(kernels(p)[0]))
+    jnp.linalg.norm(kernels(p)[1]) / jnp.linalg.norm(kernels(p)[0])
+  )
   initial_ratio = ratio(params)
   state = _injected_swr.init(params)
   state.hyperparams["coef"] = jnp.asarray(coef, jnp.float32)
   for _ in range(5):
     raw = jax.tree.map(
-        lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params)
+      lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params
+    )
     ratio_before = ratio(optax.apply_updates(params, raw))
     updates, state = _injected_update(raw, state, params)
     params = optax.apply_updates(params, updates)
@@ -151,4 +172,7 @@ def test_theorem_3_norm_ratio_moves_toward_its_initial_value(coef, scale, seed):
     low, high = sorted([initial_ratio, ratio_before])
     tolerance = 1e-5 * high
     assert low - tolerance <= ratio_after <= high + tolerance
-    assert abs(ratio_after - initial_ratio) <= abs(ratio_before - initial_ratio) + tolerance
+    assert (
+      abs(ratio_after - initial_ratio)
+      <= abs(ratio_before - initial_ratio) + tolerance
+    )

@@ -57,9 +57,12 @@ class ConvBNHead(nn.Module):
     return nn.Dense(3, name="a_head")(x)
 
 
-def test_linen_train_mode_with_batchnorm_and_dropout_is_a_chain(no_chain_warning):
+def test_linen_train_mode_with_batchnorm_and_dropout_is_a_chain(
+  no_chain_warning,
+):
   order = linen_layers(
-      ConvBNHead(), train=True, rngs={"dropout": jax.random.key(1)})
+    ConvBNHead(), train=True, rngs={"dropout": jax.random.key(1)}
+  )
   assert order == (("conv",), ("bn",), ("a_head",))
 
 
@@ -68,7 +71,10 @@ def test_abstract_inputs_are_enough(no_chain_warning):
   variables = module.init(jax.random.key(0), X)
   abstract = jax.ShapeDtypeStruct((16, 8, 8, 1), jnp.float32)
   assert optax_swr.layers_from_linen(module, variables, abstract) == (
-      ("conv",), ("bn",), ("a_head",))
+    ("conv",),
+    ("bn",),
+    ("a_head",),
+  )
 
 
 class OwnKernel(nn.Module):
@@ -76,7 +82,9 @@ class OwnKernel(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], 4))
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (x.shape[-1], 4)
+    )
     return x @ kernel
 
 
@@ -100,8 +108,12 @@ class KernelAndChildren(nn.Module):
 
 
 def test_module_owning_a_weight_and_layers_is_rejected():
-  with pytest.raises(ValueError, match=re.escape(
-      "The module at () owns a weight and also contains the layers [('Dense_0',)]")):
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      "The module at () owns a weight and also contains the layers [('Dense_0',)]"
+    ),
+  ):
     linen_layers(KernelAndChildren())
 
 
@@ -114,7 +126,9 @@ class Shared(nn.Module):
 
 
 def test_shared_module_warns_and_counts_once():
-  with pytest.warns(optax_swr.NotAChainWarning, match="Dense_0 is called 2 times"):
+  with pytest.warns(
+    optax_swr.NotAChainWarning, match="Dense_0 is called 2 times"
+  ):
     order = linen_layers(Shared())
   assert order == (("Dense_0",), ("Dense_1",))
 
@@ -129,7 +143,9 @@ class AuxHead(nn.Module):
 def test_layers_never_called_are_left_out_with_a_warning():
   module = AuxHead()
   variables = module.init(jax.random.key(0), X, aux=True)
-  with pytest.warns(UserWarning, match=re.escape("never called") + r".*\('spare',\)"):
+  with pytest.warns(
+    UserWarning, match=re.escape("never called") + r".*\('spare',\)"
+  ):
     order = optax_swr.layers_from_linen(module, variables, X, aux=False)
   assert order == (("used",),)
 
@@ -164,14 +180,14 @@ class Shifted(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "module, reason",
-    [
-        (Residual(), "`add` combines the outputs of the layers Conv_0, Conv_1"),
-        (Tanh(), "`tanh` after Dense_1 is not positively homogeneous"),
-        (Attention(), "`dot_general` multiplies or divides two activations"),
-        (Shifted(), "`add` after Dense_0 mixes in an unscaled value"),
-    ],
-    ids=["residual", "tanh", "attention", "constant_shift"],
+  "module, reason",
+  [
+    (Residual(), "`add` combines the outputs of the layers Conv_0, Conv_1"),
+    (Tanh(), "`tanh` after Dense_1 is not positively homogeneous"),
+    (Attention(), "`dot_general` multiplies or divides two activations"),
+    (Shifted(), "`add` after Dense_0 mixes in an unscaled value"),
+  ],
+  ids=["residual", "tanh", "attention", "constant_shift"],
 )
 def test_non_chain_networks_warn_with_the_reason(module, reason):
   with pytest.warns(optax_swr.NotAChainWarning, match=re.escape(reason)):
@@ -179,7 +195,9 @@ def test_non_chain_networks_warn_with_the_reason(module, reason):
 
 
 def test_no_params_collection_is_an_error():
-  with pytest.raises(ValueError, match="`variables` has no 'params' collection"):
+  with pytest.raises(
+    ValueError, match="`variables` has no 'params' collection"
+  ):
     optax_swr.layers_from_linen(TwelveDense(), {"batch_stats": {}}, X)
 
 
@@ -207,6 +225,7 @@ def test_nnx_order_paths_match_the_optimizer_state(no_chain_warning):
   assert order == (("conv",), ("bn",), ("layers", 0), ("head",))
   # Paths resolve against what nnx.Optimizer hands to swr.
   import optax
+
   tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-2, layers=order))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   assert optax.tree.get(optimizer.opt_state, "reference_norms").shape == (4,)
@@ -222,7 +241,10 @@ def test_nnx_tracing_leaves_the_model_and_classes_untouched():
   after = jax.tree.map(np.asarray, nnx.state(model))
   jax.tree.map(np.testing.assert_array_equal, before, after)
   assert nnx.Linear.__call__ is linear_call
-  assert "__call__" not in nnx.Conv.__dict__ or nnx.Conv.__call__.__name__ == "__call__"
+  assert (
+    "__call__" not in nnx.Conv.__dict__
+    or nnx.Conv.__call__.__name__ == "__call__"
+  )
 
 
 class NnxResidual(nnx.Module):
@@ -266,12 +288,18 @@ class Scanned(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = nn.Dense(4)(x.reshape(x.shape[0], -1))
-    body = nn.scan(ScanBody, variable_axes={"params": 0},
-                   split_rngs={"params": True}, length=3)
+    body = nn.scan(
+      ScanBody,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      length=3,
+    )
     x, _ = body()(x, None)
     return nn.Dense(2)(x)
 
 
 def test_control_flow_is_reported_not_assumed_fine():
-  with pytest.warns(optax_swr.NotAChainWarning, match="control flow is not checked"):
+  with pytest.warns(
+    optax_swr.NotAChainWarning, match="control flow is not checked"
+  ):
     linen_layers(Scanned())

@@ -7,32 +7,44 @@ import warnings
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import pytest
 
-import optax_swr
 from examples import models_linen
 from examples import models_nnx
+import optax_swr
 
 IN_SHAPE = (8, 8, 1)
 NUM_CLASSES = 5
-WIDTH = {"mlp": 16, "cnn": 4, "cnn_bn": 4, "vgg16": 4, "resnet18": 4, "transformer": 16}
+WIDTH = {
+  "mlp": 16,
+  "cnn": 4,
+  "cnn_bn": 4,
+  "vgg16": 4,
+  "resnet18": 4,
+  "transformer": 16,
+}
 X = jax.random.normal(jax.random.key(0), (16, *IN_SHAPE))
 Y = jax.random.randint(jax.random.key(1), (16,), 0, NUM_CLASSES)
-NON_CHAIN_MODELS = tuple(m for m in models_linen.ALL_MODELS if m not in models_linen.CHAIN_MODELS)
+NON_CHAIN_MODELS = tuple(
+  m for m in models_linen.ALL_MODELS if m not in models_linen.CHAIN_MODELS
+)
 
 
 def linen_model(name):
   module, variables = models_linen.create(
-      name, NUM_CLASSES, IN_SHAPE, width=WIDTH[name])
+    name, NUM_CLASSES, IN_SHAPE, width=WIDTH[name]
+  )
 
   def apply_fn(params, x, stats=None):
     """Training-mode logits: BatchNorm uses the batch's statistics."""
     stats = variables.get("batch_stats", {}) if stats is None else stats
     logits, _ = module.apply(
-        {"params": params, "batch_stats": stats}, x, train=True,
-        mutable=["batch_stats"])
+      {"params": params, "batch_stats": stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return logits
 
   trace = lambda: optax_swr.layers_from_linen(module, variables, X, train=True)
@@ -84,11 +96,17 @@ def _train_norms(apply_fn, params, layers, coef, steps):
 
   def step(carry, _):
     params, adam_state, swr_state = carry
-    updates, adam_state = adam.update(jax.grad(loss)(params), adam_state, params)
+    updates, adam_state = adam.update(
+      jax.grad(loss)(params), adam_state, params
+    )
     updates, new_swr_state = swr.update(updates, swr_state, params)
     before_rescale = new_swr_state.weight_norms / new_swr_state.layer_scales
     norms = (swr_state.weight_norms, before_rescale, new_swr_state.weight_norms)
-    return (optax.apply_updates(params, updates), adam_state, new_swr_state), norms
+    return (
+      optax.apply_updates(params, updates),
+      adam_state,
+      new_swr_state,
+    ), norms
 
   carry = (params, adam.init(params), swr.init(params))
   _, norms = jax.lax.scan(step, carry, length=steps)
@@ -103,7 +121,8 @@ def test_non_chain_models_obey_the_theorem_2_bound_over_200_steps(name):
     layers = trace()
   coef = 0.1
   initial, (norm_t, moved, rescaled) = jax.jit(
-      _train_norms, static_argnums=(0, 2, 3, 4))(apply_fn, params, layers, coef, 200)
+    _train_norms, static_argnums=(0, 2, 3, 4)
+  )(apply_fn, params, layers, coef, 200)
   # B: the largest change of ||W||^2 that one optimizer step made, per layer.
   budget = jnp.max(jnp.abs(moved**2 - norm_t**2), axis=0)
   bound = jnp.sqrt(budget) / coef + initial
