@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(PY) examples/digits_demo.py
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 	$(PY) -m pytest
 

@@ -42,7 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ UNBOUNDED = 1e200  # An error bound that bounds nothing.
 # bias correction 1 - 0.999**t cancels: 1.3e-5 relative at t = 1).
 ADAM_ATOL = 5e-5
 SETTINGS = settings(
-    max_examples=300, deadline=None, derandomize=True, database=None
+  max_examples=300, deadline=None, derandomize=True, database=None
 )
 
 
@@ -113,7 +114,8 @@ def _power_of_10(exponent: float) -> float:
 # the branches are ordered so that no-ops (coef 0, lr 0, zero weights) stay
 # a minority.
 unit_floats = st.one_of(
-    st.floats(1e-4, 1.0), st.floats(0.0, 1.0), st.sampled_from([1.0, 0.0]))
+  st.floats(1e-4, 1.0), st.floats(0.0, 1.0), st.sampled_from([1.0, 0.0])
+)
 
 
 @st.composite
@@ -128,14 +130,17 @@ def coef_specs(draw) -> CoefSpec:
 @st.composite
 def layer_specs(draw, width: int) -> LayerSpec:
   kind = draw(st.sampled_from(["dense", "conv", "norm"]))
-  log_scale = draw(st.one_of(
-      st.floats(-6.0, 6.0), st.sampled_from([-12.0, 0.0, 12.0]), st.none()))
+  log_scale = draw(
+    st.one_of(
+      st.floats(-6.0, 6.0), st.sampled_from([-12.0, 0.0, 12.0]), st.none()
+    )
+  )
   return LayerSpec(
-      kind=kind,
-      width=width if kind == "norm" else draw(st.integers(1, PAD)),
-      kernel_size=draw(st.sampled_from([1, 3])) if kind == "conv" else 0,
-      has_bias=not draw(st.booleans()),
-      log_scale=log_scale,
+    kind=kind,
+    width=width if kind == "norm" else draw(st.integers(1, PAD)),
+    kernel_size=draw(st.sampled_from([1, 3])) if kind == "conv" else 0,
+    has_bias=not draw(st.booleans()),
+    log_scale=log_scale,
   )
 
 
@@ -146,33 +151,38 @@ def cases(draw) -> Case:
   for _ in range(draw(st.integers(1, 6))):
     layers.append(draw(layer_specs(width)))
     width = layers[-1].width
-  classifier = draw(st.one_of(
+  classifier = draw(
+    st.one_of(
       st.none(),
       st.integers(0, len(layers)),
-      st.lists(
-          st.integers(0, len(layers) - 1), min_size=1, unique=True
-      ).map(tuple),
-  ))
+      st.lists(st.integers(0, len(layers) - 1), min_size=1, unique=True).map(
+        tuple
+      ),
+    )
+  )
   steps = draw(st.integers(1, 5))
   return Case(
-      in_width=in_width,
-      spatial=draw(st.integers(1, 3)),
-      layers=tuple(layers),
-      explicit_layers=draw(st.booleans()),
-      extra_leaf=draw(st.booleans()),
-      coef=draw(coef_specs()),
-      classifier=classifier,
-      classifier_coef=None if classifier is None else draw(coef_specs()),
-      reset_norms_at=draw(st.one_of(
-          st.just(()),
-          st.integers(0, steps),
-          st.lists(st.integers(0, steps), min_size=1, max_size=3, unique=True)
-          .map(tuple),
-      )),
-      steps=steps,
-      lr=draw(st.one_of(st.floats(-4.0, 0.0).map(_power_of_10), st.just(0.0))),
-      log_grad_scale=draw(st.floats(-3.0, 3.0)),
-      seed=draw(st.integers(0, 2**32 - 1)),
+    in_width=in_width,
+    spatial=draw(st.integers(1, 3)),
+    layers=tuple(layers),
+    explicit_layers=draw(st.booleans()),
+    extra_leaf=draw(st.booleans()),
+    coef=draw(coef_specs()),
+    classifier=classifier,
+    classifier_coef=None if classifier is None else draw(coef_specs()),
+    reset_norms_at=draw(
+      st.one_of(
+        st.just(()),
+        st.integers(0, steps),
+        st.lists(
+          st.integers(0, steps), min_size=1, max_size=3, unique=True
+        ).map(tuple),
+      )
+    ),
+    steps=steps,
+    lr=draw(st.one_of(st.floats(-4.0, 0.0).map(_power_of_10), st.just(0.0))),
+    log_grad_scale=draw(st.floats(-3.0, 3.0)),
+    seed=draw(st.integers(0, 2**32 - 1)),
   )
 
 
@@ -244,8 +254,13 @@ def init_params(case: Case, rng: np.random.Generator) -> dict:
     if key[-1] in ("kernel", "scale"):
       spec = layer_spec(case, key)
       fan_in = np.prod(np.zeros(padded_shape(case, key))[block].shape[:-1])
-      scales[key] = 0.0 if spec.log_scale is None else (
-          10**spec.log_scale / np.sqrt(fan_in if spec.kind != "norm" else 1))
+      scales[key] = (
+        0.0
+        if spec.log_scale is None
+        else (
+          10**spec.log_scale / np.sqrt(fan_in if spec.kind != "norm" else 1)
+        )
+      )
     else:
       scales[key] = 1.0
   return padded_random(case, rng, scales)
@@ -254,19 +269,19 @@ def init_params(case: Case, rng: np.random.Generator) -> dict:
 def draw_grads(case: Case, rng: np.random.Generator) -> list[dict]:
   scale = 10**case.log_grad_scale
   return [
-      padded_random(case, rng, dict.fromkeys(real_blocks(case), scale))
-      for _ in range(case.steps)
+    padded_random(case, rng, dict.fromkeys(real_blocks(case), scale))
+    for _ in range(case.steps)
   ]
 
 
 def ref_layers(case: Case) -> list[reference.RefLayer]:
   return [
-      reference.RefLayer(
-          (layer_name(i), weight_key(spec)),
-          (layer_name(i), "bias") if spec.has_bias else None,
-          spec.kind == "norm",
-      )
-      for i, spec in enumerate(case.layers)
+    reference.RefLayer(
+      (layer_name(i), weight_key(spec)),
+      (layer_name(i), "bias") if spec.has_bias else None,
+      spec.kind == "norm",
+    )
+    for i, spec in enumerate(case.layers)
   ]
 
 
@@ -278,12 +293,12 @@ def build_coef(spec: CoefSpec) -> tuple[optax.ScalarOrSchedule, Callable]:
   first, second, steps = spec.values
   if spec.kind == "linear":
     return (
-        optax.linear_schedule(first, second, steps),
-        lambda step: first + (second - first) * min(step, steps) / steps,
+      optax.linear_schedule(first, second, steps),
+      lambda step: first + (second - first) * min(step, steps) / steps,
     )
   return (
-      optax.piecewise_constant_schedule(first, {steps: second}),
-      lambda step: first * (second if step >= steps else 1.0),
+    optax.piecewise_constant_schedule(first, {steps: second}),
+    lambda step: first * (second if step >= steps else 1.0),
   )
 
 
@@ -311,9 +326,10 @@ def build_swr(case: Case) -> tuple[optax.GradientTransformation, Callable]:
   if not isinstance(classifier, int):
     classifier = [layer_name(i) for i in classifier]
   tx = optax_swr.swr(
-      coef, classifier=classifier, classifier_coef=classifier_coef, **kwargs)
+    coef, classifier=classifier, classifier_coef=classifier_coef, **kwargs
+  )
   return tx, lambda step: [
-      classifier_at(step) if is_head else coef_at(step) for is_head in mask
+    classifier_at(step) if is_head else coef_at(step) for is_head in mask
   ]
 
 
@@ -331,9 +347,9 @@ def conv_same(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
   pad = size // 2
   padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   return sum(
-      padded[:, i : i + height, j : j + width, :] @ kernel[i, j]
-      for i in range(size)
-      for j in range(size)
+    padded[:, i : i + height, j : j + width, :] @ kernel[i, j]
+    for i in range(size)
+    for j in range(size)
   )
 
 
@@ -372,7 +388,7 @@ def layer_norm_error(x: np.ndarray, error: np.ndarray) -> np.ndarray:
 
 
 def forward(
-    case: Case, flat: Flat, x: np.ndarray, errors: Flat | None = None
+  case: Case, flat: Flat, x: np.ndarray, errors: Flat | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """The chain in float64, and a bound on its error.
 
@@ -398,13 +414,15 @@ def forward(
     else:
       apply = conv_same if spec.kind == "conv" else np.matmul
       terms = weight.size // weight.shape[-1]
-      error = apply(error, big) + apply(np.abs(x), d_weight + (
-          terms + 2) * EPS64 * np.abs(weight))
+      error = apply(error, big) + apply(
+        np.abs(x), d_weight + (terms + 2) * EPS64 * np.abs(weight)
+      )
       x = apply(x, weight)
     if spec.has_bias:
       bias = get(flat, (layer_name(index), "bias"))
       error += get(errors, (layer_name(index), "bias")) + 2 * EPS64 * (
-          np.abs(x) + np.abs(bias))
+        np.abs(x) + np.abs(bias)
+      )
       x = x + bias
     if spec.kind != "norm" and index < len(case.layers) - 1:
       x = np.maximum(x, 0.0)
@@ -415,9 +433,12 @@ def forward(
 def last_norm_before(case: Case, index: int) -> int:
   """The last normalization layer at or before ``index``; 0 if none."""
   return max(
-      (i for i, spec in enumerate(case.layers[: index + 1])
-       if spec.kind == "norm"),
-      default=0,
+    (
+      i
+      for i, spec in enumerate(case.layers[: index + 1])
+      if spec.kind == "norm"
+    ),
+    default=0,
   )
 
 
@@ -428,7 +449,7 @@ def last_norm_layer(case: Case) -> int:
 
 def output_scale(case: Case, layer_scales: Sequence[float]) -> float:
   """Theorem 1's output factor: the product of c from the last norm layer on."""
-  return float(np.prod(layer_scales[last_norm_layer(case):]))
+  return float(np.prod(layer_scales[last_norm_layer(case) :]))
 
 
 # ------------------------------------------------------------------ tolerances
@@ -453,30 +474,36 @@ class Bounds(NamedTuple):
 
 
 def step_bounds(
-    case: Case, ref_norms, moved_norms, coefs, layer_scales
+  case: Case, ref_norms, moved_norms, coefs, layer_scales
 ) -> Bounds:
   blocks, layers = real_blocks(case), ref_layers(case)
   sizes = [
-      np.zeros(padded_shape(case, layer.weight))[blocks[layer.weight]].size
-      for layer in layers
+    np.zeros(padded_shape(case, layer.weight))[blocks[layer.weight]].size
+    for layer in layers
   ]
   norms = (np.asarray(sizes) + 2) * U32
   moved_norms, c = np.asarray(moved_norms), np.asarray(layer_scales)
   ratio = np.divide(
-      ref_norms, moved_norms, out=np.zeros_like(c), where=moved_norms > 0)
-  c_error = np.asarray(coefs) * ratio * (2 * norms + 3 * U32) + 4 * U32 * (
-      ratio + 1) + 2 * U32 * c
+    ref_norms, moved_norms, out=np.zeros_like(c), where=moved_norms > 0
+  )
+  c_error = (
+    np.asarray(coefs) * ratio * (2 * norms + 3 * U32)
+    + 4 * U32 * (ratio + 1)
+    + 2 * U32 * c
+  )
   c_error[moved_norms == 0] = 0.0  # Both give exactly 1.
   products = product_lengths(case)
   big_c_error = product_errors(case, c, c_error) + products * U32 * np.abs(
-      proportional_factors(case, c))
+    proportional_factors(case, c)
+  )
   return Bounds(norms, c_error, big_c_error)
 
 
 def product_lengths(case: Case) -> np.ndarray:
   """How many c each C multiplies (from the last norm layer up to it)."""
-  return np.asarray([
-      i + 1 - last_norm_before(case, i) for i in range(len(case.layers))])
+  return np.asarray(
+    [i + 1 - last_norm_before(case, i) for i in range(len(case.layers))]
+  )
 
 
 def product_errors(case: Case, c, c_error) -> np.ndarray:
@@ -498,7 +525,7 @@ def leaf_error_bound(param, update, factor, factor_error) -> np.ndarray:
   """
   p, u = np.abs(param), np.abs(update)
   return factor_error * (p + u) + 3 * U32 * (
-      abs(factor) * (p + u) + p + abs(factor - 1) * p
+    abs(factor) * (p + u) + p + abs(factor - 1) * p
   )
 
 
@@ -509,8 +536,9 @@ def assert_within(actual, expected, bound, message: str) -> None:
   expected, bound = (np.broadcast_to(v, error.shape) for v in (expected, bound))
   worst = np.unravel_index(np.argmax(error - bound), np.shape(error))
   assert np.all(error <= bound), (
-      f"{message}, at {worst}: swr {actual[worst]!r}, reference "
-      f"{expected[worst]!r}, bound {bound[worst]:.3g}")
+    f"{message}, at {worst}: swr {actual[worst]!r}, reference "
+    f"{expected[worst]!r}, bound {bound[worst]:.3g}"
+  )
 
 
 # ------------------------------------------------------------------- the run
@@ -550,10 +578,14 @@ def run_swr(case: Case, params, grads) -> list[Step]:
       base, adam_state = adam.update(grad, adam_state, params)
       updates, swr_state = tx.update(base, swr_state, params)
       new_params = optax.apply_updates(params, updates)
-      history.append(Step(
-          reference.flatten(params), reference.flatten(base),
-          reference.flatten(new_params), swr_state,
-      ))
+      history.append(
+        Step(
+          reference.flatten(params),
+          reference.flatten(base),
+          reference.flatten(new_params),
+          swr_state,
+        )
+      )
       params = new_params
   return history
 
@@ -565,24 +597,36 @@ def check_state(case, state, index, ref_norms, checked, moved_norms, bounds):
   assert int(state.step_count) == index + 1
   where = f"step {index}"
   ref_norms = np.asarray(ref_norms)
-  assert_within(state.reference_norms, ref_norms, bounds.norms * ref_norms,
-                f"{where}, reference_norms")
-  assert_within(state.layer_scales, c, bounds.layer_scales,
-                f"{where}, layer_scales")
-  assert_within(state.cumulative_scales, big_c, bounds.cumulative_scales,
-                f"{where}, cumulative_scales")
+  assert_within(
+    state.reference_norms,
+    ref_norms,
+    bounds.norms * ref_norms,
+    f"{where}, reference_norms",
+  )
+  assert_within(
+    state.layer_scales, c, bounds.layer_scales, f"{where}, layer_scales"
+  )
+  assert_within(
+    state.cumulative_scales,
+    big_c,
+    bounds.cumulative_scales,
+    f"{where}, cumulative_scales",
+  )
   moved_norms = np.asarray(moved_norms)
   assert_within(
-      state.weight_norms, c * moved_norms,
-      moved_norms * (bounds.layer_scales + c * (bounds.norms + U32)),
-      f"{where}, weight_norms")
+    state.weight_norms,
+    c * moved_norms,
+    moved_norms * (bounds.layer_scales + c * (bounds.norms + U32)),
+    f"{where}, weight_norms",
+  )
   for i, layer in enumerate(ref_layers(case)):
     if layer.is_norm:
       assert_within(
-          state.norm_input_scales[layer_name(i)],
-          big_c[i - 1] if i else 1.0,
-          bounds.cumulative_scales[i - 1] if i else 0.0,
-          f"{where}, norm_input_scales of {layer_name(i)}")
+        state.norm_input_scales[layer_name(i)],
+        big_c[i - 1] if i else 1.0,
+        bounds.cumulative_scales[i - 1] if i else 0.0,
+        f"{where}, norm_input_scales of {layer_name(i)}",
+      )
 
 
 def check_step(case, step: Step, index: int, ref_norms) -> Checked:
@@ -591,7 +635,8 @@ def check_step(case, step: Step, index: int, ref_norms) -> Checked:
   _, coefs_at = build_swr(case)
   moved = {k: step.params[k] + step.updates[k] for k in step.params}
   expected, c, big_c = reference.swr_step(
-      moved, layers, ref_norms, coefs_at(index))
+    moved, layers, ref_norms, coefs_at(index)
+  )
   moved_norms = reference.weight_norms(moved, layers)
   bounds = step_bounds(case, ref_norms, moved_norms, coefs_at(index), c)
 
@@ -603,7 +648,8 @@ def check_step(case, step: Step, index: int, ref_norms) -> Checked:
   errors = {}
   for key, value in step.new_params.items():
     errors[key] = leaf_error_bound(
-        step.params[key], step.updates[key], *factors.get(key, (1.0, 0.0)))
+      step.params[key], step.updates[key], *factors.get(key, (1.0, 0.0))
+    )
     assert_within(value, expected[key], errors[key], f"step {index}, {key}")
   checked = Checked(moved, expected, errors, c, big_c)
   check_state(case, step.state, index, ref_norms, checked, moved_norms, bounds)
@@ -633,8 +679,11 @@ def assert_proportional(case, moved, params, errors, layer_scales, x, name):
   after, after_error = forward(case, params, x, errors)
   bound = 2 * (after_error + scale * before_error) + 2 * EPS64 * np.abs(after)
   assert_within(
-      after, scale * before, np.where(bound < UNBOUNDED, bound, np.inf),
-      f"Theorem 1, {name}")
+    after,
+    scale * before,
+    np.where(bound < UNBOUNDED, bound, np.inf),
+    f"Theorem 1, {name}",
+  )
 
 
 def check_theorem_1(case: Case, step: Step, checked: Checked, x) -> None:
@@ -648,33 +697,48 @@ def check_theorem_1(case: Case, step: Step, checked: Checked, x) -> None:
   """
   layers = ref_layers(case)
   np.testing.assert_allclose(
-      checked.cumulative_scales,
-      proportional_factors(case, checked.layer_scales), rtol=1e-12)
+    checked.cumulative_scales,
+    proportional_factors(case, checked.layer_scales),
+    rtol=1e-12,
+  )
   reference_rounding = {
-      k: 4 * (len(layers) + 2) * EPS64 * np.abs(v)
-      for k, v in checked.expected.items()
+    k: 4 * (len(layers) + 2) * EPS64 * np.abs(v)
+    for k, v in checked.expected.items()
   }
   assert_proportional(
-      case, checked.moved, checked.expected, reference_rounding,
-      checked.layer_scales, x, "float64 reference")
+    case,
+    checked.moved,
+    checked.expected,
+    reference_rounding,
+    checked.layer_scales,
+    x,
+    "float64 reference",
+  )
 
   c = np.asarray(step.state.layer_scales, np.float64)
   big_c = proportional_factors(case, c)
   products = product_lengths(case)
-  assert_within(step.state.cumulative_scales, big_c,
-                products * U32 * np.abs(big_c), "swr's cumulative_scales")
+  assert_within(
+    step.state.cumulative_scales,
+    big_c,
+    products * U32 * np.abs(big_c),
+    "swr's cumulative_scales",
+  )
   errors = {}
   for key in step.new_params:
     errors[key] = leaf_error_bound(step.params[key], step.updates[key], 1.0, 0)
   for i, layer in enumerate(layers):
     errors[layer.weight] = leaf_error_bound(
-        step.params[layer.weight], step.updates[layer.weight], c[i], 0.0)
+      step.params[layer.weight], step.updates[layer.weight], c[i], 0.0
+    )
     if layer.bias is not None:
       errors[layer.bias] = leaf_error_bound(
-          step.params[layer.bias], step.updates[layer.bias], big_c[i],
-          products[i] * U32 * abs(big_c[i]))
-  assert_proportional(
-      case, checked.moved, step.new_params, errors, c, x, "swr")
+        step.params[layer.bias],
+        step.updates[layer.bias],
+        big_c[i],
+        products[i] * U32 * abs(big_c[i]),
+      )
+  assert_proportional(case, checked.moved, step.new_params, errors, c, x, "swr")
 
 
 def check_theorems_2_and_3(case, history, checked, ref_norm_history):
@@ -711,7 +775,8 @@ def check_theorems_2_and_3(case, history, checked, ref_norm_history):
       if coefs[i] != coefs[i + 1] or min(*ref_norms[pair], *moved[pair]) == 0:
         continue
       low, high = sorted(
-          [ref_norms[i + 1] / ref_norms[i], moved[i + 1] / moved[i]])
+        [ref_norms[i + 1] / ref_norms[i], moved[i + 1] / moved[i]]
+      )
       with np.errstate(divide="ignore", invalid="ignore"):
         ratio = after[i + 1] / after[i]
         relative = step_slack[i] / after[i] + step_slack[i + 1] / after[i + 1]
@@ -741,16 +806,19 @@ def drifted_factor_errors(case, ref_norms, ref_error, moved, drift, coefs, c):
   moved_error = relative_norm_error(drift, moved, layers)
   bounds = step_bounds(case, ref_norms, moved_norms, coefs, c)
   ratio = np.divide(
-      ref_norms, moved_norms, out=np.zeros(len(layers)),
-      where=moved_norms > 0)
+    ref_norms, moved_norms, out=np.zeros(len(layers)), where=moved_norms > 0
+  )
   relative = moved_error + ref_error
   with np.errstate(invalid="ignore"):  # 0 * inf in the branch not taken.
     drifted = np.where(
-        relative < 1e-2, np.asarray(coefs) * ratio * relative, UNBOUNDED)
+      relative < 1e-2, np.asarray(coefs) * ratio * relative, UNBOUNDED
+    )
   with np.errstate(over="ignore"):  # Capped at UNBOUNDED.
     big_c_error = product_errors(case, c, drifted) + bounds.cumulative_scales
-  return (np.minimum(drifted + bounds.layer_scales, UNBOUNDED),
-          np.minimum(big_c_error, UNBOUNDED))
+  return (
+    np.minimum(drifted + bounds.layer_scales, UNBOUNDED),
+    np.minimum(big_c_error, UNBOUNDED),
+  )
 
 
 def check_trajectory(case, params, grads, history) -> None:
@@ -767,8 +835,14 @@ def check_trajectory(case, params, grads, history) -> None:
   _, coefs_at = build_swr(case)
   flat_grads = [reference.flatten(g) for g in grads]
   ref_history = reference.train(
-      reference.flatten(params), layers, lambda p, t: flat_grads[t],
-      case.steps, coefs_at, lr=case.lr, reset_norms_at=reset_steps(case))
+    reference.flatten(params),
+    layers,
+    lambda p, t: flat_grads[t],
+    case.steps,
+    coefs_at,
+    lr=case.lr,
+    reset_norms_at=reset_steps(case),
+  )
   adam = reference.Adam(case.lr)  # The grads do not depend on the params.
   ref_params = reference.flatten(params)
   carried = {k: np.zeros_like(v) for k, v in ref_params.items()}
@@ -783,7 +857,8 @@ def check_trajectory(case, params, grads, history) -> None:
     drift = {k: carried[k] + ADAM_ATOL * case.lr for k in carried}
     _, c, big_c = reference.swr_step(moved, layers, ref_norms, coefs_at(index))
     c_error, big_c_error = drifted_factor_errors(
-        case, ref_norms, ref_error, moved, drift, coefs_at(index), c)
+      case, ref_norms, ref_error, moved, drift, coefs_at(index), c
+    )
     factors = {}
     for i, layer in enumerate(layers):
       factors[layer.weight] = (c[i], c_error[i])
@@ -794,13 +869,22 @@ def check_trajectory(case, params, grads, history) -> None:
       spread = np.abs(moved[key]) + drift[key]
       with np.errstate(over="ignore"):  # Capped at UNBOUNDED.
         carried[key] = np.minimum(
-            abs(factor) * drift[key] + factor_error * spread
-            + leaf_error_bound(
-                np.abs(ref_params[key]) + carried[key], np.abs(updates[key]),
-                factor, 0.0),
-            UNBOUNDED)
-      assert_within(value, expected[key], 2 * carried[key],
-                    f"trajectory step {index}, {key}")
+          abs(factor) * drift[key]
+          + factor_error * spread
+          + leaf_error_bound(
+            np.abs(ref_params[key]) + carried[key],
+            np.abs(updates[key]),
+            factor,
+            0.0,
+          ),
+          UNBOUNDED,
+        )
+      assert_within(
+        value,
+        expected[key],
+        2 * carried[key],
+        f"trajectory step {index}, {key}",
+      )
     ref_params = expected
 
 
@@ -828,12 +912,12 @@ def test_random_chains_match_the_reference_and_the_theorems(case: Case):
 
 
 @pytest.mark.xfail(
-    strict=True,
-    reason="swr's float32 norm squares the entries: 0 or inf out of range",
+  strict=True,
+  reason="swr's float32 norm squares the entries: 0 or inf out of range",
 )
 @pytest.mark.parametrize("magnitude", [1e-20, 1e20])
 def test_weights_whose_squares_leave_float32_range_are_still_rescaled(
-    magnitude,
+  magnitude,
 ):
   """Found while choosing the fuzz's init scales; a library limitation.
 
@@ -851,9 +935,14 @@ def test_weights_whose_squares_leave_float32_range_are_still_rescaled(
   tx = optax_swr.swr(coef=0.5)
   updates, state = tx.update(params, tx.init(params), params)  # u = p
   expected, c, _ = reference.swr_step(
-      {k: 2 * v for k, v in flat.items()}, layers,
-      reference.weight_norms(flat, layers), [0.5])
+    {k: 2 * v for k, v in flat.items()},
+    layers,
+    reference.weight_norms(flat, layers),
+    [0.5],
+  )
   np.testing.assert_allclose(state.layer_scales, c, rtol=1e-6)
   np.testing.assert_allclose(
-      optax.apply_updates(params, updates)["Dense_0"]["kernel"],
-      expected[("Dense_0", "kernel")], rtol=1e-6)
+    optax.apply_updates(params, updates)["Dense_0"]["kernel"],
+    expected[("Dense_0", "kernel")],
+    rtol=1e-6,
+  )
