@@ -408,7 +408,14 @@ def _classifier_mask(
 
 
 def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
-  steps = np.asarray(reset_norms_at)
+  try:
+    steps = np.asarray(reset_norms_at)
+  except jax.errors.TracerArrayConversionError:
+    raise ValueError(
+      "swr: `reset_norms_at` must be known when the update is traced; got "
+      "a traced value. Under optax.inject_hyperparams, pass "
+      "static_args=('reset_norms_at',)."
+    ) from None
   if steps.size == 0:
     return None
   if not np.issubdtype(steps.dtype, np.integer) or steps.ndim > 1:

@@ -232,3 +232,17 @@ def test_tree_map_params_works_for_models_without_normalization_layers():
   )
   assert mapped[0][0].mu == specs
   assert set(jax.tree.leaves(mapped[1])) == {"replicated"}
+
+
+def test_an_injected_reset_norms_at_asks_for_static_args():
+  params = helpers.mlp_params([3, 2])
+  tx = optax.inject_hyperparams(optax_swr.swr)(coef=0.1, reset_norms_at=3)
+  with pytest.raises(
+    ValueError, match=re.escape("static_args=('reset_norms_at',)")
+  ):
+    jax.jit(tx.update)(params, tx.init(params), params)
+  static = optax.inject_hyperparams(
+    optax_swr.swr, static_args=("reset_norms_at",)
+  )(coef=0.1, reset_norms_at=3)
+  _, state = jax.jit(static.update)(params, static.init(params), params)
+  assert int(state.inner_state.step_count) == 1
