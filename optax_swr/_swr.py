@@ -470,7 +470,25 @@ def _evaluate(coef: optax.ScalarOrSchedule, step_count: jax.Array):
 
 
 class LowPrecisionWarning(UserWarning):
-  """SWR's per-step rescaling is below the resolution of the weights' dtype."""
+  """SWR's per-step rescaling is below the resolution of the weights' dtype.
+
+  ``init`` warns once when a layer's weights are bfloat16 or float16 and the
+  constant ``coef`` (or ``classifier_coef``) is below half the dtype's
+  epsilon: the rescaling then rounds away whenever the base updates are
+  small. Keep float32 master params, or filter it with
+  ``warnings.simplefilter("ignore", optax_swr.LowPrecisionWarning)``.
+
+  Example:
+    >>> import warnings
+    >>> import jax.numpy as jnp
+    >>> import optax_swr
+    >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2), jnp.bfloat16)}}
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   _ = optax_swr.swr(coef=1e-3).init(params)
+    >>> caught[0].category.__name__
+    'LowPrecisionWarning'
+  """
 
 
 def _warn_if_below_resolution(
