@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from benchmarks import _timing
+from benchmarks import optimizer_step
 import optax_swr
 
 DEPTHS = (10, 100, 300, 1000)
@@ -40,17 +41,6 @@ OPTIMIZERS = {
   "adam": lambda: optax.adam(1e-3),
   "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
 }
-
-
-def make_params(depth: int) -> dict:
-  keys = jax.random.split(jax.random.key(0), depth)
-  return {
-    f"Dense_{i}": {
-      "kernel": jax.random.normal(k, (WIDTH, WIDTH)) / np.sqrt(WIDTH),
-      "bias": jnp.zeros(WIDTH),
-    }
-    for i, k in enumerate(keys)
-  }
 
 
 def loss(params: dict, x: jax.Array) -> jax.Array:
@@ -75,7 +65,7 @@ def make_step(tx: optax.GradientTransformation, train_step: bool):
 
 def measure(depth: int, name: str, train_step: bool, repeats: int) -> dict:
   tx = OPTIMIZERS[name]()
-  params = make_params(depth)
+  params = optimizer_step.make_params(depth, WIDTH)
   opt_state = tx.init(params)
   data = (
     jnp.ones((BATCH, WIDTH))

@@ -39,7 +39,7 @@ DTYPES = {
 STEPS = 100
 
 
-def norm_ratio_after_shrinking(dtype, coef: float, steps: int) -> float:
+def norm_ratio_after_shrinking(dtype, coef: float, steps: int = STEPS) -> float:
   """||W|| / n after ``steps`` SWR steps from ||W|| = 2n, zero updates."""
   weight = np.random.default_rng(0).normal(size=(32, 32)) / np.sqrt(32)
   tx = optax_swr.swr(coef=coef)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 import pytest
 
+from benchmarks.low_precision import norm_ratio_after_shrinking
 import optax_swr
 from tests import helpers
 from tests import reference
@@ -149,28 +150,6 @@ def test_large_bfloat16_weights_get_a_float32_norm():
   np.testing.assert_allclose(state.reference_norms, [2400.0], rtol=1e-6)
 
 
-def shrink_doubled_weights(dtype, coef, steps=100):
-  """||W|| / n after `steps` SWR steps from ||W|| = 2n with zero updates.
-
-  Exact arithmetic gives 1 + (1 - coef) ** steps.
-  """
-  weight = np.random.default_rng(0).normal(size=(32, 32)) / np.sqrt(32)
-  tx = optax_swr.swr(coef=coef)
-  state = tx.init({"Dense_0": {"kernel": jnp.asarray(weight, dtype)}})
-  params = {"Dense_0": {"kernel": jnp.asarray(2 * weight, dtype)}}
-  zeros = jax.tree.map(jnp.zeros_like, params)
-
-  @jax.jit
-  def step(params, state):
-    updates, state = tx.update(zeros, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for _ in range(steps):
-    params, state = step(params, state)
-  norm = np.linalg.norm(np.asarray(params["Dense_0"]["kernel"], np.float64))
-  return norm / float(state.reference_norms[0])
-
-
 def test_bfloat16_below_resolution_warns_once_and_indeed_does_nothing():
   params = {"Dense_0": {"kernel": jnp.ones((4, 4), jnp.bfloat16)}}
   tx = optax_swr.swr(coef=1e-3)
@@ -183,16 +162,16 @@ def test_bfloat16_below_resolution_warns_once_and_indeed_does_nothing():
 
   exact = 1 + (1 - 1e-3) ** 100
   np.testing.assert_allclose(
-    shrink_doubled_weights(jnp.float32, 1e-3), exact, rtol=1e-4
+    norm_ratio_after_shrinking(jnp.float32, 1e-3), exact, rtol=1e-4
   )
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optax_swr.LowPrecisionWarning)
-    assert shrink_doubled_weights(jnp.bfloat16, 1e-3) == pytest.approx(
+    assert norm_ratio_after_shrinking(jnp.bfloat16, 1e-3) == pytest.approx(
       2.0, abs=1e-3
     )
   # Above the resolution (bf16: 3.9e-3), bf16 follows the exact shrinkage.
   np.testing.assert_allclose(
-    shrink_doubled_weights(jnp.bfloat16, 1e-2), 1 + 0.99**100, rtol=0.02
+    norm_ratio_after_shrinking(jnp.bfloat16, 1e-2), 1 + 0.99**100, rtol=0.02
   )
 
 
