@@ -4,7 +4,8 @@ The training set is split into ``--chunks`` random chunks. With ``--access
 full``, stage k trains on chunks 1..k; with ``--access limited``, only on
 chunk k. Each stage trains ``--epochs`` epochs; the test set is evaluated
 after every epoch; the data change (Shrink & Perturb, head reset) comes
-before every stage but the first.
+before every stage but the first. The split into chunks is drawn per seed;
+a chunk smaller than one batch is refused.
 
   python examples/continual.py --data digits --access full --chunks 10
   python examples/continual.py --data fashion_mnist --access limited --out cl.json
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+import functools
 import os
 import sys
 
@@ -26,12 +28,15 @@ import numpy as np
 from examples import protocols
 
 
-def stages(x: np.ndarray, y: np.ndarray, chunks: int, access: str):
-  """The training set of every stage, from a fixed random split."""
-  parts = np.array_split(np.random.default_rng(0).permutation(len(x)), chunks)
+def stages(
+  train: np.ndarray, seed: int, chunks: int, access: str
+) -> list[np.ndarray]:
+  """The training examples of every stage, from a random split per seed."""
+  order = np.random.default_rng(seed).permutation(train)
+  parts = np.array_split(order, chunks)
   if access == "full":
-    parts = [np.sort(np.concatenate(parts[: k + 1])) for k in range(chunks)]
-  return [(x[part], y[part]) for part in parts]
+    parts = [np.concatenate(parts[: k + 1]) for k in range(chunks)]
+  return [np.sort(part) for part in parts]
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -49,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   results = protocols.run_protocol(
     settings,
     dataset,
-    stages(dataset.x_train, dataset.y_train, args.chunks, args.access),
+    functools.partial(stages, chunks=args.chunks, access=args.access),
   )
   results["config"].update(access=args.access, chunks=args.chunks)
   protocols.finish(results, settings)

@@ -41,6 +41,9 @@ Batch = tuple[np.ndarray, np.ndarray]  # Inputs [B, ...] and int32 labels [B].
 DIGITS_MAX_PIXEL = 16.0  # scikit-learn's digits have pixel values 0..16.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 BUILT_IN = ("digits", "fashion_mnist", "cifar10", "cifar100")
+# Built-in sets without a train/test split of their own: experiments draw
+# one per seed (``stratified_split``).
+NO_FIXED_SPLIT = ("digits",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,25 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     x, y, test_size=test_fraction, stratify=y, random_state=seed
   )
   return Dataset(x_train, y_train, x_test, y_test)
+
+
+def stratified_split(
+  y: np.ndarray, num_train: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Training and test indices of ``y``, each class in its share on both.
+
+  Args:
+    y: the labels of every example.
+    num_train: how many examples go to training; the rest to testing.
+    seed: seed of the split.
+
+  Returns:
+    Sorted int arrays ``(train, test)`` that partition ``range(len(y))``.
+  """
+  train, test = model_selection.train_test_split(
+    np.arange(len(y)), train_size=num_train, stratify=y, random_state=seed
+  )
+  return np.sort(train), np.sort(test)
 
 
 def batches(
@@ -152,11 +174,37 @@ def load_npz(path: str) -> Dataset:
         f"--data: {path!r} lacks the arrays {sorted(missing)}; it needs "
         "x_train, y_train, x_test, y_test."
       )
-    return Dataset(
+    dataset = Dataset(
       _as_images(arrays["x_train"]),
       _as_labels(arrays["y_train"]),
       _as_images(arrays["x_test"]),
       _as_labels(arrays["y_test"]),
+    )
+  _check_consistent(path, dataset)
+  return dataset
+
+
+def _check_consistent(path: str, dataset: Dataset) -> None:
+  """Inputs and labels pair up, and test labels are classes of training."""
+  for split in ("train", "test"):
+    x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+    if len(x) != len(y):
+      raise ValueError(
+        f"--data: {path!r} has {len(x)} x_{split} but {len(y)} y_{split}; "
+        "every input needs one label."
+      )
+  if dataset.x_train.shape[1:] != dataset.x_test.shape[1:]:
+    raise ValueError(
+      f"--data: {path!r}: x_train examples have shape "
+      f"{dataset.x_train.shape[1:]} but x_test examples "
+      f"{dataset.x_test.shape[1:]}; both need one shape."
+    )
+  unseen = np.setdiff1d(dataset.y_test, dataset.y_train)
+  if unseen.size:
+    raise ValueError(
+      f"--data: {path!r}: y_test has labels {unseen.tolist()} out of the "
+      f"range of y_train (0..{dataset.y_train.max()}); labels must be "
+      "classes 0..C-1 that the training set has."
     )
 
 

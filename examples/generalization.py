@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   results = protocols.run_protocol(
     settings,
     dataset,
-    [(dataset.x_train, dataset.y_train)],
+    lambda train, seed: [train],
     lr_boundaries_at=LR_DECAY_AT if args.lr_decay else (),
   )
   protocols.finish(results, settings)

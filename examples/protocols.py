@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 import dataclasses
+import functools
 import json
+import os
 import platform
 import time
 from typing import Any
@@ -32,8 +34,8 @@ import optax
 import tqdm
 
 from examples import data
+from examples import engine as engine_lib
 from examples import models_linen
-from examples import training
 import optax_swr
 from optax_swr import baselines
 from optax_swr import metrics
@@ -73,7 +75,9 @@ CLASSIFIER_LAYERS = {
   "resnet18": 1,
   "transformer": 1,
 }
-EVAL_BATCH = 1000
+
+Engine = engine_lib.Engine
+stack = engine_lib.stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Settings:
   max_train: int | None = None
   max_test: int | None = None
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+  until_train_acc: float | None = None
   progress: bool = True
   out: str | None = None
 
@@ -152,6 +157,15 @@ def add_flags(parser: argparse.ArgumentParser, default_methods: str) -> None:
     default=None,
     help="SWR's lambda_c (default: the paper's best)",
   )
+  parser.add_argument(
+    "--until-train-acc",
+    type=float,
+    default=None,
+    help=(
+      "train each phase until this training accuracy (e.g. 0.99), with "
+      "--epochs as the cap"
+    ),
+  )
   parser.add_argument("--out", default=None, help="write the results as JSON")
   parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -164,6 +178,14 @@ def settings_from_flags(
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise ValueError(f"--methods: unknown {unknown}; choose from {METHODS}.")
+  check_positive("--epochs", args.epochs)
+  check_positive("--seeds", args.seeds)
+  check_positive("--batch-size", args.batch_size)
+  if args.until_train_acc is not None and not 0 < args.until_train_acc <= 1:
+    raise ValueError(
+      f"--until-train-acc must be in (0, 1]; got {args.until_train_acc}."
+    )
+  check_out_path(args.out)
   paper = PAPER_SWR_COEFS[swr_table].get(args.model, (1e-3, 1e-3))
   swr_coefs = (
     paper[0] if args.swr is None else args.swr,
@@ -189,10 +211,17 @@ def settings_from_flags(
     max_train=args.max_train,
     max_test=args.max_test,
     coefs=coefs,
+    until_train_acc=args.until_train_acc,
     progress=args.progress,
     out=args.out,
     **extra,
   )
+
+
+def check_positive(flag: str, value: int) -> None:
+  """Raises a ValueError naming ``flag`` unless ``value`` >= 1."""
+  if value < 1:
+    raise ValueError(f"{flag} must be at least 1; got {value}.")
 
 
 def load_data(settings: Settings) -> data.Dataset:
@@ -203,23 +232,38 @@ def load_data(settings: Settings) -> data.Dataset:
 
 @dataclasses.dataclass
 class Method:
-  """A method's optimizer and what it does at a change of the data."""
+  """A method's optimizer and what it does at a change of the data.
+
+  ``on_data_change(params, initial_params, fresh_params)`` returns the
+  params to go on with: Shrink & Perturb moves toward the network's own
+  initial params, head reset takes a fresh draw.
+  """
 
   tx: optax.GradientTransformation
-  on_data_change: Callable[[Any, Any], Any] | None = None  # (params, fresh)
+  on_data_change: Callable[[Any, Any, Any], Any] | None = None
 
 
 def make_method(
   name: str,
-  settings: Settings,
+  coefs: Sequence[float],
   layers: tuple[tuple[Any, ...], ...],
+  head: tuple[tuple[Any, ...], ...],
   lr: optax.ScalarOrSchedule,
-  lr_boundaries: Sequence[int],
+  lr_boundaries: Sequence[int] = (),
 ) -> Method:
-  """Builds one method of ``METHODS`` for the given layers."""
+  """Builds one method of ``METHODS`` for the given layers.
+
+  Args:
+    name: a name of ``METHODS``.
+    coefs: its coefficients: one for ``l2``, ``l2_init`` and ``snp``;
+      ``(lambda_f, lambda_c)`` for ``swr`` and ``swr_reinit``.
+    layers: every layer, in forward order.
+    head: the classifier layers (the end of ``layers``).
+    lr: Adam's learning rate or schedule.
+    lr_boundaries: where the learning rate drops (``swr_reinit`` resets its
+      reference norms there).
+  """
   adam = optax.adam(lr)
-  coefs = settings.coefs.get(name, ())
-  head = layers[-CLASSIFIER_LAYERS[settings.model] :]
   if name == "vanilla":
     return Method(adam)
   if name == "l2":
@@ -228,167 +272,264 @@ def make_method(
     return Method(optax.chain(baselines.l2_init(coefs[0]), adam))
   if name == "snp":
     return Method(
-      adam, lambda p, fresh: baselines.shrink_perturb(p, fresh, coefs[0])
+      adam,
+      lambda p, initial, _: baselines.shrink_perturb(p, initial, coefs[0]),
     )
   if name == "head_reset":
-    return Method(adam, lambda p, fresh: baselines.reset_layers(p, fresh, head))
+    return Method(
+      adam, lambda p, _, fresh: baselines.reset_layers(p, fresh, head)
+    )
   rescale = optax_swr.swr(
     coefs[0],
     layers=layers,
     classifier=len(head),
-    classifier_coef=coefs[1],
+    classifier_coef=coefs[-1],
     reset_norms_at=tuple(lr_boundaries) if name == "swr_reinit" else (),
   )
   return Method(optax.chain(adam, rescale))
 
 
-class Run:
-  """One method, one seed: the model's state and its training loop."""
+@dataclasses.dataclass(frozen=True)
+class Pool:
+  """Every example of a data set on the device, and each seed's split.
 
-  def __init__(self, variables, method: Method, step, logits, layers, balanced):
-    self.params = variables["params"]
-    self.batch_stats = variables.get("batch_stats", {})
-    self.method = method
-    self.step = step  # jitted once per method, shared by the seeds
-    self.logits = logits
-    self.layers = layers
-    self.balanced = balanced
-    self.opt_state = method.tx.init(self.params)
+  The protocols index the pool: a phase is an index array per seed. Data
+  sets with a train/test split of their own (Fashion-MNIST, a user's .npz)
+  keep it for every seed; the digits, which have none, are split anew per
+  seed (stratified, the same sizes).
 
-  def train_epoch(
-    self, x, y, batch_size: int, rng: np.random.Generator
-  ) -> None:
-    for images, labels in full_batches(x, y, batch_size, rng):
-      self.params, self.batch_stats, self.opt_state = self.step(
-        self.params, self.batch_stats, self.opt_state, images, labels
-      )
-
-  def data_change(self, fresh_params: Any) -> None:
-    if self.method.on_data_change is not None:
-      self.params = self.method.on_data_change(self.params, fresh_params)
-
-  def test_accuracy(self, dataset: data.Dataset) -> float:
-    variables = {"params": self.params, "batch_stats": self.batch_stats}
-    correct = 0
-    for start in range(0, len(dataset.x_test), EVAL_BATCH):
-      logits = self.logits(
-        variables, dataset.x_test[start : start + EVAL_BATCH]
-      )
-      correct += int(
-        jnp.sum(
-          jnp.argmax(logits, -1) == dataset.y_test[start : start + EVAL_BATCH]
-        )
-      )
-    return correct / len(dataset.x_test)
-
-  def norms(self) -> list[float]:
-    return np.asarray(metrics.layer_norms(self.params, self.layers)).tolist()
-
-  def balancedness(self) -> float | None:
-    if not self.balanced:
-      return None
-    return float(metrics.balancedness(self.params, self.layers))
-
-
-def full_batches(x, y, batch_size: int, rng: np.random.Generator):
-  """One epoch of batches of one shape, so that each method compiles once.
-
-  Every example comes once in a random order; the last batch is filled up
-  with random examples of the same set (and a set smaller than a batch is
-  repeated), so an epoch is ``ceil(len(x) / batch_size)`` steps.
+  Attributes:
+    x: every input, on the device.
+    y: every label, on the device.
+    train: ``[seeds, num_train]`` indices of each seed's training examples.
+    test: ``[seeds, num_test]`` indices of each seed's test examples.
   """
-  steps = -(-len(x) // batch_size)
-  order = rng.permutation(len(x))
-  fill = rng.choice(len(x), steps * batch_size - len(x))
-  order = np.concatenate([order, fill]).reshape(steps, batch_size)
-  for index in order:
-    yield x[index], y[index]
+
+  x: jax.Array
+  y: jax.Array
+  train: np.ndarray
+  test: np.ndarray
 
 
-def _train_step(module, tx):
-  """One jitted step; BatchNorm statistics follow an SWR step."""
+def make_pool(name: str, dataset: data.Dataset, seeds: int) -> Pool:
+  """The pool of ``dataset``; ``name`` decides whether its split is redrawn."""
+  x = np.concatenate([dataset.x_train, dataset.x_test])
+  y = np.concatenate([dataset.y_train, dataset.y_test])
+  num_train = len(dataset.x_train)
+  if name in data.NO_FIXED_SPLIT:
+    train, test = zip(
+      *(data.stratified_split(y, num_train, seed) for seed in range(seeds))
+    )
+  else:
+    train = [np.arange(num_train)] * seeds
+    test = [np.arange(num_train, len(x))] * seeds
+  return Pool(jnp.asarray(x), jnp.asarray(y), np.stack(train), np.stack(test))
 
-  @jax.jit
-  def step(params, batch_stats, opt_state, x, y):
-    def loss_fn(params):
-      logits, mutated = module.apply(
-        {"params": params, "batch_stats": batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, mutated.get("batch_stats", {})
 
-    grads, new_stats = jax.grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    if new_stats and training.has_swr(opt_state):
-      new_stats = optax_swr.sync_batch_stats(new_stats, opt_state)
-    return optax.apply_updates(params, updates), new_stats, opt_state
-
-  return step
+PhaseFn = Callable[[np.ndarray, int], Sequence[np.ndarray]]
 
 
 def run_protocol(
   settings: Settings,
   dataset: data.Dataset,
-  phases: Sequence[tuple[np.ndarray, np.ndarray]],
+  phases: PhaseFn,
   lr_boundaries_at: Sequence[float] = (),
-  extra_runs: dict[str, Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
+  extra_runs: dict[str, PhaseFn] | None = None,
 ) -> dict[str, Any]:
-  """Trains every method for every seed through the phases.
+  """Trains every method, all seeds side by side, through the phases.
 
   Args:
     settings: the run's settings.
     dataset: the data; its test set is evaluated after every epoch.
-    phases: the training sets, in order; a data change precedes each phase
-      after the first.
+    phases: ``phases(train_indices, seed)``: the training sets, as indices
+      into the pool, in order; a data change precedes each phase after the
+      first.
     lr_boundaries_at: fractions of the total steps where the learning rate
       drops to a tenth (and ``swr_reinit`` resets its reference norms).
     extra_runs: further entries trained with vanilla Adam on other phases,
-      e.g. ``{"from_scratch": [full_data]}`` for the warm-start reference.
+      e.g. ``{"from_scratch": lambda train, seed: [train]}``.
 
   Returns:
-    ``{"config", "versions", "methods"}``, as documented in
+    ``{"config", "versions", "wall_time_s", "methods"}``, as documented in
     ``examples/README.md``.
   """
-  in_shape = dataset.x_train.shape[1:]
+  start = time.perf_counter()
+  pool = make_pool(settings.data, dataset, settings.seeds)
   module, variables = models_linen.create(
-    settings.model, dataset.num_classes, in_shape, width=settings.width
+    settings.model,
+    dataset.num_classes,
+    dataset.x_train.shape[1:],
+    width=settings.width,
   )
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", optax_swr.NotAChainWarning)
     layers = optax_swr.layers_from_linen(
       module, variables, dataset.x_train[:1], train=True
     )
-  balanced = not _has_normalization(variables["params"], layers)
   entries = [(m, phases) for m in settings.methods]
-  entries += [(name, p) for name, p in (extra_runs or {}).items()]
-  bar = tqdm.tqdm(
-    total=settings.seeds * sum(len(p) for _, p in entries) * settings.epochs,
-    disable=not settings.progress,
-    desc=settings.protocol,
-    unit="epoch",
-  )
+  entries += list((extra_runs or {}).items())
   results = {}
   for name, entry_phases in entries:
     results[name] = _run_method(
-      name,
-      settings,
-      dataset,
-      entry_phases,
-      module,
-      layers,
-      balanced,
-      lr_boundaries_at,
-      bar,
+      name, settings, pool, entry_phases, module, layers, lr_boundaries_at
     )
-  bar.close()
   return {
     "config": _config(settings, dataset, layers, lr_boundaries_at),
     "versions": versions(),
+    "wall_time_s": time.perf_counter() - start,
     "methods": results,
   }
+
+
+def seed_phases(
+  phases: PhaseFn, pool: Pool, batch_size: int
+) -> list[np.ndarray]:
+  """Each phase's ``[seeds, n]`` training indices; checks n >= a batch."""
+  per_seed = [
+    list(phases(train, seed)) for seed, train in enumerate(pool.train)
+  ]
+  stacked = [np.stack(phase) for phase in zip(*per_seed)]
+  for number, phase in enumerate(stacked, start=1):
+    if phase.shape[1] < batch_size:
+      raise ValueError(
+        f"phase {number} has {phase.shape[1]} training examples, fewer "
+        f"than one batch (--batch-size {batch_size}); use fewer --chunks, "
+        "a smaller --batch-size or more data."
+      )
+  return stacked
+
+
+def variables_per_seed(
+  settings: Settings, pool: Pool, num_classes: int, seed_offset: int = 0
+) -> list[dict[str, Any]]:
+  """One initialisation of the model per seed (``seed + seed_offset``)."""
+  in_shape = pool.x.shape[1:]
+  return [
+    models_linen.create(
+      settings.model,
+      num_classes,
+      in_shape,
+      width=settings.width,
+      seed=seed + seed_offset,
+    )[1]
+    for seed in range(settings.seeds)
+  ]
+
+
+def _run_method(
+  name, settings, pool, phases_fn, module, layers, lr_boundaries_at
+) -> dict[str, Any]:
+  start = time.perf_counter()
+  method_name = name if name in METHODS else "vanilla"
+  phases = seed_phases(phases_fn, pool, settings.batch_size)
+  steps_per_epoch = [-(-p.shape[1] // settings.batch_size) for p in phases]
+  until = settings.until_train_acc
+  total_steps = settings.epochs * sum(steps_per_epoch)
+  boundaries = sorted({int(f * total_steps) for f in lr_boundaries_at})
+  lr = (
+    optax.piecewise_constant_schedule(settings.lr, {b: 0.1 for b in boundaries})
+    if boundaries
+    else settings.lr
+  )
+  coefs = settings.coefs.get(method_name, ())
+  head = layers[-CLASSIFIER_LAYERS[settings.model] :]
+  method = make_method(method_name, coefs, layers, head, lr, boundaries)
+  engine = Engine(module, method.tx)
+  num_classes = int(jnp.max(pool.y)) + 1
+  variables = variables_per_seed(settings, pool, num_classes)
+  state = engine.init(variables)
+  initial = stack([v["params"] for v in variables])
+  labels = jnp.broadcast_to(pool.y, (settings.seeds, len(pool.y)))
+  rngs = [np.random.default_rng(seed) for seed in range(settings.seeds)]
+  balanced = not _has_normalization(variables[0]["params"], layers)
+  norms, balance = lane_metrics(layers)
+  max_steps = max(steps_per_epoch)
+  lanes = range(settings.seeds)
+  record: dict[str, Any] = {
+    key: [[] for _ in lanes]
+    for key in ("test_acc", "online_acc", "weight_norms", "balancedness")
+  }
+  record["epochs_per_phase"] = [[] for _ in lanes]
+  record["phase_train_acc"] = [[] for _ in lanes]
+  steps_done = np.zeros(settings.seeds, np.int64)
+  bar = tqdm.tqdm(
+    total=len(phases) * settings.epochs,
+    disable=not settings.progress,
+    desc=f"{settings.protocol} {name}",
+    unit="epoch",
+  )
+  for number, phase in enumerate(phases):
+    if number and method.on_data_change is not None:
+      fresh = stack(
+        [
+          v["params"]
+          for v in variables_per_seed(
+            settings, pool, num_classes, 1000 * (number + 1)
+          )
+        ]
+      )
+      state = state._replace(
+        params=method.on_data_change(state.params, initial, fresh)
+      )
+    active = np.ones(settings.seeds, bool)
+    epochs = np.zeros(settings.seeds, np.int64)
+    for _ in range(settings.epochs):
+      steps = steps_per_epoch[number]
+      # Padded to the longest phase's epoch: one compilation for all.
+      order = np.zeros((settings.seeds, max_steps, settings.batch_size), int)
+      for lane in lanes:
+        order[lane, :steps] = phase[lane][
+          engine_lib.epoch_order(
+            rngs[lane], phase.shape[1], settings.batch_size, steps
+          )
+        ]
+      state, online = engine.train(
+        state, pool.x, labels, order, np.where(active, steps, 0)
+      )
+      steps_done += np.where(active, steps, 0)
+      epochs += active
+      test = engine.accuracy(state, pool.x, labels, pool.test)
+      layer_norms = np.asarray(norms(state.params))
+      balances = np.asarray(balance(state.params)) if balanced else None
+      for lane in np.flatnonzero(active):
+        record["test_acc"][lane].append(float(test[lane]))
+        record["online_acc"][lane].append(float(online[lane]))
+        record["weight_norms"][lane].append(layer_norms[lane].tolist())
+        record["balancedness"][lane].append(
+          None if balances is None else float(balances[lane])
+        )
+      bar.set_postfix(test_acc=f"{test.mean():.4f}")
+      bar.update()
+      if until is not None:
+        train_acc = engine.accuracy(state, pool.x, labels, phase)
+        active &= train_acc < until
+        if not active.any():
+          break
+    train_acc = engine.accuracy(state, pool.x, labels, phase)
+    for lane in lanes:
+      record["epochs_per_phase"][lane].append(int(epochs[lane]))
+      record["phase_train_acc"][lane].append(float(train_acc[lane]))
+  bar.close()
+  record["final_test_acc"] = [run[-1] for run in record["test_acc"]]
+  if not balanced:
+    record["balancedness"] = None
+  record["total_steps"] = steps_done.tolist()
+  record["seconds"] = time.perf_counter() - start
+  record["hparams"] = {
+    "method": method_name,
+    "lr": settings.lr,
+    "lr_boundaries": boundaries,
+    "coefs": list(coefs),
+  }
+  return record
+
+
+@functools.cache
+def lane_metrics(layers: tuple[tuple[Any, ...], ...]) -> tuple[Any, Any]:
+  """Jitted per-lane weight norms and balancedness, compiled once."""
+  norms = jax.jit(jax.vmap(lambda p: metrics.layer_norms(p, layers)))
+  balance = jax.jit(jax.vmap(lambda p: metrics.balancedness(p, layers)))
+  return norms, balance
 
 
 def _has_normalization(params, layers) -> bool:
@@ -402,84 +543,6 @@ def _has_normalization(params, layers) -> bool:
   return False
 
 
-def _run_method(
-  name,
-  settings,
-  dataset,
-  phases,
-  module,
-  layers,
-  balanced,
-  lr_boundaries_at,
-  bar,
-) -> dict[str, Any]:
-  method_name = name if name in METHODS else "vanilla"
-  logits = jax.jit(lambda v, x: module.apply(v, x, train=False))
-  steps_per_epoch = [-(-len(x) // settings.batch_size) for x, _ in phases]
-  total_steps = settings.epochs * sum(steps_per_epoch)
-  boundaries = sorted({int(f * total_steps) for f in lr_boundaries_at})
-  lr = (
-    optax.piecewise_constant_schedule(settings.lr, {b: 0.1 for b in boundaries})
-    if boundaries
-    else settings.lr
-  )
-  method = make_method(method_name, settings, layers, lr, boundaries)
-  step = _train_step(module, method.tx)
-  record = {
-    key: []
-    for key in (
-      "test_acc",
-      "final_test_acc",
-      "weight_norms",
-      "balancedness",
-      "seconds",
-    )
-  }
-  for seed in range(settings.seeds):
-    start = time.perf_counter()
-    _, variables = models_linen.create(
-      settings.model,
-      dataset.num_classes,
-      dataset.x_train.shape[1:],
-      width=settings.width,
-      seed=seed,
-    )
-    run = Run(variables, method, step, logits, layers, balanced)
-    rng = np.random.default_rng(seed)
-    accuracies, norms, balance = [], [], []
-    for phase, (x, y) in enumerate(phases):
-      if phase:
-        _, fresh = models_linen.create(
-          settings.model,
-          dataset.num_classes,
-          dataset.x_train.shape[1:],
-          width=settings.width,
-          seed=1000 * (seed + 1) + phase,
-        )
-        run.data_change(fresh["params"])
-      for _ in range(settings.epochs):
-        run.train_epoch(x, y, settings.batch_size, rng)
-        accuracies.append(run.test_accuracy(dataset))
-        norms.append(run.norms())
-        balance.append(run.balancedness())
-        bar.set_postfix(
-          method=name, seed=seed, test_acc=f"{accuracies[-1]:.4f}"
-        )
-        bar.update()
-    record["test_acc"].append(accuracies)
-    record["final_test_acc"].append(accuracies[-1])
-    record["weight_norms"].append(norms)
-    record["balancedness"].append(balance if balanced else None)
-    record["seconds"].append(time.perf_counter() - start)
-  record["hparams"] = {
-    "method": method_name,
-    "lr": settings.lr,
-    "lr_boundaries": boundaries,
-    "coefs": list(settings.coefs.get(method_name, ())),
-  }
-  return record
-
-
 def _config(settings, dataset, layers, lr_boundaries_at) -> dict[str, Any]:
   config = dataclasses.asdict(settings)
   config.update(
@@ -489,6 +552,7 @@ def _config(settings, dataset, layers, lr_boundaries_at) -> dict[str, Any]:
     num_classes=dataset.num_classes,
     layers=["/".join(map(str, p)) for p in layers],
     lr_decay_at=list(lr_boundaries_at),
+    split_per_seed=settings.data in data.NO_FIXED_SPLIT,
   )
   return config
 
@@ -506,11 +570,33 @@ def versions() -> dict[str, str]:
   }
 
 
-def finish(results: dict[str, Any], settings: Settings) -> None:
-  """Writes the JSON (if ``--out``) and prints the final accuracies."""
-  if settings.out:
-    with open(settings.out, "w") as file:
+def write_json(path: str, results: dict[str, Any]) -> None:
+  """Writes ``results`` to ``path`` whole or not at all (never a partial file)."""
+  temporary = f"{path}.partial"
+  try:
+    with open(temporary, "w") as file:
       json.dump(results, file)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def check_out_path(path: str | None) -> None:
+  """Fails before any training if ``--out`` can't be written."""
+  if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    raise ValueError(
+      f"--out: the folder of {path!r} does not exist; create it first."
+    )
+
+
+def finish(results: dict[str, Any], settings: Settings) -> None:
+  """Writes the JSON (if ``--out``) and prints the final accuracies.
+
+  The +- is the sample standard deviation over seeds (ddof=1).
+  """
+  if settings.out:
+    write_json(settings.out, results)
   print(
     f"\n{settings.protocol}: {settings.data}, {settings.model}, "
     f"{settings.epochs} epochs per phase, {settings.seeds} seeds"
@@ -519,6 +605,7 @@ def finish(results: dict[str, Any], settings: Settings) -> None:
   for name, entry in results["methods"].items():
     final = np.array(entry["final_test_acc"])
     norm = np.mean([seed[-1] for seed in entry["weight_norms"]], axis=0).sum()
-    print(f"{name:12s} {final.mean():14.4f} +- {final.std():.4f} {norm:12.2f}")
+    std = final.std(ddof=1) if len(final) > 1 else 0.0
+    print(f"{name:12s} {final.mean():14.4f} +- {std:.4f} {norm:12.2f}")
   if settings.out:
     print(f"results written to {settings.out}")

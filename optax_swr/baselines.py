@@ -26,9 +26,9 @@ are loss terms (their gradient is added to the loss gradient):
 
 Two act on the params once, at each change of the data:
 
-* :func:`shrink_perturb`: ``theta <- (1 - coef) * theta + coef * theta_new``
-  with ``theta_new`` a fresh initialisation (the paper's simplified Shrink &
-  Perturb of Ash & Adams, 2020).
+* :func:`shrink_perturb`: ``theta <- (1 - coef) * theta + coef * theta_0``
+  with ``theta_0`` the network's own initial params (the paper's simplified
+  Shrink & Perturb of Ash & Adams, 2020, as the authors' code runs it).
 * :func:`reset_layers`: the listed layers (the classifier head) take their
   fresh initialisation; everything else, optimizer state included, is kept.
 
@@ -146,16 +146,20 @@ def l2_init(coef: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def shrink_perturb(params: Any, fresh_params: Any, coef: float) -> Any:
-  """Shrink & Perturb, simplified: ``(1 - coef) * params + coef * fresh``.
+def shrink_perturb(params: Any, initial_params: Any, coef: float) -> Any:
+  """Shrink & Perturb, simplified: ``(1 - coef) * params + coef * theta_0``.
 
-  Call it once at each change of the training data.
+  Call it once at each change of the training data. The SWR paper (and its
+  authors' code) moves the params toward the network's *own* initial params
+  ``theta_0``, which shrinks them toward the initial norms and restores the
+  initial scale of every unit. Ash & Adams' original adds noise instead:
+  pass a fresh initialisation as ``initial_params`` for that variant.
 
   Args:
     params: the current params.
-    fresh_params: a fresh initialisation of the same model (new random key).
-    coef: the weight of the fresh params, in [0, 1] (the paper sweeps 0.2 to
-      0.8).
+    initial_params: the params the network started from (``theta_0``), with
+      the same tree structure.
+    coef: the weight of ``theta_0``, in [0, 1] (the paper sweeps 0.2 to 0.8).
 
   Returns:
     The interpolated params, each leaf in its own dtype.
@@ -167,11 +171,13 @@ def shrink_perturb(params: Any, fresh_params: Any, coef: float) -> Any:
     [3.]
   """
   _check_coef("shrink_perturb", "coef", coef, upper=1.0)
-  _check_same_structure("shrink_perturb", params, fresh_params)
+  _check_same_structure(
+    "shrink_perturb", params, initial_params, "initial_params"
+  )
   return jax.tree.map(
-    lambda p, f: ((1 - coef) * p + coef * f).astype(p.dtype),
+    lambda p, p0: ((1 - coef) * p + coef * p0).astype(p.dtype),
     params,
-    fresh_params,
+    initial_params,
   )
 
 
@@ -241,11 +247,13 @@ def _check_coef(
     raise ValueError(f"{function}: `{name}` must be {bounds}; got {value}.")
 
 
-def _check_same_structure(function: str, params: Any, fresh: Any) -> None:
+def _check_same_structure(
+  function: str, params: Any, other: Any, name: str = "fresh_params"
+) -> None:
   # Any: jaxlib ships no stub for PyTreeDef, so mypy can't see its __eq__.
   structure: Any = jax.tree.structure(params)
-  if structure != jax.tree.structure(fresh):
+  if structure != jax.tree.structure(other):
     raise ValueError(
-      f"{function}: `params` and `fresh_params` have different tree "
-      "structures; initialise the same model again with a new key."
+      f"{function}: `params` and `{name}` have different tree "
+      "structures; pass params of the same model."
     )

@@ -73,15 +73,15 @@ def test_l2_init_keeps_dtype_and_needs_params():
 
 def test_shrink_perturb_interpolates_leafwise():
   params = {"a": jnp.array([4.0, -2.0]), "b": jnp.array([1.0], jnp.bfloat16)}
-  fresh = {"a": jnp.array([0.0, 2.0]), "b": jnp.array([3.0], jnp.bfloat16)}
-  out = baselines.shrink_perturb(params, fresh, 0.25)
+  initial = {"a": jnp.array([0.0, 2.0]), "b": jnp.array([3.0], jnp.bfloat16)}
+  out = baselines.shrink_perturb(params, initial, 0.25)
   np.testing.assert_allclose(out["a"], [3.0, -1.0])
   assert out["b"].dtype == jnp.bfloat16 and float(out["b"][0]) == 1.5
-  assert baselines.shrink_perturb(params, fresh, 0.0)["a"].tolist() == [
+  assert baselines.shrink_perturb(params, initial, 0.0)["a"].tolist() == [
     4.0,
     -2.0,
   ]
-  assert baselines.shrink_perturb(params, fresh, 1.0)["a"].tolist() == [
+  assert baselines.shrink_perturb(params, initial, 1.0)["a"].tolist() == [
     0.0,
     2.0,
   ]
@@ -111,7 +111,8 @@ def test_reset_layers_replaces_only_the_listed_layers(setup):
     ),
     (
       lambda: baselines.shrink_perturb({"a": 1.0}, {"b": 1.0}, 0.5),
-      "shrink_perturb: `params` and `fresh_params` have different tree structures",
+      "shrink_perturb: `params` and `initial_params` have different tree "
+      "structures",
     ),
     (
       lambda: baselines.reset_layers(

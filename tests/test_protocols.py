@@ -38,7 +38,8 @@ def npz(tmp_path_factory):
 
 
 def check_schema(results, methods, epochs_per_seed, seeds=2):
-  assert set(results) == {"config", "versions", "methods"}
+  assert set(results) == {"config", "versions", "wall_time_s", "methods"}
+  assert results["wall_time_s"] > 0
   assert list(results["methods"]) == methods
   for name, entry in results["methods"].items():
     if name == "from_scratch":  # one phase, where the others have two
@@ -47,6 +48,9 @@ def check_schema(results, methods, epochs_per_seed, seeds=2):
     assert all(len(run) == epochs_per_seed for run in entry["test_acc"])
     assert entry["final_test_acc"] == [run[-1] for run in entry["test_acc"]]
     assert all(0.0 <= a <= 1.0 for run in entry["test_acc"] for a in run)
+    assert len(entry["online_acc"]) == seeds
+    assert all(0.0 <= a <= 1.0 for run in entry["online_acc"] for a in run)
+    assert len(entry["total_steps"]) == seeds
     num_layers = len(results["config"]["layers"])
     assert np.array(entry["weight_norms"]).shape == (
       seeds,
@@ -96,14 +100,25 @@ def test_continual_stages(npz, access, epochs):
 
 
 def test_continual_stage_sets():
-  x, y = np.arange(10), np.arange(10)
-  full = continual.stages(x, y, 3, "full")
-  limited = continual.stages(x, y, 3, "limited")
-  assert [len(s[0]) for s in full] == [4, 7, 10]
-  assert sorted(np.concatenate([s[0] for s in limited]).tolist()) == list(
-    range(10)
-  )
-  assert set(full[0][0]) == set(limited[0][0])
+  train = np.arange(10, 20)
+  full = continual.stages(train, 0, 3, "full")
+  limited = continual.stages(train, 0, 3, "limited")
+  assert [len(s) for s in full] == [4, 7, 10]
+  assert sorted(np.concatenate(limited).tolist()) == list(range(10, 20))
+  assert set(full[0]) == set(limited[0])
+  assert set(full[1]) == set(limited[0]) | set(limited[1])
+  other = continual.stages(train, 1, 3, "limited")  # drawn per seed
+  assert any(set(a) != set(b) for a, b in zip(limited, other))
+
+
+def test_a_chunk_smaller_than_a_batch_is_refused(npz, tmp_path):
+  out = tmp_path / "never.json"
+  flags = ["--data", npz, "--access", "limited", "--chunks", "8"]
+  with pytest.raises(
+    ValueError, match=r"fewer than one batch \(--batch-size 32\)"
+  ):
+    continual.main([*flags, *FLAGS, "--out", str(out)])
+  assert not out.exists()
 
 
 def test_generalization_with_lr_decay_adds_swr_reinit(npz):

@@ -1,0 +1,474 @@
+"""Random-label tasks: the standard loss-of-plasticity benchmark.
+
+A fixed, class-balanced subset of the training set (``--num-examples``) is
+learned again and again, each task with fresh uniformly random labels, by one
+network whose optimizer state is never reset and which gets no signal that
+the task changed (Lyle et al., 2023; Kumar et al., 2023). Memorizing random
+labels needs all of a network's capacity, so the training accuracy a method
+reaches on task t, compared with task 1, measures how much plasticity it
+kept. Model: the paper's MLP 784-100-100-10 (any input shape, flattened);
+Adam lr 1e-3, batch 32.
+
+Methods: ``vanilla``, ``l2`` (loss + lam/2 ||theta||^2), ``l2_init`` (loss +
+lam ||theta - theta_0||^2), ``snp`` (Shrink & Perturb toward theta_0 at each
+task switch), ``head_reset`` (a fresh last layer at each switch) and ``swr``;
+each coefficient flag takes a comma-separated list, and a method with several
+coefficients becomes one entry per coefficient (``swr_0.001``). SWR with
+coefficient 1 projects every layer back to its initial norm after each step.
+
+  python -m examples.plasticity.random_labels                 # the defaults
+  python -m examples.plasticity.random_labels --calibrate     # the pilot
+  python -m examples.plasticity.random_labels --data digits --tasks 5 \\
+      --steps-per-task 500 --seeds 2 --methods vanilla,swr --out rl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from examples import data
+from examples import engine as engine_lib
+from examples import models_linen
+from examples import protocols
+from examples import stats
+import optax_swr
+from optax_swr import metrics
+
+METHODS = ("vanilla", "l2", "l2_init", "snp", "head_reset", "swr")
+DEFAULT_COEFS = {
+  "l2": "1e-4",
+  "l2_init": "1e-2",
+  "snp": "0.2",
+  "swr": "1e-4,1e-3,1e-2,1",
+}
+# Vanilla Adam's training accuracy on task 1 must reach this at the
+# calibrated --steps-per-task (the pilot: --calibrate).
+CALIBRATION_TARGET = 0.95
+CALIBRATION_EVERY = 250
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The flags of one run."""
+
+  data: str = "fashion_mnist"
+  methods: tuple[str, ...] = METHODS
+  coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+  tasks: int = 20
+  steps_per_task: int = 3000
+  seeds: int = 5
+  num_examples: int = 1200
+  batch_size: int = 32
+  lr: float = 1e-3
+  width: int = 100
+  dormant_tau: float = 0.0
+  progress: bool = True
+  out: str | None = None
+
+
+def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
+  """The settings, and whether to run the calibration pilot instead."""
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--data",
+    default=Settings.data,
+    help="digits, fashion_mnist, or an .npz with x_train, y_train, ...",
+  )
+  parser.add_argument(
+    "--methods",
+    default=",".join(METHODS),
+    help=f"comma-separated, from {','.join(METHODS)}",
+  )
+  for name, default in DEFAULT_COEFS.items():
+    parser.add_argument(
+      f"--{name.replace('_', '-')}",
+      default=default,
+      help=f"{name}'s coefficients, comma-separated (default {default})",
+    )
+  parser.add_argument("--tasks", type=int, default=Settings.tasks)
+  parser.add_argument(
+    "--steps-per-task", type=int, default=Settings.steps_per_task
+  )
+  parser.add_argument("--seeds", type=int, default=Settings.seeds)
+  parser.add_argument(
+    "--num-examples",
+    type=int,
+    default=Settings.num_examples,
+    help="size of the class-balanced training subset",
+  )
+  parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
+  parser.add_argument("--lr", type=float, default=Settings.lr, help="Adam")
+  parser.add_argument(
+    "--width", type=int, default=Settings.width, help="hidden units"
+  )
+  parser.add_argument(
+    "--dormant-tau",
+    type=float,
+    default=Settings.dormant_tau,
+    help="a unit is dormant when its normalized activation is <= this",
+  )
+  parser.add_argument(
+    "--calibrate",
+    action="store_true",
+    help=(
+      "instead: train vanilla on task 1 for --steps-per-task steps and "
+      f"print its training accuracy every {CALIBRATION_EVERY} steps"
+    ),
+  )
+  parser.add_argument("--out", default=None, help="write the JSON here")
+  parser.add_argument("--no-progress", dest="progress", action="store_false")
+  args = parser.parse_args(argv)
+  methods = tuple(m for m in args.methods.split(",") if m)
+  unknown = [m for m in methods if m not in METHODS]
+  if not methods or unknown:
+    raise ValueError(
+      f"--methods: unknown {unknown or 'empty list'}; choose from "
+      f"{','.join(METHODS)}."
+    )
+  for flag in ("tasks", "steps_per_task", "seeds", "batch_size", "width"):
+    protocols.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+  protocols.check_out_path(args.out)
+  coefs = {
+    name: _parse_coefs(name, getattr(args, name)) for name in DEFAULT_COEFS
+  }
+  settings = Settings(
+    data=args.data,
+    methods=methods,
+    coefs=coefs,
+    tasks=args.tasks,
+    steps_per_task=args.steps_per_task,
+    seeds=args.seeds,
+    num_examples=args.num_examples,
+    batch_size=args.batch_size,
+    lr=args.lr,
+    width=args.width,
+    dormant_tau=args.dormant_tau,
+    progress=args.progress,
+    out=args.out,
+  )
+  return settings, args.calibrate
+
+
+def _parse_coefs(name: str, text: str) -> tuple[float, ...]:
+  flag = f"--{name.replace('_', '-')}"
+  try:
+    values = tuple(float(v) for v in text.split(",") if v)
+  except ValueError:
+    raise ValueError(
+      f"{flag}: {text!r} is not a comma-separated list of numbers."
+    ) from None
+  upper = 1.0 if name in ("snp", "swr") else np.inf
+  if not values or not all(0 <= v <= upper for v in values):
+    bounds = "in [0, 1]" if upper == 1.0 else ">= 0"
+    raise ValueError(f"{flag}: every coefficient must be {bounds}; got {text}.")
+  return values
+
+
+def entries(settings: Settings) -> list[tuple[str, str, tuple[float, ...]]]:
+  """``(entry name, method, coefficients)``; one entry per coefficient."""
+  result = []
+  for method in settings.methods:
+    values = settings.coefs.get(method, ())
+    if len(values) <= 1:
+      result.append((method, method, values))
+    else:
+      result += [(f"{method}_{v:g}", method, (v,)) for v in values]
+  return result
+
+
+def training_subset(
+  dataset: data.Dataset, num_examples: int, batch_size: int
+) -> np.ndarray:
+  """A fixed class-balanced subset of the training inputs, flattened.
+
+  Raises:
+    ValueError: if the set is too small for ``num_examples`` or a batch.
+  """
+  classes = np.unique(dataset.y_train)
+  per_class = num_examples // len(classes)
+  if num_examples < batch_size or per_class < 1:
+    raise ValueError(
+      f"--num-examples {num_examples}: need at least one batch "
+      f"(--batch-size {batch_size}) and one example per class "
+      f"({len(classes)} classes)."
+    )
+  rng = np.random.default_rng(0)
+  picked = []
+  for label in classes:
+    members = np.flatnonzero(dataset.y_train == label)
+    if len(members) < per_class:
+      raise ValueError(
+        f"--num-examples {num_examples}: class {label} has only "
+        f"{len(members)} training examples; ask for at most "
+        f"{len(members) * len(classes)}."
+      )
+    picked.append(rng.choice(members, per_class, replace=False))
+  chosen = np.sort(np.concatenate(picked))
+  return dataset.x_train[chosen].reshape(len(chosen), -1)
+
+
+def task_labels(seed: int, task: int, n: int, num_classes: int) -> np.ndarray:
+  """The uniformly random labels of one task, the same for every method."""
+  rng = np.random.default_rng([seed, task])
+  return rng.integers(0, num_classes, n).astype(np.int32)
+
+
+def calibrate(
+  settings: Settings, x: np.ndarray, num_classes: int
+) -> dict[str, Any]:
+  """Vanilla on task 1: training accuracy every ``CALIBRATION_EVERY`` steps.
+
+  Returns ``{"steps", "train_acc" [seeds][checkpoints], "calibrated_steps"}``,
+  the last being the first checkpoint where every seed reaches
+  ``CALIBRATION_TARGET`` (None if none does).
+  """
+  run = _Run(settings, x, num_classes, "vanilla", "vanilla", ())
+  checkpoints = list(
+    range(CALIBRATION_EVERY, settings.steps_per_task + 1, CALIBRATION_EVERY)
+  )
+  run.new_task(0)
+  order = run.batch_order(0, checkpoints[-1])
+  accuracy = []
+  for start in range(0, checkpoints[-1], CALIBRATION_EVERY):
+    run.train(order[:, start : start + CALIBRATION_EVERY])
+    accuracy.append(run.train_accuracy())
+  per_seed = np.array(accuracy).T
+  reached = [
+    s
+    for s, acc in zip(checkpoints, per_seed.T)
+    if acc.min() >= CALIBRATION_TARGET
+  ]
+  return {
+    "steps": checkpoints,
+    "train_acc": per_seed.tolist(),
+    "target": CALIBRATION_TARGET,
+    "calibrated_steps": reached[0] if reached else None,
+  }
+
+
+class _Run:
+  """One method over all seeds (lanes): its engine, state and task labels."""
+
+  def __init__(self, settings, x, num_classes, name, method_name, coefs):
+    self.settings = settings
+    self.x = jnp.asarray(x)
+    self.num_classes = num_classes
+    self.module = models_linen.MLP(
+      hidden=(settings.width,) * 2, num_classes=num_classes
+    )
+    variables = [
+      self.module.init(jax.random.key(seed), x[:1])
+      for seed in range(settings.seeds)
+    ]
+    layers = optax_swr.layers_from_linen(self.module, variables[0], x[:1])
+    self.layers = layers
+    self.method = protocols.make_method(
+      method_name, coefs, layers, layers[-1:], settings.lr
+    )
+    self.engine = engine_lib.Engine(self.module, self.method.tx)
+    self.state = self.engine.init(variables)
+    self.initial = engine_lib.stack([v["params"] for v in variables])
+    self.name = name
+    self.labels = jnp.zeros((settings.seeds, len(x)), jnp.int32)
+    self._norms = jax.jit(jax.vmap(lambda p: metrics.layer_norms(p, layers)))
+
+  def new_task(self, task: int) -> None:
+    seeds, n = self.settings.seeds, len(self.x)
+    self.labels = jnp.asarray(
+      np.stack(
+        [task_labels(seed, task, n, self.num_classes) for seed in range(seeds)]
+      )
+    )
+    if task and self.method.on_data_change is not None:
+      fresh = engine_lib.stack(
+        [
+          self.module.init(
+            jax.random.key(1000 * (task + 1) + seed), self.x[:1]
+          )["params"]
+          for seed in range(seeds)
+        ]
+      )
+      self.state = self.state._replace(
+        params=self.method.on_data_change(
+          self.state.params, self.initial, fresh
+        )
+      )
+
+  def batch_order(self, task: int, steps: int) -> np.ndarray:
+    """``[seeds, steps, batch]``: epochs of fresh permutations, per seed."""
+    return np.stack(
+      [
+        engine_lib.epoch_order(
+          np.random.default_rng([seed, task]),
+          len(self.x),
+          self.settings.batch_size,
+          steps,
+        )
+        for seed in range(self.settings.seeds)
+      ]
+    )
+
+  def train(self, order: np.ndarray) -> np.ndarray:
+    """Trains every seed on its batches; returns the online accuracy."""
+    self.state, online = self.engine.train(
+      self.state, self.x, self.labels, order
+    )
+    return online
+
+  def train_accuracy(self) -> np.ndarray:
+    everything = np.broadcast_to(
+      np.arange(len(self.x)), (self.settings.seeds, len(self.x))
+    )
+    return self.engine.accuracy(self.state, self.x, self.labels, everything)
+
+  def diagnostics(self) -> dict[str, np.ndarray]:
+    """Weight norms, dormant fraction and srank of every lane."""
+    everything = np.broadcast_to(
+      np.arange(len(self.x)), (self.settings.seeds, len(self.x))
+    )
+    hidden = self.engine.features(self.state, self.x, everything)
+    tau = self.settings.dormant_tau
+    dormant = jax.vmap(lambda *h: metrics.dormant_fraction(list(h), tau))(
+      *hidden
+    )
+    rank = jax.vmap(metrics.effective_rank)(hidden[-1])
+    return {
+      "weight_norms": np.asarray(self._norms(self.state.params)),
+      "dormant_fraction": np.asarray(dormant),
+      "effective_rank": np.asarray(rank),
+    }
+
+
+def run_method(
+  settings, x, num_classes, name, method_name, coefs, bar
+) -> dict[str, Any]:
+  """Trains one method through every task; returns its JSON entry."""
+  start = time.perf_counter()
+  run = _Run(settings, x, num_classes, name, method_name, coefs)
+  keys = (
+    "task_train_acc",
+    "task_online_acc",
+    "weight_norms",
+    "dormant_fraction",
+    "effective_rank",
+  )
+  record: dict[str, Any] = {key: [] for key in keys}
+  for task in range(settings.tasks):
+    run.new_task(task)
+    online = run.train(run.batch_order(task, settings.steps_per_task))
+    record["task_train_acc"].append(run.train_accuracy())
+    record["task_online_acc"].append(online)
+    for key, value in run.diagnostics().items():
+      record[key].append(value)
+    bar.set_postfix(method=name, task=task + 1)
+    bar.update()
+  # Stored [task][seed, ...]; the JSON is [seed][task, ...].
+  result = {
+    key: np.swapaxes(np.array(values), 0, 1).tolist()
+    for key, values in record.items()
+  }
+  result["hparams"] = {
+    "method": method_name,
+    "coefs": list(coefs),
+    "lr": settings.lr,
+    "total_steps": settings.tasks * settings.steps_per_task,
+  }
+  result["seconds"] = time.perf_counter() - start
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  start = time.perf_counter()
+  settings, calibration = parse_flags(argv)
+  dataset = data.load(settings.data)
+  x = training_subset(dataset, settings.num_examples, settings.batch_size)
+  config = dataclasses.asdict(settings)
+  config.update(
+    num_examples=len(x),
+    input_dim=int(x.shape[1]),
+    num_classes=dataset.num_classes,
+  )
+  if calibration:
+    results = {
+      "config": config,
+      "calibration": calibrate(settings, x, dataset.num_classes),
+    }
+  else:
+    todo = entries(settings)
+    bar = tqdm.tqdm(
+      total=len(todo) * settings.tasks,
+      disable=not settings.progress,
+      desc="random labels",
+      unit="task",
+    )
+    methods = {
+      name: run_method(
+        settings, x, dataset.num_classes, name, method, coefs, bar
+      )
+      for name, method, coefs in todo
+    }
+    bar.close()
+    results = {"config": config, "methods": methods}
+  results["versions"] = protocols.versions()
+  results["wall_time_s"] = time.perf_counter() - start
+  if settings.out:
+    protocols.write_json(settings.out, results)
+  print_summary(results)
+  return results
+
+
+def print_summary(results: dict[str, Any]) -> None:
+  """Task 1, last task and last-5 accuracy; differences from vanilla."""
+  config = results["config"]
+  if "calibration" in results:
+    calibration = results["calibration"]
+    print("steps  vanilla training accuracy on task 1 (per seed)")
+    for step, accs in zip(
+      calibration["steps"], np.array(calibration["train_acc"]).T
+    ):
+      print(f"{step:5d}  " + " ".join(f"{a:.3f}" for a in accs))
+    print(
+      f"first budget where every seed reaches {CALIBRATION_TARGET}: "
+      f"{calibration['calibrated_steps']}"
+    )
+    return
+  print(
+    f"\nrandom labels: {config['data']}, {config['num_examples']} examples, "
+    f"{config['tasks']} tasks x {config['steps_per_task']} steps, "
+    f"{config['seeds']} seeds; +- is the sample std (ddof=1); the paired "
+    "difference from vanilla has a 95% t interval"
+  )
+  print(
+    f"{'method':14s} {'task 1':>16s} {'last task':>16s} {'last - vanilla':>28s}"
+  )
+  methods = results["methods"]
+  for name, entry in methods.items():
+    acc = np.array(entry["task_train_acc"])
+    first, last = stats.mean_std(acc[:, 0]), stats.mean_std(acc[:, -1])
+    difference = (
+      str(
+        stats.paired(
+          acc[:, -1], np.array(methods["vanilla"]["task_train_acc"])[:, -1]
+        )
+      )
+      if "vanilla" in methods and name != "vanilla"
+      else ""
+    )
+    print(
+      f"{name:14s} {first[0]:8.4f} +- {first[1]:.4f} "
+      f"{last[0]:8.4f} +- {last[1]:.4f} {difference:>28s}"
+    )
+  print(f"wall time {results['wall_time_s']:.0f} s")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,127 @@
+"""The experiment engine: its loop trains exactly as the step-by-step loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from examples import engine as engine_lib
+from examples import models_linen
+from examples import protocols
+import optax_swr
+
+LANES, STEPS, BATCH = 2, 6, 8
+
+
+def setup(model: str, in_shape=(8, 8, 1), num=40):
+  module, variables = models_linen.create(model, 4, in_shape, width=4)
+  layers = optax_swr.layers_from_linen(
+    module, variables, jnp.zeros((1, *in_shape)), train=True
+  )
+  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(0.1, layers=layers))
+  rng = np.random.default_rng(0)
+  x = rng.random((num, *in_shape)).astype(np.float32)
+  y = rng.integers(0, 4, (LANES, num)).astype(np.int32)
+  variables = [
+    models_linen.create(model, 4, in_shape, width=4, seed=s)[1]
+    for s in range(LANES)
+  ]
+  order = np.stack(
+    [
+      engine_lib.epoch_order(np.random.default_rng(s), num, BATCH, STEPS)
+      for s in range(LANES)
+    ]
+  )
+  return engine_lib.Engine(module, tx), variables, x, y, order
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn_bn"])
+def test_one_loop_equals_the_step_by_step_loop(model):
+  engine, variables, x, y, order = setup(model)
+  state, online = engine.train(engine.init(variables), jnp.asarray(x), y, order)
+  for lane in range(LANES):
+    single = engine_lib.lane(engine.init(variables), lane)
+    accuracies = []
+    for index in order[lane]:
+      single, accuracy = engine.step(single, x[index], y[lane][index])
+      accuracies.append(float(accuracy))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      engine_lib.lane(state, lane),
+      single,
+    )
+    np.testing.assert_allclose(online[lane], np.mean(accuracies), atol=1e-6)
+  if model == "cnn_bn":  # BatchNorm statistics moved and stayed in sync
+    stats = jax.tree.leaves(state.batch_stats)
+    assert stats and all(np.all(np.isfinite(s)) for s in stats)
+
+
+def test_a_lane_with_zero_steps_is_left_as_it_is():
+  engine, variables, x, y, order = setup("mlp")
+  before = engine.init(variables)
+  expected = jax.tree.map(np.array, engine_lib.lane(before, 1))
+  short = np.array([STEPS, 0])
+  state, online = engine.train(before, jnp.asarray(x), y, order, short)
+  jax.tree.map(
+    np.testing.assert_array_equal, engine_lib.lane(state, 1), expected
+  )
+  assert online[1] == 0.0 and online[0] > 0.0
+  # Fewer steps than rows: the same as a loop over the first rows only.
+  three = engine.train(
+    engine.init(variables), jnp.asarray(x), y, order, np.array([3, 3])
+  )[0]
+  cut = engine.train(engine.init(variables), jnp.asarray(x), y, order[:, :3])[0]
+  jax.tree.map(np.testing.assert_array_equal, three, cut)
+
+
+def test_accuracy_pads_chunks_without_counting_the_padding(monkeypatch):
+  monkeypatch.setattr(engine_lib, "EVAL_CHUNK", 16)
+  engine, variables, x, y, _ = setup("mlp", num=40)
+  state = engine.init(variables)
+  index = np.stack([np.arange(37), np.arange(3, 40)])  # 37: not a multiple
+  accuracy = engine.accuracy(state, jnp.asarray(x), y, index)
+  for lane in range(LANES):
+    params = engine_lib.lane(state, lane).params
+    logits = engine.module.apply({"params": params}, x[index[lane]])
+    expected = np.mean(np.argmax(logits, -1) == y[lane][index[lane]])
+    np.testing.assert_allclose(accuracy[lane], expected, atol=1e-7)
+
+
+def test_features_are_the_post_relu_inputs_of_the_later_layers():
+  engine, variables, x, y, _ = setup("mlp")
+  state = engine.init(variables)
+  index = np.stack([np.arange(10)] * LANES)
+  hidden = engine.features(state, jnp.asarray(x), index)
+  assert [h.shape for h in hidden] == [(LANES, 10, 4), (LANES, 10, 4)]
+  params = variables[1]["params"]
+  first = jax.nn.relu(
+    x[:10].reshape(10, -1) @ params["hidden_0"]["kernel"]
+    + params["hidden_0"]["bias"]
+  )
+  np.testing.assert_allclose(hidden[0][1], first, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_order_sees_every_example_once_per_pass():
+  order = engine_lib.epoch_order(np.random.default_rng(0), 10, 4, 5)
+  assert order.shape == (5, 4)
+  flat = order.ravel()
+  assert sorted(flat[:10]) == list(range(10))  # first pass
+  assert sorted(flat[10:20]) == list(range(10))  # second pass
+
+
+def test_shrink_perturb_moves_toward_the_networks_own_initial_params():
+  layers = (("hidden_0",), ("head",))
+  method = protocols.make_method("snp", (0.25,), layers, layers[-1:], 1e-3)
+  params = {"w": jnp.array([4.0])}
+  initial = {"w": jnp.array([0.0])}
+  fresh = {"w": jnp.array([100.0])}
+  moved = method.on_data_change(params, initial, fresh)
+  np.testing.assert_allclose(moved["w"], [3.0])  # 0.75 * 4 + 0.25 * 0
+  reset = protocols.make_method("head_reset", (), layers, layers[-1:], 1e-3)
+  tree = {"hidden_0": {"kernel": jnp.ones(1)}, "head": {"kernel": jnp.ones(1)}}
+  new = {"hidden_0": {"kernel": jnp.zeros(1)}, "head": {"kernel": jnp.zeros(1)}}
+  out = reset.on_data_change(tree, tree, new)
+  assert out["head"]["kernel"][0] == 0.0 and out["hidden_0"]["kernel"][0] == 1
