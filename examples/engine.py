@@ -218,10 +218,12 @@ class Engine:
     self, state: TrainState, x: jax.Array, y: jax.Array, index: np.ndarray
   ) -> np.ndarray:
     """Each lane's accuracy (eval mode) on its examples ``index`` ``[L, n]``."""
-    chunks, weights = _chunked(np.asarray(index))
-    return np.asarray(
-      self._accuracy(state, x, y, jnp.asarray(chunks), jnp.asarray(weights))
+    index = np.asarray(index)
+    chunks, weights = _chunked(index)
+    correct = self._accuracy(
+      state, x, y, jnp.asarray(chunks), jnp.asarray(weights)
     )
+    return np.asarray(correct, np.float64) / index.shape[1]
 
   def features(
     self, state: TrainState, x: jax.Array, index: np.ndarray
@@ -249,7 +251,7 @@ def _accuracy_fn(module: nn.Module) -> Callable:
       return jnp.argmax(logits, -1) == y[index]
 
     hits = jax.lax.map(correct, chunks)
-    return jnp.sum(hits * weights) / jnp.sum(weights)
+    return jnp.sum(jnp.where(weights > 0, hits, False))
 
   return jax.jit(jax.vmap(lane_accuracy, in_axes=(0, None, 0, 0, 0)))
 
@@ -274,7 +276,8 @@ def _features_fn(module: nn.Module) -> Callable:
 
 
 def _chunked(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """``[L, n]`` indices as ``[L, chunks, EVAL_CHUNK]`` plus 0/1 weights.
+  """``[L, n]`` indices as ``[L, chunks, EVAL_CHUNK]`` plus 0/1 weights
+  (1 for a real example, 0 for padding).
 
   Whole chunks only, so that sets of different sizes share compilations.
   """
