@@ -1,11 +1,22 @@
-"""Draws the paper's figures from the JSON files of the protocol scripts.
+"""Draws the figures of the experiments' JSON files.
 
-For every JSON file: test accuracy per epoch (mean over seeds, a band of one
-standard deviation, the ``from_scratch`` reference dashed), the total weight
-norm over time, and balancedness over time where it is defined. PNGs go to
-``--out-dir`` under the JSON file's name.
+* A protocol run (warm start, continual, generalization): test accuracy per
+  epoch, the layers' summed weight norms, and balancedness where it is
+  defined. The mean over seeds with a band of one sample standard deviation
+  (``ddof=1``); when the seeds trained for different numbers of epochs
+  (``--until-train-acc``), every seed's curve, thin. ``from_scratch`` is
+  dashed and ends where the longest run ends.
+* A random-label run: per task, the training accuracy, the summed weight
+  norm, the fraction of dormant units and the effective rank; the mean over
+  seeds with its 95% t interval.
+* A calibration pilot: vanilla's task-1 training accuracy per checkpoint.
+* A Figure-1 file: the figure of ``examples.figure1``.
 
-  python examples/plot_results.py examples/results/*.json --out-dir examples/figures
+Each PNG goes to ``--out-dir`` under its JSON file's name. Needs matplotlib
+(the [plots] extra).
+
+  python -m examples.plot_results examples/results/*.json \\
+      --out-dir examples/figures
 """
 
 from __future__ import annotations
@@ -14,72 +25,224 @@ import argparse
 from collections.abc import Sequence
 import json
 import os
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-PANELS = (
+from examples import figure1
+from examples import stats
+from examples import summarize_results
+
+PROTOCOL_PANELS = (
   ("test_acc", "test accuracy"),
   ("weight_norms", "sum of layer weight norms"),
   ("balancedness", "balancedness (l2 path norm / its minimum)"),
 )
+RANDOM_LABEL_PANELS = (
+  ("task_train_acc", "training accuracy at the end of the task"),
+  ("weight_norms", "sum of layer weight norms"),
+  ("dormant_fraction", "fraction of dormant units"),
+  ("effective_rank", "effective rank (last hidden layer)"),
+)
 
 
-def series(entry: dict, key: str) -> np.ndarray | None:
-  """[seeds, epochs] values of one metric; norms summed over layers."""
-  values = entry.get(key)
-  if values is None or any(v is None for v in values):
-    return None
-  array = np.array(values, dtype=float)
-  return array.sum(axis=-1) if key == "weight_norms" else array
+def pyplot() -> Any:
+  """matplotlib's pyplot, drawing to files only."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+      "examples.plot_results needs matplotlib: pip install 'optax-swr[plots]'."
+    ) from None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  return plt
 
 
 def plot_file(path: str, out_dir: str) -> str:
-  """Draws one JSON file's three panels into one PNG; returns its path."""
+  """Draws one JSON file into ``out_dir``; returns the PNG's path."""
   with open(path) as file:
     results = json.load(file)
-  config = results["config"]
-  panels = [
-    p
-    for p in PANELS
-    if any(series(e, p[0]) is not None for e in results["methods"].values())
-  ]
-  figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
-  for axis, (key, label) in zip(np.atleast_1d(axes), panels):
-    for name, entry in results["methods"].items():
-      values = series(entry, key)
-      if values is None:
-        continue
-      # Runs shorter than the others (from_scratch) end with them.
-      total = max(len(e["test_acc"][0]) for e in results["methods"].values())
-      epochs = np.arange(1, values.shape[1] + 1) + total - values.shape[1]
-      style = "--" if name == "from_scratch" else "-"
-      mean, std = values.mean(0), values.std(0)
-      axis.plot(epochs, mean, style, label=name, linewidth=1.2)
-      axis.fill_between(epochs, mean - std, mean + std, alpha=0.15)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(label)
-    axis.grid(alpha=0.3)
-  np.atleast_1d(axes)[0].legend(fontsize=7)
-  title = (
-    f"{config['protocol']} | {config['data']} | {config['model']} | "
-    f"{config['epochs']} epochs per phase | {config['seeds']} seeds"
-  )
-  figure.suptitle(title, fontsize=9)
-  figure.tight_layout()
   os.makedirs(out_dir, exist_ok=True)
-  out = os.path.join(out_dir, os.path.basename(path).replace(".json", ".png"))
+  name = os.path.splitext(os.path.basename(path))[0]
+  out = os.path.join(out_dir, f"{name}.png")
+  kind = summarize_results.kind_of(results, path)
+  if kind == "figure1":
+    figure1.plot(results, out)
+    return out
+  draw = {
+    "protocol": plot_protocol,
+    "random_labels": plot_random_labels,
+    "calibration": plot_calibration,
+  }[kind]
+  plt = pyplot()
+  figure = draw(plt, results)
+  figure.tight_layout()
   figure.savefig(out, dpi=110)
   plt.close(figure)
   return out
 
 
+# Protocol runs.
+
+
+def curves(entry: dict[str, Any], key: str) -> list[np.ndarray] | None:
+  """Each seed's values of one metric per epoch; norms summed over layers."""
+  values = entry.get(key)
+  if values is None or any(v is None for seed in values for v in seed):
+    return None
+  arrays = [np.asarray(seed, dtype=float) for seed in values]
+  return [a.sum(axis=-1) for a in arrays] if key == "weight_norms" else arrays
+
+
+def padded(seeds: Sequence[np.ndarray]) -> np.ndarray:
+  """``[seeds, longest]``, NaN after a seed's last epoch."""
+  out = np.full((len(seeds), max(len(s) for s in seeds)), np.nan)
+  for row, seed in zip(out, seeds):
+    row[: len(seed)] = seed
+  return out
+
+
+def plot_protocol(plt: Any, results: dict[str, Any]) -> Any:
+  """Test accuracy, weight norms and balancedness per epoch."""
+  methods = results["methods"]
+  panels = [
+    p for p in PROTOCOL_PANELS if any(curves(e, p[0]) for e in methods.values())
+  ]
+  figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+  lengths = [len(seed) for e in methods.values() for seed in e["test_acc"]]
+  ragged = any(
+    len({len(s) for s in e["test_acc"]}) > 1 for e in methods.values()
+  )
+  for axis, (key, label) in zip(np.atleast_1d(axes), panels):
+    for index, name in enumerate(summarize_results.ordered(methods)):
+      seeds = curves(methods[name], key)
+      if seeds is not None:
+        draw_epochs(axis, name, seeds, f"C{index % 10}", max(lengths), ragged)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(label)
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.grid(alpha=0.3)
+  np.atleast_1d(axes)[0].legend(fontsize=7)
+  figure.suptitle(protocol_title(results, ragged), fontsize=9)
+  return figure
+
+
+def draw_epochs(
+  axis: Any,
+  name: str,
+  seeds: Sequence[np.ndarray],
+  color: str,
+  total: int,
+  ragged: bool,
+) -> None:
+  """One method's curves; ``from_scratch`` ends at epoch ``total``."""
+  style = "--" if name == "from_scratch" else "-"
+  values = padded(seeds)
+  epochs = np.arange(1, values.shape[1] + 1)
+  if name == "from_scratch":
+    epochs += total - values.shape[1]
+  if ragged:
+    for number, seed in enumerate(values):
+      label = name if number == 0 else None
+      axis.plot(epochs, seed, style, color=color, label=label, linewidth=0.7)
+    return
+  mean = np.nanmean(values, axis=0)
+  std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else 0 * mean
+  axis.plot(epochs, mean, style, color=color, label=name, linewidth=1.2)
+  axis.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
+
+
+def protocol_title(results: dict[str, Any], ragged: bool) -> str:
+  config = results["config"]
+  budget = f"{config['epochs']} epochs per phase"
+  if config.get("until_train_acc") is not None:
+    budget = (
+      f"until train acc {config['until_train_acc']:g} "
+      f"(at most {config['epochs']} epochs per phase)"
+    )
+  spread = "each seed" if ragged else "mean ± sample std"
+  return (
+    f"{config['protocol']} | {summarize_results.data_name(config)} | "
+    f"{config['model']} | {budget} | {config['seeds']} seeds, {spread}"
+  )
+
+
+# Random-label runs and their calibration.
+
+
+def plot_random_labels(plt: Any, results: dict[str, Any]) -> Any:
+  """Four panels per task: accuracy, norms, dormant units, effective rank."""
+  methods = results["methods"]
+  figure, axes = plt.subplots(1, len(RANDOM_LABEL_PANELS), figsize=(21, 4.2))
+  for axis, (key, label) in zip(axes, RANDOM_LABEL_PANELS):
+    for index, name in enumerate(summarize_results.ordered(methods)):
+      values = np.asarray(methods[name][key], dtype=float)
+      if key == "weight_norms":
+        values = values.sum(axis=-1)
+      draw_tasks(axis, name, values, f"C{index % 10}")
+    axis.set_xlabel("task")
+    axis.set_ylabel(label)
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.grid(alpha=0.3)
+  axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+  config = results["config"]
+  figure.suptitle(
+    f"random labels | {summarize_results.data_name(config)} | "
+    f"{config['num_examples']} examples | {config['tasks']} tasks x "
+    f"{config['steps_per_task']} steps | {config['seeds']} seeds, "
+    "mean and 95% t interval",
+    fontsize=9,
+  )
+  return figure
+
+
+def draw_tasks(axis: Any, name: str, values: np.ndarray, color: str) -> None:
+  """The mean over seeds (``values``: [seed, task]) with its 95% interval."""
+  # The interval of a mean is the paired interval of the values against 0.
+  intervals = [stats.paired(task, np.zeros_like(task)) for task in values.T]
+  tasks = np.arange(1, values.shape[1] + 1)
+  mean = [i.mean for i in intervals]
+  axis.plot(tasks, mean, color=color, label=name, linewidth=1.2)
+  axis.fill_between(
+    tasks,
+    [i.low for i in intervals],
+    [i.high for i in intervals],
+    color=color,
+    alpha=0.15,
+  )
+
+
+def plot_calibration(plt: Any, results: dict[str, Any]) -> Any:
+  """Vanilla's task-1 training accuracy per seed, the target, the choice."""
+  calibration = results["calibration"]
+  steps = calibration["steps"]
+  figure, axis = plt.subplots(figsize=(6, 4))
+  for number, seed in enumerate(calibration["train_acc"]):
+    label = "each seed" if number == 0 else None
+    axis.plot(steps, seed, color="C0", linewidth=0.7, label=label)
+  target = calibration["target"]
+  axis.axhline(target, color="grey", linestyle="--", label=f"target {target}")
+  if calibration["calibrated_steps"] is not None:
+    axis.axvline(calibration["calibrated_steps"], color="C3", linestyle=":")
+  axis.set_xlabel("steps on task 1")
+  axis.set_ylabel("vanilla training accuracy")
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=8)
+  config = results["config"]
+  axis.set_title(
+    f"calibration | {summarize_results.data_name(config)} | "
+    f"{config['num_examples']} examples | calibrated steps "
+    f"{calibration['calibrated_steps']}",
+    fontsize=9,
+  )
+  return figure
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("files", nargs="+", help="JSON files of the protocols")
+  parser.add_argument("files", nargs="+", help="the experiments' JSON files")
   parser.add_argument("--out-dir", default="examples/figures")
   args = parser.parse_args(argv)
   for path in args.files:

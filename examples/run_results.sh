@@ -1,40 +1,71 @@
 #!/usr/bin/env bash
-# Re-runs every experiment of examples/RESULTS.md, then draws its figures.
-# Needs the [examples] and [plots] extras and, for Fashion-MNIST, the Debian
-# package dataset-fashion-mnist. About an hour on a 2-core CPU.
+# Re-runs every experiment of examples/RESULTS.md, then writes its tables and
+# figures: `make results`. Needs the [examples] and [plots] extras and, for
+# Fashion-MNIST, the Debian package dataset-fashion-mnist. Each JSON records
+# its versions and wall time; this script prints the total at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=examples/results
-mkdir -p "$OUT"
-run() { echo "+ $*"; "$PY" "$@" --seeds 3 --no-progress; }
+FIGURES=examples/figures
+mkdir -p "$OUT" "$FIGURES"
+start=$SECONDS
+run() { echo "+ python -m $*"; "$PY" -m "$@"; }
 
+# 1. Random-label tasks (defaults: Fashion-MNIST, 1,200 images, 20 tasks,
+#    5 seeds), and the pilot that calibrated --steps-per-task.
+run examples.plasticity.random_labels --calibrate --steps-per-task 4000 \
+  --no-progress --out "$OUT/random_labels_calibration.json"
+run examples.plasticity.random_labels --no-progress \
+  --out "$OUT/random_labels_fashion_mnist.json"
+
+# 2. Warm start trained to 99% training accuracy (Ash & Adams), Fashion-MNIST
+#    MLP on a fixed 10,000-image training subset, 5 seeds; offline (half,
+#    then all) and online (5 rounds); SWR's coefficient swept.
+CONVERGED=(--data fashion_mnist --max-train 10000 --until-train-acc 0.99
+  --epochs 300 --seeds 5 --no-progress)
+run examples.warm_start "${CONVERGED[@]}" \
+  --out "$OUT/warm_start_converged_fashion_mnist_mlp.json"
+run examples.warm_start "${CONVERGED[@]}" --online-rounds 5 \
+  --out "$OUT/warm_start_online_fashion_mnist_mlp.json"
+for coef in 1e-3 1e-2; do
+  run examples.warm_start "${CONVERGED[@]}" --methods swr --swr "$coef" \
+    --swr-classifier "$coef" \
+    --out "$OUT/sweep_warm_start_converged_fashion_mnist_mlp_$coef.json"
+done
+
+# 3. The paper's Figure 1: proportional vs weights-only scaling.
+run examples.figure1 --out-json "$OUT/figure1_fashion_mnist_mlp.json" \
+  --out-png "$FIGURES/figure1_fashion_mnist_mlp.png"
+
+# 4. The paper's protocols at fixed budgets, 5 seeds.
+FIXED=(--seeds 5 --no-progress)
 for model in mlp cnn; do
-  run examples/warm_start.py --data digits --model "$model" --epochs 20 --out "$OUT/warm_start_digits_$model.json"
-  run examples/continual.py --data digits --model "$model" --access full --epochs 10 --out "$OUT/continual_full_digits_$model.json"
-  run examples/continual.py --data digits --model "$model" --access limited --epochs 10 --out "$OUT/continual_limited_digits_$model.json"
-  run examples/generalization.py --data digits --model "$model" --epochs 40 --out "$OUT/generalization_digits_$model.json"
-  run examples/generalization.py --data digits --model "$model" --epochs 40 --lr-decay --out "$OUT/generalization_lr_decay_digits_$model.json"
-done
-run examples/warm_start.py --data digits --model cnn_bn --epochs 20 --out "$OUT/warm_start_digits_cnn_bn.json"
-# Long warm starts, closer to the paper's 100 epochs per phase.
-run examples/warm_start.py --data digits --model mlp --epochs 200 --out "$OUT/warm_start_long_digits_mlp.json"
-run examples/warm_start.py --data digits --model cnn --epochs 100 --out "$OUT/warm_start_long_digits_cnn.json"
-
-run examples/warm_start.py --data fashion_mnist --model mlp --epochs 5 --out "$OUT/warm_start_fashion_mnist_mlp.json"
-run examples/continual.py --data fashion_mnist --model mlp --access full --epochs 3 --out "$OUT/continual_full_fashion_mnist_mlp.json"
-run examples/continual.py --data fashion_mnist --model mlp --access limited --epochs 3 --out "$OUT/continual_limited_fashion_mnist_mlp.json"
-run examples/generalization.py --data fashion_mnist --model mlp --epochs 10 --out "$OUT/generalization_fashion_mnist_mlp.json"
-run examples/generalization.py --data fashion_mnist --model mlp --epochs 10 --lr-decay --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
-run examples/warm_start.py --data fashion_mnist --model cnn --epochs 5 --max-train 10000 --out "$OUT/warm_start_fashion_mnist_cnn.json"
-
-# SWR's coefficient, swept where it is cheap (the paper sweeps 1e-4 to 1).
-for coef in 1e-1 1e-2 1e-3; do
-  for model in mlp cnn; do
-    run examples/warm_start.py --data digits --model "$model" --epochs 20 --methods swr --swr "$coef" --swr-classifier "$coef" --out "$OUT/sweep_warm_start_digits_${model}_$coef.json"
+  run examples.warm_start --data digits --model "$model" --epochs 20 \
+    "${FIXED[@]}" --out "$OUT/warm_start_digits_$model.json"
+  for access in full limited; do
+    # 10 chunks of ~126 digits: batches of 64 (a chunk is never < a batch).
+    run examples.continual --data digits --model "$model" --access "$access" \
+      --epochs 10 --batch-size 64 "${FIXED[@]}" \
+      --out "$OUT/continual_${access}_digits_$model.json"
   done
-  run examples/warm_start.py --data fashion_mnist --model mlp --epochs 5 --methods swr --swr "$coef" --swr-classifier "$coef" --out "$OUT/sweep_warm_start_fashion_mnist_mlp_$coef.json"
+  run examples.generalization --data digits --model "$model" --epochs 40 \
+    "${FIXED[@]}" --out "$OUT/generalization_digits_$model.json"
+  run examples.generalization --data digits --model "$model" --epochs 40 \
+    --lr-decay "${FIXED[@]}" --out "$OUT/generalization_lr_decay_digits_$model.json"
 done
+run examples.warm_start --data fashion_mnist --epochs 5 "${FIXED[@]}" \
+  --out "$OUT/warm_start_fashion_mnist_mlp.json"
+for access in full limited; do
+  run examples.continual --data fashion_mnist --access "$access" --epochs 3 \
+    "${FIXED[@]}" --out "$OUT/continual_${access}_fashion_mnist_mlp.json"
+done
+run examples.generalization --data fashion_mnist --epochs 10 "${FIXED[@]}" \
+  --out "$OUT/generalization_fashion_mnist_mlp.json"
+run examples.generalization --data fashion_mnist --epochs 10 --lr-decay \
+  "${FIXED[@]}" --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
 
-"$PY" examples/summarize_results.py "$OUT"/*.json --write examples/RESULTS.md
-"$PY" examples/plot_results.py $(ls "$OUT"/*.json | grep -v /sweep_) --out-dir examples/figures
+"$PY" -m examples.summarize_results "$OUT"/*.json --write examples/RESULTS.md
+"$PY" -m examples.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration) \
+  --out-dir "$FIGURES"
+echo "make results: $((SECONDS - start)) s"
