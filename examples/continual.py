@@ -7,8 +7,8 @@ after every epoch; the data change (Shrink & Perturb, head reset) comes
 before every stage but the first. The split into chunks is drawn per seed;
 a chunk smaller than one batch is refused.
 
-  python examples/continual.py --data digits --access full --chunks 10
-  python examples/continual.py --data fashion_mnist --access limited --out cl.json
+  python -m examples.continual --data digits --access full --chunks 10
+  python -m examples.continual --data fashion_mnist --access limited --out cl.json
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Every method trains ``--epochs`` epochs on the full training set. With
 (the paper's Table 5) and the method ``swr_reinit`` ("SWR + re-init") resets
 SWR's reference norms at those steps.
 
-  python examples/generalization.py --data digits --epochs 40
-  python examples/generalization.py --data fashion_mnist --lr-decay --out g.json
+  python -m examples.generalization --data digits --epochs 40
+  python -m examples.generalization --data fashion_mnist --lr-decay --out g.json
 """
 
 from __future__ import annotations

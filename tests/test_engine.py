@@ -125,3 +125,14 @@ def test_shrink_perturb_moves_toward_the_networks_own_initial_params():
   new = {"hidden_0": {"kernel": jnp.zeros(1)}, "head": {"kernel": jnp.zeros(1)}}
   out = reset.on_data_change(tree, tree, new)
   assert out["head"]["kernel"][0] == 0.0 and out["hidden_0"]["kernel"][0] == 1
+
+
+def test_jobs_in_worker_processes_come_back_in_order():
+  assert engine_lib.run_jobs(pow, [(2, 10), (3, 2), (5, 0)], workers=2) == [
+    1024,
+    9,
+    1,
+  ]
+  done = []
+  results = engine_lib.run_jobs(pow, [(2, 3)], on_done=lambda: done.append(1))
+  assert results == [8] and done == [1]

@@ -64,13 +64,14 @@ class Settings:
   methods: tuple[str, ...] = METHODS
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
   tasks: int = 20
-  steps_per_task: int = 3000
+  steps_per_task: int = 3250
   seeds: int = 5
   num_examples: int = 1200
   batch_size: int = 32
   lr: float = 1e-3
   width: int = 100
   dormant_tau: float = 0.0
+  workers: int = 1
   progress: bool = True
   out: str | None = None
 
@@ -117,6 +118,15 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     help="a unit is dormant when its normalized activation is <= this",
   )
   parser.add_argument(
+    "--workers",
+    type=int,
+    default=Settings.workers,
+    help=(
+      "train the methods in this many processes, each on its own CPU core "
+      "(2 on a 2-core machine: about 1.5x faster than 1)"
+    ),
+  )
+  parser.add_argument(
     "--calibrate",
     action="store_true",
     help=(
@@ -134,7 +144,14 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
       f"--methods: unknown {unknown or 'empty list'}; choose from "
       f"{','.join(METHODS)}."
     )
-  for flag in ("tasks", "steps_per_task", "seeds", "batch_size", "width"):
+  for flag in (
+    "tasks",
+    "steps_per_task",
+    "seeds",
+    "batch_size",
+    "width",
+    "workers",
+  ):
     protocols.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
   protocols.check_out_path(args.out)
   coefs = {
@@ -152,6 +169,7 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     lr=args.lr,
     width=args.width,
     dormant_tau=args.dormant_tau,
+    workers=args.workers,
     progress=args.progress,
     out=args.out,
   )
@@ -349,7 +367,7 @@ class _Run:
 
 
 def run_method(
-  settings, x, num_classes, name, method_name, coefs, bar
+  settings, x, num_classes, name, method_name, coefs
 ) -> dict[str, Any]:
   """Trains one method through every task; returns its JSON entry."""
   start = time.perf_counter()
@@ -369,8 +387,6 @@ def run_method(
     record["task_online_acc"].append(online)
     for key, value in run.diagnostics().items():
       record[key].append(value)
-    bar.set_postfix(method=name, task=task + 1)
-    bar.update()
   # Stored [task][seed, ...]; the JSON is [seed][task, ...].
   result = {
     key: np.swapaxes(np.array(values), 0, 1).tolist()
@@ -410,12 +426,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       desc="random labels",
       unit="task",
     )
-    methods = {
-      name: run_method(
-        settings, x, dataset.num_classes, name, method, coefs, bar
-      )
+    jobs = [
+      (settings, x, dataset.num_classes, name, method, coefs)
       for name, method, coefs in todo
-    }
+    ]
+    done = engine_lib.run_jobs(
+      run_method, jobs, settings.workers, lambda: bar.update(settings.tasks)
+    )
+    methods = {name: entry for (name, _, _), entry in zip(todo, done)}
     bar.close()
     results = {"config": config, "methods": methods}
   results["versions"] = protocols.versions()
