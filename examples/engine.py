@@ -1,11 +1,12 @@
 """The experiment engine: whole epochs as one jitted loop, seeds side by side.
 
 The protocols train many short runs of small models, where a Python loop that
-dispatches one jitted step per batch spends most of its time in Python and in
-copying batches to the device (about 2 ms a step for the paper's MLP). Here a
-run's data lives on the device, the batch order is an index array drawn on the
-host, and an epoch (or a task) is one jitted ``lax.fori_loop`` of training
-steps; the seeds of one method run side by side as lanes of a ``jax.vmap``.
+dispatches one jitted step per batch, slices batches on the host and computes
+each epoch's metrics op by op spends much of its time outside the training
+steps. Here a run's data lives on the device, the batch order is an index
+array drawn on the host, and an epoch (or a task) is one jitted
+``lax.fori_loop`` of training steps; the seeds of one method run side by side
+as lanes of a ``jax.vmap``, and the metrics of all lanes are one jitted call.
 
 Every array of a lane-stacked :class:`TrainState` has a leading seed axis.
 The inputs are one array shared by the lanes (a pool of examples); which

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   results = protocols.run_protocol(
     settings,
     dataset,
-    lambda train, seed: [train],
+    protocols.all_data,
     lr_boundaries_at=LR_DECAY_AT if args.lr_decay else (),
   )
   protocols.finish(results, settings)

@@ -98,6 +98,7 @@ class Settings:
   max_test: int | None = None
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
   until_train_acc: float | None = None
+  workers: int = 1
   progress: bool = True
   out: str | None = None
 
@@ -166,6 +167,12 @@ def add_flags(parser: argparse.ArgumentParser, default_methods: str) -> None:
       "--epochs as the cap"
     ),
   )
+  parser.add_argument(
+    "--workers",
+    type=int,
+    default=1,
+    help="train the methods in this many processes, one CPU core each",
+  )
   parser.add_argument("--out", default=None, help="write the results as JSON")
   parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -181,6 +188,7 @@ def settings_from_flags(
   check_positive("--epochs", args.epochs)
   check_positive("--seeds", args.seeds)
   check_positive("--batch-size", args.batch_size)
+  check_positive("--workers", args.workers)
   if args.until_train_acc is not None and not 0 < args.until_train_acc <= 1:
     raise ValueError(
       f"--until-train-acc must be in (0, 1]; got {args.until_train_acc}."
@@ -212,6 +220,7 @@ def settings_from_flags(
     max_test=args.max_test,
     coefs=coefs,
     until_train_acc=args.until_train_acc,
+    workers=args.workers,
     progress=args.progress,
     out=args.out,
     **extra,
@@ -299,14 +308,14 @@ class Pool:
   seed (stratified, the same sizes).
 
   Attributes:
-    x: every input, on the device.
-    y: every label, on the device.
+    x: every input.
+    y: every label.
     train: ``[seeds, num_train]`` indices of each seed's training examples.
     test: ``[seeds, num_test]`` indices of each seed's test examples.
   """
 
-  x: jax.Array
-  y: jax.Array
+  x: np.ndarray
+  y: np.ndarray
   train: np.ndarray
   test: np.ndarray
 
@@ -323,7 +332,13 @@ def make_pool(name: str, dataset: data.Dataset, seeds: int) -> Pool:
   else:
     train = [np.arange(num_train)] * seeds
     test = [np.arange(num_train, len(x))] * seeds
-  return Pool(jnp.asarray(x), jnp.asarray(y), np.stack(train), np.stack(test))
+  return Pool(x, y, np.stack(train), np.stack(test))
+
+
+def all_data(train: np.ndarray, seed: int) -> list[np.ndarray]:
+  """One phase of every training example (generalization, from scratch)."""
+  del seed
+  return [train]
 
 
 PhaseFn = Callable[[np.ndarray, int], Sequence[np.ndarray]]
@@ -347,7 +362,8 @@ def run_protocol(
     lr_boundaries_at: fractions of the total steps where the learning rate
       drops to a tenth (and ``swr_reinit`` resets its reference norms).
     extra_runs: further entries trained with vanilla Adam on other phases,
-      e.g. ``{"from_scratch": lambda train, seed: [train]}``.
+      e.g. ``{"from_scratch": all_data}``. Phase functions are pickled to
+      the workers: module-level functions or ``functools.partial`` of them.
 
   Returns:
     ``{"config", "versions", "wall_time_s", "methods"}``, as documented in
@@ -368,11 +384,12 @@ def run_protocol(
     )
   entries = [(m, phases) for m in settings.methods]
   entries += list((extra_runs or {}).items())
-  results = {}
-  for name, entry_phases in entries:
-    results[name] = _run_method(
-      name, settings, pool, entry_phases, module, layers, lr_boundaries_at
-    )
+  jobs = [
+    (name, settings, pool, entry_phases, module, layers, lr_boundaries_at)
+    for name, entry_phases in entries
+  ]
+  done = engine_lib.run_jobs(_run_method, jobs, settings.workers)
+  results = {name: entry for (name, _), entry in zip(entries, done)}
   return {
     "config": _config(settings, dataset, layers, lr_boundaries_at),
     "versions": versions(),
@@ -435,11 +452,12 @@ def _run_method(
   head = layers[-CLASSIFIER_LAYERS[settings.model] :]
   method = make_method(method_name, coefs, layers, head, lr, boundaries)
   engine = Engine(module, method.tx)
-  num_classes = int(jnp.max(pool.y)) + 1
+  num_classes = int(pool.y.max()) + 1
   variables = variables_per_seed(settings, pool, num_classes)
   state = engine.init(variables)
   initial = stack([v["params"] for v in variables])
-  labels = jnp.broadcast_to(pool.y, (settings.seeds, len(pool.y)))
+  x = jnp.asarray(pool.x)
+  labels = jnp.broadcast_to(jnp.asarray(pool.y), (settings.seeds, len(pool.y)))
   rngs = [np.random.default_rng(seed) for seed in range(settings.seeds)]
   balanced = not _has_normalization(variables[0]["params"], layers)
   norms, balance = lane_metrics(layers)
@@ -484,11 +502,11 @@ def _run_method(
           )
         ]
       state, online = engine.train(
-        state, pool.x, labels, order, np.where(active, steps, 0)
+        state, x, labels, order, np.where(active, steps, 0)
       )
       steps_done += np.where(active, steps, 0)
       epochs += active
-      test = engine.accuracy(state, pool.x, labels, pool.test)
+      test = engine.accuracy(state, x, labels, pool.test)
       layer_norms = np.asarray(norms(state.params))
       balances = np.asarray(balance(state.params)) if balanced else None
       for lane in np.flatnonzero(active):
@@ -501,11 +519,11 @@ def _run_method(
       bar.set_postfix(test_acc=f"{test.mean():.4f}")
       bar.update()
       if until is not None:
-        train_acc = engine.accuracy(state, pool.x, labels, phase)
+        train_acc = engine.accuracy(state, x, labels, phase)
         active &= train_acc < until
         if not active.any():
           break
-    train_acc = engine.accuracy(state, pool.x, labels, phase)
+    train_acc = engine.accuracy(state, x, labels, phase)
     for lane in lanes:
       record["epochs_per_phase"][lane].append(int(epochs[lane]))
       record["phase_train_acc"][lane].append(float(train_acc[lane]))

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings,
     dataset,
     functools.partial(rounds, count=args.online_rounds),
-    extra_runs={"from_scratch": lambda train, seed: [train]},
+    extra_runs={"from_scratch": protocols.all_data},
   )
   results["config"].update(online_rounds=args.online_rounds)
   protocols.finish(results, settings)

@@ -207,3 +207,15 @@ def test_summary_tables_are_generated_into_the_markers(npz, tmp_path):
   final = np.array(results["swr"]["final_test_acc"])
   assert f"| swr | {final.mean():.4f} ± {final.std(ddof=1):.4f} |" in text
   assert "| from_scratch |" in text
+
+
+def test_workers_give_the_results_of_one_process(npz):
+  flags = ["--data", npz, "--methods", "vanilla,swr", *FLAGS]
+  here = generalization.main(flags)
+  there = generalization.main([*flags, "--workers", "2"])
+  assert list(there["methods"]) == ["vanilla", "swr"]
+  for name, entry in here["methods"].items():
+    assert there["methods"][name]["test_acc"] == entry["test_acc"]
+    np.testing.assert_allclose(
+      there["methods"][name]["weight_norms"], entry["weight_norms"], rtol=1e-5
+    )
