@@ -9,6 +9,8 @@ PY=${PY:-.venv/bin/python}
 OUT=examples/results
 FIGURES=examples/figures
 mkdir -p "$OUT" "$FIGURES"
+# Every file of the report comes from this run: nothing stale stays behind.
+rm -f "$OUT"/*.json "$FIGURES"/*.png
 start=$SECONDS
 run() { echo "+ python -m $*"; "$PY" -m "$@"; }
 
@@ -16,14 +18,18 @@ run() { echo "+ python -m $*"; "$PY" -m "$@"; }
 #    5 seeds), and the pilot that calibrated --steps-per-task.
 run examples.plasticity.random_labels --calibrate --steps-per-task 4000 \
   --no-progress --out "$OUT/random_labels_calibration.json"
-run examples.plasticity.random_labels --no-progress \
+run examples.plasticity.random_labels --no-progress --workers 2 \
   --out "$OUT/random_labels_fashion_mnist.json"
+# The baselines get a sweep too, as SWR does (4 coefficients above).
+run examples.plasticity.random_labels --no-progress --workers 2 \
+  --methods l2,l2_init,snp --l2 1e-3,1e-2 --l2-init 1e-3,1e-1 --snp 0.5,0.8 \
+  --out "$OUT/random_labels_baseline_sweep_fashion_mnist.json"
 
 # 2. Warm start trained to 99% training accuracy (Ash & Adams), Fashion-MNIST
 #    MLP on a fixed 10,000-image training subset, 5 seeds; offline (half,
 #    then all) and online (5 rounds); SWR's coefficient swept.
 CONVERGED=(--data fashion_mnist --max-train 10000 --until-train-acc 0.99
-  --epochs 300 --seeds 5 --no-progress)
+  --epochs 300 --seeds 5 --workers 2 --no-progress)
 run examples.warm_start "${CONVERGED[@]}" \
   --out "$OUT/warm_start_converged_fashion_mnist_mlp.json"
 run examples.warm_start "${CONVERGED[@]}" --online-rounds 5 \
@@ -39,21 +45,20 @@ run examples.figure1 --out-json "$OUT/figure1_fashion_mnist_mlp.json" \
   --out-png "$FIGURES/figure1_fashion_mnist_mlp.png"
 
 # 4. The paper's protocols at fixed budgets, 5 seeds.
-FIXED=(--seeds 5 --no-progress)
-for model in mlp cnn; do
-  run examples.warm_start --data digits --model "$model" --epochs 20 \
-    "${FIXED[@]}" --out "$OUT/warm_start_digits_$model.json"
-  for access in full limited; do
-    # 10 chunks of ~126 digits: batches of 64 (a chunk is never < a batch).
-    run examples.continual --data digits --model "$model" --access "$access" \
-      --epochs 10 --batch-size 64 "${FIXED[@]}" \
-      --out "$OUT/continual_${access}_digits_$model.json"
-  done
-  run examples.generalization --data digits --model "$model" --epochs 40 \
-    "${FIXED[@]}" --out "$OUT/generalization_digits_$model.json"
-  run examples.generalization --data digits --model "$model" --epochs 40 \
-    --lr-decay "${FIXED[@]}" --out "$OUT/generalization_lr_decay_digits_$model.json"
+FIXED=(--seeds 5 --workers 2 --no-progress)
+run examples.warm_start --data digits --model mlp --epochs 20 "${FIXED[@]}" \
+  --out "$OUT/warm_start_digits_mlp.json"
+run examples.warm_start --data digits --model cnn --epochs 20 "${FIXED[@]}" \
+  --out "$OUT/warm_start_digits_cnn.json"
+for access in full limited; do
+  # 10 chunks of ~126 digits: batches of 64 (a chunk is never < a batch).
+  run examples.continual --data digits --access "$access" --epochs 10 \
+    --batch-size 64 "${FIXED[@]}" --out "$OUT/continual_${access}_digits_mlp.json"
 done
+run examples.generalization --data digits --epochs 40 "${FIXED[@]}" \
+  --out "$OUT/generalization_digits_mlp.json"
+run examples.generalization --data digits --epochs 40 --lr-decay \
+  "${FIXED[@]}" --out "$OUT/generalization_lr_decay_digits_mlp.json"
 run examples.warm_start --data fashion_mnist --epochs 5 "${FIXED[@]}" \
   --out "$OUT/warm_start_fashion_mnist_mlp.json"
 for access in full limited; do
@@ -68,4 +73,5 @@ run examples.generalization --data fashion_mnist --epochs 10 --lr-decay \
 "$PY" -m examples.summarize_results "$OUT"/*.json --write examples/RESULTS.md
 "$PY" -m examples.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration) \
   --out-dir "$FIGURES"
+"$PY" docs/make_figures.py
 echo "make results: $((SECONDS - start)) s"
