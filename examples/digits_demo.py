@@ -46,6 +46,7 @@ import optax
 from sklearn import model_selection
 
 from examples import data
+from examples import stats
 import optax_swr
 
 Batch = data.Batch  # Images [B, 64] and labels [B].
@@ -244,7 +245,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def print_table(rows: list[tuple[str, str, list[RunResult]]]) -> None:
-  """Prints mean +- std over seeds of each (method, protocol)."""
+  """Prints mean +- sample std (ddof=1) over seeds of each row."""
   header = (
     f"{'method':8s} {'protocol':13s} {'test accuracy':>16s}"
     f" {'sum ||W_l||':>12s} {'max ||W_l||':>12s} {'time (s)':>9s}"
@@ -252,12 +253,12 @@ def print_table(rows: list[tuple[str, str, list[RunResult]]]) -> None:
   print(header)
   print("-" * len(header))
   for method, protocol, results in rows:
-    accuracies = np.array([r.test_accuracy for r in results])
+    mean, std = stats.mean_std([r.test_accuracy for r in results])
     norms = np.stack([r.weight_norms for r in results])
     seconds = sum(r.seconds for r in results)
     print(
       f"{method:8s} {protocol:13s}"
-      f" {accuracies.mean():.4f} +- {accuracies.std():.4f}"
+      f" {mean:.4f} +- {std:.4f}"
       f" {norms.sum(axis=1).mean():12.2f} {norms.max(axis=1).mean():12.2f}"
       f" {seconds:9.1f}"
     )
@@ -295,16 +296,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   print()
   print_table(rows)
-  mean = {
-    (method, protocol): np.mean([r.test_accuracy for r in results])
+  accuracies = {
+    (method, protocol): [r.test_accuracy for r in results]
     for method, protocol, results in rows
   }
-  gaps = ", ".join(
-    f"{m} {mean[m, 'from scratch'] - mean[m, 'warm start']:+.4f}"
+  gaps = "; ".join(
+    f"{m} "
+    + str(
+      stats.paired(accuracies[m, "from scratch"], accuracies[m, "warm start"])
+    )
     for m in methods
   )
-  print(f"\nwarm-start gap (from scratch - warm start): {gaps}")
+  print(f"\nwarm-start gap (from scratch - warm start), paired: {gaps}")
   print(
+    "+-: sample standard deviation over seeds (ddof=1); a gap is the mean of"
+    " per-seed\ndifferences with its 95% t interval [low, high].\n"
     "||W_l||: Frobenius norm of layer l's kernel after training, mean over"
     f" seeds\n(at initialisation, seed 0: sum {initial.sum():.2f}, max"
     f" {initial.max():.2f}).\ntime: total over seeds, compilation included."
