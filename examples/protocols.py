@@ -98,6 +98,7 @@ class Settings:
   max_test: int | None = None
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
   until_train_acc: float | None = None
+  swr_sweep: tuple[float, ...] = ()
   workers: int = 1
   progress: bool = True
   out: str | None = None
@@ -148,9 +149,11 @@ def add_flags(parser: argparse.ArgumentParser, default_methods: str) -> None:
   )
   parser.add_argument(
     "--swr",
-    type=float,
     default=None,
-    help="SWR's lambda_f (default: the paper's best)",
+    help=(
+      "SWR's lambda_f (default: the paper's best); a comma-separated list "
+      "adds one entry 'swr λ=X' (lambda_f = lambda_c = X) per further value"
+    ),
   )
   parser.add_argument(
     "--swr-classifier",
@@ -195,8 +198,9 @@ def settings_from_flags(
     )
   check_out_path(args.out)
   paper = PAPER_SWR_COEFS[swr_table].get(args.model, (1e-3, 1e-3))
+  swr_values = _swr_values(args.swr)
   swr_coefs = (
-    paper[0] if args.swr is None else args.swr,
+    swr_values[0] if swr_values else paper[0],
     paper[1] if args.swr_classifier is None else args.swr_classifier,
   )
   coefs = {
@@ -206,6 +210,7 @@ def settings_from_flags(
     "swr": swr_coefs,
     "swr_reinit": swr_coefs,
   }
+  sweep = tuple(swr_values[1:]) if "swr" in methods else ()
   return Settings(
     protocol=protocol,
     data=args.data,
@@ -220,11 +225,30 @@ def settings_from_flags(
     max_test=args.max_test,
     coefs=coefs,
     until_train_acc=args.until_train_acc,
+    swr_sweep=sweep,
     workers=args.workers,
     progress=args.progress,
     out=args.out,
     **extra,
   )
+
+
+SWEEP_PREFIX = "swr λ="  # An entry of --swr's further values: "swr λ=0.01".
+
+
+def _swr_values(text: str | None) -> list[float]:
+  """The values of ``--swr``: none, one, or a comma-separated list."""
+  if text is None:
+    return []
+  try:
+    values = [float(v) for v in str(text).split(",") if v]
+  except ValueError:
+    raise ValueError(
+      f"--swr: {text!r} is not a number or a comma-separated list of them."
+    ) from None
+  if not values or not all(0 <= v <= 1 for v in values):
+    raise ValueError(f"--swr: every value must be in [0, 1]; got {text}.")
+  return values
 
 
 def check_positive(flag: str, value: int) -> None:
@@ -383,6 +407,7 @@ def run_protocol(
       module, variables, dataset.x_train[:1], train=True
     )
   entries = [(m, phases) for m in settings.methods]
+  entries += [(f"{SWEEP_PREFIX}{c:g}", phases) for c in settings.swr_sweep]
   entries += list((extra_runs or {}).items())
   jobs = [
     (name, settings, pool, entry_phases, module, layers, lr_boundaries_at)
@@ -437,7 +462,7 @@ def _run_method(
   name, settings, pool, phases_fn, module, layers, lr_boundaries_at
 ) -> dict[str, Any]:
   start = time.perf_counter()
-  method_name = name if name in METHODS else "vanilla"
+  method_name, coefs = _method_of(name, settings)
   phases = seed_phases(phases_fn, pool, settings.batch_size)
   steps_per_epoch = [-(-p.shape[1] // settings.batch_size) for p in phases]
   until = settings.until_train_acc
@@ -448,7 +473,6 @@ def _run_method(
     if boundaries
     else settings.lr
   )
-  coefs = settings.coefs.get(method_name, ())
   head = layers[-CLASSIFIER_LAYERS[settings.model] :]
   method = make_method(method_name, coefs, layers, head, lr, boundaries)
   engine = Engine(module, method.tx)
@@ -540,6 +564,15 @@ def _run_method(
     "coefs": list(coefs),
   }
   return record
+
+
+def _method_of(name: str, settings: Settings) -> tuple[str, tuple[float, ...]]:
+  """An entry's method and coefficients; extra runs are vanilla Adam."""
+  if name.startswith(SWEEP_PREFIX):
+    coef = float(name[len(SWEEP_PREFIX) :])
+    return "swr", (coef, coef)
+  method = name if name in METHODS else "vanilla"
+  return method, tuple(settings.coefs.get(method, ()))
 
 
 @functools.cache

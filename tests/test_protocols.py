@@ -219,3 +219,14 @@ def test_workers_give_the_results_of_one_process(npz):
     np.testing.assert_allclose(
       there["methods"][name]["weight_norms"], entry["weight_norms"], rtol=1e-5
     )
+
+
+def test_a_list_of_swr_coefficients_adds_sweep_entries(npz):
+  results = generalization.main(
+    ["--data", npz, "--methods", "vanilla,swr", "--swr", "1e-3,0.1", *FLAGS]
+  )
+  assert list(results["methods"]) == ["vanilla", "swr", "swr λ=0.1"]
+  assert results["methods"]["swr"]["hparams"]["coefs"][0] == 1e-3
+  assert results["methods"]["swr λ=0.1"]["hparams"]["coefs"] == [0.1, 0.1]
+  with pytest.raises(ValueError, match=re.escape("--swr: every value must be")):
+    generalization.main(["--data", npz, "--swr", "1e-3,2", *FLAGS])
