@@ -413,8 +413,14 @@ def run_protocol(
     (name, settings, pool, entry_phases, module, layers, lr_boundaries_at)
     for name, entry_phases in entries
   ]
-  done = engine_lib.run_jobs(_run_method, jobs, settings.workers)
-  results = {name: entry for (name, _), entry in zip(entries, done)}
+  # The sweep's strongest coefficients can train longest (toward a target
+  # they may never reach): workers start them first.
+  first = sorted(range(len(jobs)), key=lambda i: _start_order(entries[i][0]))
+  done = engine_lib.run_jobs(
+    _run_method, [jobs[i] for i in first], settings.workers
+  )
+  by_name = {entries[i][0]: entry for i, entry in zip(first, done)}
+  results = {name: by_name[name] for name, _ in entries}
   return {
     "config": _config(settings, dataset, layers, lr_boundaries_at),
     "versions": versions(),
@@ -564,6 +570,13 @@ def _run_method(
     "coefs": list(coefs),
   }
   return record
+
+
+def _start_order(name: str) -> tuple[int, float]:
+  """Sweep entries first, the largest coefficient first; then the rest."""
+  if name.startswith(SWEEP_PREFIX):
+    return 0, -float(name[len(SWEEP_PREFIX) :])
+  return 1, 0.0
 
 
 def _method_of(name: str, settings: Settings) -> tuple[str, tuple[float, ...]]:
