@@ -302,6 +302,7 @@ def measure_protocols(args: argparse.Namespace) -> list[dict[str, Any]]:
       batch_size=args.batch,
       seeds=seeds,
       coefs={"swr": (1e-3, 1e-3)},
+      workers=1,  # one process, as the old loop ran
       progress=False,
     )
     start = time.perf_counter()

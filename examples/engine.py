@@ -295,10 +295,18 @@ def _chunked(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return chunks.reshape(lanes, -1, size), weights.reshape(lanes, -1, size)
 
 
+def default_workers(jobs: int) -> int:
+  """One worker per CPU core (at most one per job) when JAX runs on the CPU;
+  1 on a GPU or TPU, whose memory one process takes."""
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, min(len(os.sched_getaffinity(0)), jobs))
+
+
 def run_jobs(
   function: Callable[..., Any],
   jobs: Sequence[tuple[Any, ...]],
-  workers: int = 1,
+  workers: int | None = 1,
   on_done: Callable[[], None] | None = None,
 ) -> list[Any]:
   """``[function(*job) for job in jobs]``, in worker processes if asked.
@@ -311,9 +319,12 @@ def run_jobs(
   Args:
     function: a module-level function (it is pickled to the workers).
     jobs: the argument tuples.
-    workers: how many processes; 1 runs the jobs here, one after another.
+    workers: how many processes; 1 runs the jobs here, one after another;
+      None: :func:`default_workers`.
     on_done: called after each job, e.g. to advance a progress bar.
   """
+  if workers is None:
+    workers = default_workers(len(jobs))
   if workers <= 1 or len(jobs) <= 1:
     results = []
     for job in jobs:

@@ -99,7 +99,7 @@ class Settings:
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
   until_train_acc: float | None = None
   swr_sweep: tuple[float, ...] = ()
-  workers: int = 1
+  workers: int | None = None
   progress: bool = True
   out: str | None = None
 
@@ -173,8 +173,11 @@ def add_flags(parser: argparse.ArgumentParser, default_methods: str) -> None:
   parser.add_argument(
     "--workers",
     type=int,
-    default=1,
-    help="train the methods in this many processes, one CPU core each",
+    default=None,
+    help=(
+      "train the methods in this many processes, one CPU core each "
+      "(default: one per core on a CPU, 1 on a GPU or TPU)"
+    ),
   )
   parser.add_argument("--out", default=None, help="write the results as JSON")
   parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -191,14 +194,15 @@ def settings_from_flags(
   check_positive("--epochs", args.epochs)
   check_positive("--seeds", args.seeds)
   check_positive("--batch-size", args.batch_size)
-  check_positive("--workers", args.workers)
+  if args.workers is not None:
+    check_positive("--workers", args.workers)
   if args.until_train_acc is not None and not 0 < args.until_train_acc <= 1:
     raise ValueError(
       f"--until-train-acc must be in (0, 1]; got {args.until_train_acc}."
     )
   check_out_path(args.out)
   paper = PAPER_SWR_COEFS[swr_table].get(args.model, (1e-3, 1e-3))
-  swr_values = _swr_values(args.swr)
+  swr_values = () if args.swr is None else parse_coefs("--swr", args.swr)
   swr_coefs = (
     swr_values[0] if swr_values else paper[0],
     paper[1] if args.swr_classifier is None else args.swr_classifier,
@@ -236,18 +240,25 @@ def settings_from_flags(
 SWEEP_PREFIX = "swr λ="  # An entry of --swr's further values: "swr λ=0.01".
 
 
-def _swr_values(text: str | None) -> list[float]:
-  """The values of ``--swr``: none, one, or a comma-separated list."""
-  if text is None:
-    return []
+def parse_coefs(
+  flag: str, text: str, upper: float | None = 1.0
+) -> tuple[float, ...]:
+  """A flag's comma-separated coefficients, each >= 0 and <= ``upper``.
+
+  Raises:
+    ValueError: naming ``flag``, for text that is not such a list.
+  """
   try:
-    values = [float(v) for v in str(text).split(",") if v]
+    values = tuple(float(v) for v in str(text).split(",") if v)
   except ValueError:
     raise ValueError(
-      f"--swr: {text!r} is not a number or a comma-separated list of them."
+      f"{flag}: {text!r} is not a comma-separated list of numbers."
     ) from None
-  if not values or not all(0 <= v <= 1 for v in values):
-    raise ValueError(f"--swr: every value must be in [0, 1]; got {text}.")
+  if not values or not all(
+    0 <= v <= (np.inf if upper is None else upper) for v in values
+  ):
+    bounds = ">= 0" if upper is None else f"in [0, {upper:g}]"
+    raise ValueError(f"{flag}: every coefficient must be {bounds}; got {text}.")
   return values
 
 
@@ -324,7 +335,7 @@ def make_method(
 
 @dataclasses.dataclass(frozen=True)
 class Pool:
-  """Every example of a data set on the device, and each seed's split.
+  """Every example of a data set, and each seed's split.
 
   The protocols index the pool: a phase is an index array per seed. Data
   sets with a train/test split of their own (Fashion-MNIST, a user's .npz)
@@ -474,11 +485,7 @@ def _run_method(
   until = settings.until_train_acc
   total_steps = settings.epochs * sum(steps_per_epoch)
   boundaries = sorted({int(f * total_steps) for f in lr_boundaries_at})
-  lr = (
-    optax.piecewise_constant_schedule(settings.lr, {b: 0.1 for b in boundaries})
-    if boundaries
-    else settings.lr
-  )
+  lr = _learning_rate(settings.lr, boundaries)
   head = layers[-CLASSIFIER_LAYERS[settings.model] :]
   method = make_method(method_name, coefs, layers, head, lr, boundaries)
   engine = Engine(module, method.tx)
@@ -508,29 +515,19 @@ def _run_method(
   )
   for number, phase in enumerate(phases):
     if number and method.on_data_change is not None:
-      fresh = stack(
-        [
-          v["params"]
-          for v in variables_per_seed(
-            settings, pool, num_classes, 1000 * (number + 1)
-          )
-        ]
+      fresh = variables_per_seed(
+        settings, pool, num_classes, 1000 * (number + 1)
       )
       state = state._replace(
-        params=method.on_data_change(state.params, initial, fresh)
+        params=method.on_data_change(
+          state.params, initial, stack([v["params"] for v in fresh])
+        )
       )
     active = np.ones(settings.seeds, bool)
     epochs = np.zeros(settings.seeds, np.int64)
     for _ in range(settings.epochs):
       steps = steps_per_epoch[number]
-      # Padded to the longest phase's epoch: one compilation for all.
-      order = np.zeros((settings.seeds, max_steps, settings.batch_size), int)
-      for lane in lanes:
-        order[lane, :steps] = phase[lane][
-          engine_lib.epoch_order(
-            rngs[lane], phase.shape[1], settings.batch_size, steps
-          )
-        ]
+      order = _epoch_batches(phase, rngs, settings.batch_size, steps, max_steps)
       state, online = engine.train(
         state, x, labels, order, np.where(active, steps, 0)
       )
@@ -570,6 +567,33 @@ def _run_method(
     "coefs": list(coefs),
   }
   return record
+
+
+def _learning_rate(lr: float, boundaries: Sequence[int]) -> Any:
+  """``lr``, divided by 10 at each of ``boundaries`` (steps), if any."""
+  if not boundaries:
+    return lr
+  return optax.piecewise_constant_schedule(lr, {b: 0.1 for b in boundaries})
+
+
+def _epoch_batches(
+  phase: np.ndarray,
+  rngs: Sequence[np.random.Generator],
+  batch_size: int,
+  steps: int,
+  max_steps: int,
+) -> np.ndarray:
+  """One epoch's ``[seeds, max_steps, batch]`` indices into the pool.
+
+  Rows past ``steps`` are padding (never trained on), so that phases of
+  every size share one compilation of the training loop.
+  """
+  order = np.zeros((len(rngs), max_steps, batch_size), np.int64)
+  for lane, rng in enumerate(rngs):
+    order[lane, :steps] = phase[lane][
+      engine_lib.epoch_order(rng, phase.shape[1], batch_size, steps)
+    ]
+  return order
 
 
 def _start_order(name: str) -> tuple[int, float]:

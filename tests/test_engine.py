@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,3 +138,9 @@ def test_jobs_in_worker_processes_come_back_in_order():
   done = []
   results = engine_lib.run_jobs(pow, [(2, 3)], on_done=lambda: done.append(1))
   assert results == [8] and done == [1]
+
+
+def test_default_workers_are_one_per_core_and_at_most_one_per_job():
+  assert engine_lib.default_workers(1) == 1
+  cores = len(os.sched_getaffinity(0))
+  assert engine_lib.default_workers(100) == cores  # the tests run on a CPU

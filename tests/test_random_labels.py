@@ -24,6 +24,8 @@ TINY = [
   "100",
   "--batch-size",
   "16",
+  "--workers",
+  "1",
   "--no-progress",
 ]
 

@@ -71,7 +71,7 @@ class Settings:
   lr: float = 1e-3
   width: int = 100
   dormant_tau: float = 0.0
-  workers: int = 1
+  workers: int | None = None
   progress: bool = True
   out: str | None = None
 
@@ -123,7 +123,7 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     default=Settings.workers,
     help=(
       "train the methods in this many processes, each on its own CPU core "
-      "(2 on a 2-core machine: about 1.5x faster than 1)"
+      "(default: one per core on a CPU, 1 on a GPU or TPU)"
     ),
   )
   parser.add_argument(
@@ -144,18 +144,19 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
       f"--methods: unknown {unknown or 'empty list'}; choose from "
       f"{','.join(METHODS)}."
     )
-  for flag in (
-    "tasks",
-    "steps_per_task",
-    "seeds",
-    "batch_size",
-    "width",
-    "workers",
-  ):
+  flags = ["tasks", "steps_per_task", "seeds", "batch_size", "width"]
+  if args.workers is not None:
+    flags.append("workers")
+  for flag in flags:
     protocols.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
   protocols.check_out_path(args.out)
   coefs = {
-    name: _parse_coefs(name, getattr(args, name)) for name in DEFAULT_COEFS
+    name: protocols.parse_coefs(
+      f"--{name.replace('_', '-')}",
+      getattr(args, name),
+      1.0 if name in ("snp", "swr") else None,
+    )
+    for name in DEFAULT_COEFS
   }
   settings = Settings(
     data=args.data,
@@ -174,21 +175,6 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     out=args.out,
   )
   return settings, args.calibrate
-
-
-def _parse_coefs(name: str, text: str) -> tuple[float, ...]:
-  flag = f"--{name.replace('_', '-')}"
-  try:
-    values = tuple(float(v) for v in text.split(",") if v)
-  except ValueError:
-    raise ValueError(
-      f"{flag}: {text!r} is not a comma-separated list of numbers."
-    ) from None
-  upper = 1.0 if name in ("snp", "swr") else np.inf
-  if not values or not all(0 <= v <= upper for v in values):
-    bounds = "in [0, 1]" if upper == 1.0 else ">= 0"
-    raise ValueError(f"{flag}: every coefficient must be {bounds}; got {text}.")
-  return values
 
 
 def entries(settings: Settings) -> list[tuple[str, str, tuple[float, ...]]]:
