@@ -235,7 +235,7 @@ def calibrate(
   the last being the first checkpoint where every seed reaches
   ``CALIBRATION_TARGET`` (None if none does).
   """
-  run = _Run(settings, x, num_classes, "vanilla", "vanilla", ())
+  run = _Run(settings, x, num_classes, "vanilla", ())
   checkpoints = list(
     range(CALIBRATION_EVERY, settings.steps_per_task + 1, CALIBRATION_EVERY)
   )
@@ -262,7 +262,7 @@ def calibrate(
 class _Run:
   """One method over all seeds (lanes): its engine, state and task labels."""
 
-  def __init__(self, settings, x, num_classes, name, method_name, coefs):
+  def __init__(self, settings, x, num_classes, method_name, coefs):
     self.settings = settings
     self.x = jnp.asarray(x)
     self.num_classes = num_classes
@@ -274,16 +274,14 @@ class _Run:
       for seed in range(settings.seeds)
     ]
     layers = optax_swr.layers_from_linen(self.module, variables[0], x[:1])
-    self.layers = layers
     self.method = protocols.make_method(
       method_name, coefs, layers, layers[-1:], settings.lr
     )
     self.engine = engine_lib.Engine(self.module, self.method.tx)
     self.state = self.engine.init(variables)
     self.initial = engine_lib.stack([v["params"] for v in variables])
-    self.name = name
     self.labels = jnp.zeros((settings.seeds, len(x)), jnp.int32)
-    self._norms = jax.jit(jax.vmap(lambda p: metrics.layer_norms(p, layers)))
+    self._norms = protocols.lane_metrics(layers)[0]
 
   def new_task(self, task: int) -> None:
     seeds, n = self.settings.seeds, len(self.x)
@@ -352,12 +350,10 @@ class _Run:
     }
 
 
-def run_method(
-  settings, x, num_classes, name, method_name, coefs
-) -> dict[str, Any]:
+def run_method(settings, x, num_classes, method_name, coefs) -> dict[str, Any]:
   """Trains one method through every task; returns its JSON entry."""
   start = time.perf_counter()
-  run = _Run(settings, x, num_classes, name, method_name, coefs)
+  run = _Run(settings, x, num_classes, method_name, coefs)
   keys = (
     "task_train_acc",
     "task_online_acc",
@@ -413,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       unit="task",
     )
     jobs = [
-      (settings, x, dataset.num_classes, name, method, coefs)
-      for name, method, coefs in todo
+      (settings, x, dataset.num_classes, method, coefs)
+      for _, method, coefs in todo
     ]
     done = engine_lib.run_jobs(
       run_method, jobs, settings.workers, lambda: bar.update(settings.tasks)
