@@ -550,7 +550,8 @@ def _run_method(
         active &= train_acc < until
         if not active.any():
           break
-    train_acc = engine.accuracy(state, x, labels, phase)
+    if until is None:  # With a target, the last epoch measured it already.
+      train_acc = engine.accuracy(state, x, labels, phase)
     for lane in lanes:
       record["epochs_per_phase"][lane].append(int(epochs[lane]))
       record["phase_train_acc"][lane].append(float(train_acc[lane]))

@@ -244,3 +244,27 @@ def test_a_list_of_swr_coefficients_adds_sweep_entries(npz):
     ValueError, match=re.escape("--swr: every coefficient must be in [0, 1]")
   ):
     generalization.main(["--data", npz, "--swr", "1e-3,2", *FLAGS])
+
+
+def test_until_train_acc_stops_each_seed_at_the_target_or_the_cap(npz):
+  cap, target = 6, 0.6
+  results = warm_start.main(
+    [
+      "--data",
+      npz,
+      "--methods",
+      "vanilla",
+      "--until-train-acc",
+      str(target),
+      *FLAGS,
+      "--epochs",
+      str(cap),
+    ]
+  )
+  for entry in results["methods"].values():
+    for epochs, accuracy, test_acc in zip(
+      entry["epochs_per_phase"], entry["phase_train_acc"], entry["test_acc"]
+    ):
+      assert len(test_acc) == sum(epochs)  # one record per epoch trained
+      for e, a in zip(epochs, accuracy):
+        assert 1 <= e <= cap and (a >= target or e == cap)
