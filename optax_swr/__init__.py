@@ -22,7 +22,13 @@ Chain it after any optimizer::
 from optax_swr import baselines
 from optax_swr import metrics
 from optax_swr._batch_stats import sync_batch_stats
-from optax_swr._batch_stats import sync_nnx_batch_stats
+from optax_swr._equinox import layers_from_equinox
+from optax_swr._flax import layers_from_linen
+from optax_swr._flax import layers_from_nnx
+from optax_swr._flax import sync_nnx_batch_stats
+from optax_swr._layers import Layer
+from optax_swr._layers import by_layer
+from optax_swr._layers import find_layers
 from optax_swr._proportional import ProportionalityReport
 from optax_swr._proportional import check_proportional
 from optax_swr._swr import LowPrecisionWarning
@@ -30,18 +36,20 @@ from optax_swr._swr import SWRState
 from optax_swr._swr import reset_reference_norms
 from optax_swr._swr import swr
 from optax_swr._tracing import NotAChainWarning
-from optax_swr._tracing import layers_from_linen
-from optax_swr._tracing import layers_from_nnx
 
 __version__ = "0.1.0"
 
 __all__ = (
+  "Layer",
   "LowPrecisionWarning",
   "NotAChainWarning",
   "ProportionalityReport",
   "SWRState",
   "baselines",
+  "by_layer",
   "check_proportional",
+  "find_layers",
+  "layers_from_equinox",
   "layers_from_linen",
   "layers_from_nnx",
   "metrics",

@@ -23,38 +23,45 @@ the network SWR actually produced.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import optax
 
 from optax_swr import _layers
-from optax_swr import _swr
 
 _STAT_POWERS = {"mean": 1, "var": 2}
 
 
-def sync_batch_stats(batch_stats: Any, opt_state: Any) -> Any:
+def sync_batch_stats(
+  batch_stats: Any,
+  opt_state: Any,
+  layers: Sequence[_layers.Layer | _layers.Path | str],
+) -> Any:
   """Rescales BatchNorm running statistics to match the last SWR step.
 
   Call it after every optimizer update, on the statistics of the forward pass
   of that step. Each BatchNorm's ``mean`` is multiplied by the scale s of its
   input in the last SWR step and its ``var`` by s^2 (s is recorded in
-  ``SWRState.norm_input_scales``).
+  ``SWRState.input_scales``).
 
   Args:
     batch_stats: the running statistics, keyed like the params: Linen's
       ``variables["batch_stats"]`` (``{"BatchNorm_0": {"mean", "var"}}``) or
       an ``nnx.State`` of ``nnx.BatchStat``.
     opt_state: the optimizer state holding the :class:`SWRState`.
+    layers: the layers ``swr`` rescales, in its order: the sequence passed
+      as ``swr(layers=...)``, or, where ``swr`` inferred them or got a
+      function, ``optax_swr.find_layers(params, layers)``.
 
   Returns:
     ``batch_stats`` with every ``mean`` and ``var`` rescaled.
 
   Raises:
-    ValueError: if ``opt_state`` holds no (or several) SWR states, or a
-      statistic belongs to a layer that SWR does not rescale as a
-      normalization layer.
+    ValueError: if ``opt_state`` holds no (or several) SWR states, ``layers``
+      does not match it, or a statistic belongs to a layer that is not a
+      normalization layer of ``layers``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -64,81 +71,64 @@ def sync_batch_stats(batch_stats: Any, opt_state: Any) -> Any:
     ...     "conv": {"kernel": jnp.ones((2, 2))},
     ...     "bn": {"scale": jnp.ones(2), "bias": jnp.zeros(2)},
     ... }
-    >>> tx = optax_swr.swr(coef=1.0, layers=["conv", "bn"])
+    >>> layers = ["conv", "bn"]
+    >>> tx = optax_swr.swr(coef=1.0, layers=layers)
     >>> grads = {"conv": {"kernel": jnp.ones((2, 2))},
     ...          "bn": {"scale": jnp.zeros(2), "bias": jnp.zeros(2)}}
     >>> _, opt_state = tx.update(grads, tx.init(params), params)
     >>> stats = {"bn": {"mean": jnp.ones(2), "var": jnp.ones(2)}}
-    >>> synced = optax_swr.sync_batch_stats(stats, opt_state)
+    >>> synced = optax_swr.sync_batch_stats(stats, opt_state, layers)
     >>> print(synced["bn"]["mean"], synced["bn"]["var"])
     [0.5 0.5] [0.25 0.25]
   """
-  scales = _norm_input_scales(opt_state)
+  scales = _input_scales(opt_state)
+  entries = _layer_entries(layers, len(scales))
+  index_of = {_layers.entry_path(entry): i for i, entry in enumerate(entries)}
   leaves, treedef = jax.tree.flatten(batch_stats)
   rescaled = []
   for path, leaf in zip(_layers.leaf_paths(batch_stats), leaves):
-    *layer, stat = path
-    key = _swr.layer_key(tuple(layer))
-    if key not in scales:
+    *owner, stat = path
+    index = index_of.get(tuple(owner))
+    entry = None if index is None else entries[index]
+    if entry is None or (isinstance(entry, _layers.Layer) and not entry.norm):
       raise ValueError(
-        f"sync_batch_stats: the statistic {path!r} belongs to {key!r}, "
-        "which SWR does not rescale as a normalization layer (one with a "
-        f"`scale` param); it knows {sorted(scales)}. Pass the statistics "
-        "keyed like the params, and list every BatchNorm in swr(layers=...)."
+        f"sync_batch_stats: the statistic {path!r} belongs to "
+        f"{tuple(owner)!r}, which is not a normalization layer of `layers` "
+        f"({[_layers.entry_path(e) for e in entries]}). Pass the "
+        "statistics keyed like the params, and the layers swr rescales "
+        "with every BatchNorm among them."
       )
     if stat not in _STAT_POWERS:
       raise ValueError(
         f"sync_batch_stats: unknown statistic {path!r}; expected 'mean' "
         "or 'var' leaves under each BatchNorm."
       )
-    factor = jax.tree.leaves(scales[key])[0] ** _STAT_POWERS[stat]
+    factor = scales[index] ** _STAT_POWERS[stat]
     rescaled.append((leaf * factor).astype(leaf.dtype))
   return jax.tree.unflatten(treedef, rescaled)
 
 
-def sync_nnx_batch_stats(model: Any, opt_state: Any) -> None:
-  """Rescales the ``nnx.BatchStat`` variables of ``model`` in place.
-
-  The NNX form of :func:`sync_batch_stats`: call it after
-  ``optimizer.update(model, grads)``.
-
-  Args:
-    model: the ``nnx.Module`` whose BatchNorm statistics to rescale.
-    opt_state: the optimizer state, e.g. ``optimizer.opt_state``.
-
-  Example:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import optax
-    >>> from flax import nnx
-    >>> import optax_swr
-    >>> class Net(nnx.Module):
-    ...   def __init__(self, rngs):
-    ...     self.fc = nnx.Linear(3, 4, rngs=rngs)
-    ...     self.bn = nnx.BatchNorm(4, rngs=rngs)
-    ...   def __call__(self, x):
-    ...     return self.bn(self.fc(x))
-    >>> model = Net(nnx.Rngs(0))
-    >>> tx = optax.chain(optax.sgd(0.1), optax_swr.swr(0.5, layers=["fc", "bn"]))
-    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    >>> _ = model(jnp.arange(6.0).reshape(2, 3))  # updates the running stats
-    >>> grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
-    >>> _ = optimizer.update(model, grads)
-    >>> var_before = model.bn.var[...]
-    >>> optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state)
-    >>> s = optax.tree.get(optimizer.opt_state, "norm_input_scales")["bn"]
-    >>> bool(jnp.allclose(model.bn.var[...], var_before * s[...] ** 2))
-    True
-  """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  stats = nnx.state(model, nnx.BatchStat)
-  nnx.update(model, sync_batch_stats(stats, opt_state))
+def _layer_entries(layers: Any, num_layers: int) -> tuple[Any, ...]:
+  if layers is None or callable(layers) and not isinstance(layers, Sequence):
+    raise ValueError(
+      "sync_batch_stats: `layers` must be the sequence of layers swr "
+      "rescales; where swr got layers=None or a function, pass "
+      "optax_swr.find_layers(params, layers) here."
+    )
+  entries = _layers.normalize_layers_arg(layers, caller="sync_batch_stats")
+  assert isinstance(entries, tuple)
+  if len(entries) != num_layers:
+    raise ValueError(
+      f"sync_batch_stats: `layers` has {len(entries)} layers but the SWR "
+      f"state has {num_layers}; pass the layers swr was built with "
+      "(optax_swr.find_layers(params, layers) lists them)."
+    )
+  return entries
 
 
-def _norm_input_scales(opt_state: Any) -> dict[str, Any]:
+def _input_scales(opt_state: Any) -> jax.Array:
   try:
-    scales = optax.tree.get(opt_state, "norm_input_scales")
+    scales = optax.tree.get(opt_state, "input_scales")
   except KeyError as error:
     raise ValueError(
       "sync_batch_stats: `opt_state` holds several SWR states; pass the "
@@ -149,4 +139,5 @@ def _norm_input_scales(opt_state: Any) -> dict[str, Any]:
       "sync_batch_stats: `opt_state` holds no SWRState. Pass the state of "
       "a transformation that contains optax_swr.swr(...)."
     )
-  return scales
+  # nnx.Optimizer wraps the array in an OptState variable.
+  return jax.tree.leaves(scales)[0]

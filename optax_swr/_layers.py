@@ -12,50 +12,157 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""What a layer is in a params tree, and in which order the layers run.
+"""What a layer is, where its leaves are in a params tree, and their order.
 
-A layer is a sub-tree of the params that holds one weight leaf (named
-``kernel``, ``scale`` or ``embedding``) and optionally a ``bias`` leaf. A layer
-whose weight is ``scale`` is a normalization layer. Layers are addressed by
-paths: tuples of keys from the root of the params tree, e.g. ``("Dense_0",)``.
+A :class:`Layer` names one weight leaf and optionally one bias leaf of the
+params by their paths (tuples of keys from the root of the params tree), and
+says whether the layer normalizes its input. The tracers produce layers, users
+may write them, and :func:`find_layers` infers them from the common naming
+conventions of Flax, Equinox, PyTorch-style trees and Haiku.
 
-This module only looks at tree structure, never at values, so everything here
+This module only looks at tree structure and shapes, never at values, so it
 runs once per trace in Python and costs nothing inside ``jax.jit``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+import dataclasses
 import re
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 Path = tuple[Hashable, ...]
 
-WEIGHT_NAMES = ("kernel", "scale", "embedding")
-NORM_WEIGHT_NAME = "scale"
-BIAS_NAME = "bias"
+# Leaf names that hold a layer's weight, by convention: Flax (kernel, scale,
+# embedding), Equinox and PyTorch-style (weight), Haiku (w, scale,
+# embeddings). True: a normalization layer; None: decided by the shape (a
+# vector `weight` is a normalization layer's scale).
+WEIGHT_NAMES: dict[str, bool | None] = {
+  "kernel": False,
+  "embedding": False,
+  "w": False,
+  "embeddings": False,
+  "weight": None,
+  "scale": True,
+}
+BIAS_NAMES = ("bias", "b", "offset")
 # nnx.Variable flattens to a node with a `value` attribute; the layer structure
 # is the same with or without it.
 _VARIABLE_ATTRIBUTES = ("value", "raw_value")
 _NUMBERED_NAME = re.compile(r"^(.*?)_?(\d+)$")
 
 
-class Layer(NamedTuple):
-  """A layer resolved against one params tree.
+def _as_path(value: Any) -> Path | None:
+  if value is None:
+    return None
+  if isinstance(value, (str, int)):
+    return (value,)
+  if isinstance(value, (tuple, list)) and value:
+    return tuple(value)
+  raise ValueError(
+    "optax_swr.Layer: a path must be a non-empty tuple of keys from the root "
+    f"of the params tree, e.g. ('Dense_0', 'kernel'), or one key; got "
+    f"{value!r}."
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One layer of a network, as :func:`optax_swr.swr` rescales it.
+
+  SWR multiplies ``weight`` by the layer's factor c and ``bias`` by the
+  product C of the factors since the last normalization layer (or the
+  input). A normalization layer (BatchNorm, LayerNorm, RMSNorm, GroupNorm)
+  forgets the scale of its input, so the product restarts there; one without
+  a scale has ``weight=None`` and still restarts it.
 
   Attributes:
-    path: the layer's path from the root of the params tree.
-    weight_index: index of the weight leaf in ``jax.tree.leaves(params)``.
-    bias_index: index of the bias leaf, or ``None`` if the layer has none.
-    is_norm: whether the layer is a normalization layer (weight ``scale``).
+    weight: the path of the weight leaf, e.g. ``("Dense_0", "kernel")``; a
+      string is a one-key path (``"w1"``). ``None`` only for a normalization
+      layer without a scale.
+    bias: the path of the bias leaf, or ``None``.
+    norm: whether the layer normalizes its input.
+    path: the layer's own path, used to name it and to find its BatchNorm
+      statistics; defaults to the parent of ``weight`` (or of ``bias``).
+    coef: this layer's coefficient (a float in [0, 1] or a schedule), in
+      place of ``swr``'s ``coef`` / ``classifier_coef``; ``0.0`` excludes the
+      layer while keeping the network's function (unlike ``optax.masked``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_swr
+    >>> params = {"w1": jnp.ones((3, 4)), "b1": jnp.ones(4),
+    ...           "w2": jnp.ones((4, 2)), "b2": jnp.ones(2)}
+    >>> layers = [optax_swr.Layer("w1", "b1"), optax_swr.Layer("w2", "b2")]
+    >>> tx = optax.chain(optax.sgd(0.1), optax_swr.swr(0.1, layers=layers))
+    >>> print(optax.tree.get(tx.init(params), "reference_norms"))
+    [3.4641016 2.828427 ]
   """
 
-  path: Path
-  weight_index: int
+  weight: Path | None
+  bias: Path | None = None
+  norm: bool = False
+  path: Path | None = None
+  coef: Any = None
+
+  def __post_init__(self):
+    weight, bias = _as_path(self.weight), _as_path(self.bias)
+    if weight is None and not self.norm:
+      raise ValueError(
+        f"optax_swr.Layer(bias={bias!r}): only a normalization layer "
+        "(norm=True) may have no weight; give the weight's path."
+      )
+    path = _as_path(self.path)
+    if path is None:
+      own = weight if weight is not None else bias
+      if own is None:
+        raise ValueError(
+          "optax_swr.Layer: a normalization layer without a weight or a "
+          "bias needs `path`, the path of the module, so that its place in "
+          "the order and its statistics can be found."
+        )
+      path = own[:-1] if len(own) > 1 else own
+    object.__setattr__(self, "weight", weight)
+    object.__setattr__(self, "bias", bias)
+    object.__setattr__(self, "norm", bool(self.norm))
+    object.__setattr__(self, "path", path)
+
+  @property
+  def name(self) -> str:
+    """The layer's path joined with "/", e.g. ``"encoder/Dense_0"``."""
+    return "/".join(map(str, self.path or ()))
+
+
+LayerSpec = Layer | Path | str
+LayersArg = Sequence[LayerSpec] | Callable[[Any], Sequence[LayerSpec]] | None
+
+
+class ResolvedLayer(NamedTuple):
+  """A :class:`Layer` resolved against one params tree.
+
+  Attributes:
+    layer: the layer.
+    weight_index: index of the weight leaf in ``jax.tree.leaves(params)``, or
+      ``None`` for a normalization layer without a scale.
+    bias_index: index of the bias leaf, or ``None``.
+  """
+
+  layer: Layer
+  weight_index: int | None
   bias_index: int | None
-  is_norm: bool
+
+  @property
+  def path(self) -> Path:
+    assert self.layer.path is not None
+    return self.layer.path
+
+  @property
+  def is_norm(self) -> bool:
+    return self.layer.norm
 
 
 def _key_name(key: Any) -> Hashable:
@@ -80,131 +187,336 @@ def leaf_paths(tree: Any) -> list[Path]:
       and key_path[-1].name in _VARIABLE_ATTRIBUTES
     ):
       key_path = key_path[:-1]
-    paths.append(tuple(_key_name(k) for k in key_path))
+    paths.append(path_of(key_path))
   return paths
+
+
+def path_of(key_path: Sequence[Any]) -> Path:
+  """The plain path of a JAX key path: dict keys, attribute names, indices."""
+  return tuple(_key_name(k) for k in key_path)
 
 
 def normalize_layers_arg(
   layers: Any, name: str = "layers", caller: str = "swr"
-) -> tuple[Path, ...] | None:
-  """Validates a sequence-of-paths argument and returns it as path tuples.
+) -> tuple[Layer | Path, ...] | Callable[[Any], Any] | None:
+  """Validates a ``layers`` argument before any params are seen.
 
-  A string is accepted as a one-key path. Raises ValueError, naming the
-  function ``caller`` and the argument ``name``, for an empty or malformed
-  sequence and for duplicates.
+  Entries are :class:`Layer` values or paths of layer sub-trees (a string is
+  a one-key path); a callable is kept, to be called with the params. Raises
+  ValueError, naming the function ``caller`` and the argument ``name``, for
+  an empty or malformed sequence and for duplicates.
   """
-  if layers is None:
-    return None
-  if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+  if layers is None or callable(layers) and not isinstance(layers, Layer):
+    return layers
+  if isinstance(layers, (str, bytes, Layer)) or not isinstance(
+    layers, Sequence
+  ):
     raise ValueError(
-      f"{caller}: `{name}` must be a sequence of paths in forward order, e.g. "
-      f"{name}=[('Dense_0',), ('Dense_1',)]; got {layers!r}."
+      f"{caller}: `{name}` must be a sequence of layers in forward order "
+      f"(optax_swr.Layer values or paths of layer sub-trees, e.g. "
+      f"{name}=[('Dense_0',), ('Dense_1',)]), or a function of the params "
+      f"that returns one; got {layers!r}."
     )
   if not layers:
     raise ValueError(
-      f"{caller}: `{name}` is empty: pass at least one layer path, or leave "
+      f"{caller}: `{name}` is empty: pass at least one layer, or leave "
       f"`{name}` as None."
     )
-  paths = tuple(_as_path(path, name, caller) for path in layers)
+  entries = tuple(_as_entry(entry, name, caller) for entry in layers)
+  _check_unique([entry_path(e) for e in entries], name, caller)
+  return entries
+
+
+def _as_entry(entry: Any, name: str, caller: str) -> Layer | Path:
+  if isinstance(entry, Layer):
+    return entry
+  if isinstance(entry, str):
+    return (entry,)
+  if isinstance(entry, (tuple, list)) and entry:
+    return tuple(entry)
+  raise ValueError(
+    f"{caller}: every entry of `{name}` must be an optax_swr.Layer or a "
+    "non-empty tuple of keys from the root of the params tree, e.g. "
+    f"('encoder', 'conv1'); got {entry!r}."
+  )
+
+
+def entry_path(entry: Layer | Path) -> Path:
+  return entry.path if isinstance(entry, Layer) else entry  # type: ignore[return-value]
+
+
+def _check_unique(paths: Sequence[Path], name: str, caller: str) -> None:
   seen = set()
   for path in paths:
     if path in seen:
       raise ValueError(
-        f"{caller}: `{name}` lists the path {path!r} more than once. Each layer "
-        "must appear exactly once, in forward order."
+        f"{caller}: `{name}` lists the layer {path!r} more than once. Each "
+        "layer must appear exactly once, in forward order."
       )
     seen.add(path)
-  return paths
 
 
-def _as_path(path: Any, name: str, caller: str) -> Path:
-  if isinstance(path, str):
-    return (path,)
-  if isinstance(path, (tuple, list)) and path:
-    return tuple(path)
-  raise ValueError(
-    f"{caller}: every entry of `{name}` must be a non-empty tuple of keys from "
-    f"the root of the params tree, e.g. ('encoder', 'conv1'); got {path!r}."
+def find_layers(params: Any, layers: LayersArg = None) -> tuple[Layer, ...]:
+  """The layers :func:`optax_swr.swr` rescales in ``params``, in order.
+
+  Turns any form of ``swr``'s ``layers`` argument into explicit
+  :class:`Layer` values: use it to see what ``layers=None`` inferred, to name
+  the entries of ``SWRState`` arrays (:func:`by_layer`), or to hand the
+  layers to :func:`optax_swr.sync_batch_stats`.
+
+  Args:
+    params: the params tree.
+    layers: as for :func:`optax_swr.swr`: ``None`` infers them from the
+      leaf names, where the names settle the order.
+
+  Returns:
+    The layers, in forward order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax_swr
+    >>> params = {"linear": {"w": jnp.ones((2, 3)), "b": jnp.ones(3)},
+    ...           "linear_1": {"w": jnp.ones((3, 1)), "b": jnp.ones(1)}}
+    >>> for layer in optax_swr.find_layers(params):  # Haiku's names
+    ...   print(layer.weight, layer.bias)
+    ('linear', 'w') ('linear', 'b')
+    ('linear_1', 'w') ('linear_1', 'b')
+  """
+  spec = normalize_layers_arg(layers, caller="find_layers")
+  return tuple(r.layer for r in resolve(params, spec, caller="find_layers"))
+
+
+def by_layer(values: Any, layers: Sequence[Layer]) -> dict[str, Any]:
+  """Names the entries of a per-layer array, e.g. for logging.
+
+  Args:
+    values: an array whose first axis runs over the layers, in the order of
+      ``layers`` (e.g. ``optax.tree.get(opt_state, "weight_norms")``).
+    layers: the layers, as :func:`find_layers` or a tracer returns them.
+
+  Returns:
+    A dict from each layer's name to its entry.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_swr
+    >>> params = {"Dense_0": {"kernel": jnp.full((2, 2), 2.0)},
+    ...           "Dense_1": {"kernel": jnp.ones((2, 1))}}
+    >>> state = optax_swr.swr(0.1).init(params)
+    >>> norms = optax.tree.get(state, "weight_norms")
+    >>> optax_swr.by_layer(norms, optax_swr.find_layers(params))
+    {'Dense_0': Array(4., dtype=float32), 'Dense_1': Array(1.4142135, dtype=float32)}
+  """
+  layers = tuple(layers)
+  if not all(isinstance(layer, Layer) for layer in layers):
+    raise ValueError(
+      "by_layer: `layers` must be optax_swr.Layer values; get them with "
+      "optax_swr.find_layers(params, layers)."
+    )
+  if len(values) != len(layers):
+    raise ValueError(
+      f"by_layer: `values` has {len(values)} entries but there are "
+      f"{len(layers)} layers; pass the layers the SWR state was built with."
+    )
+  return {layer.name: values[i] for i, layer in enumerate(layers)}
+
+
+def resolve(
+  params: Any, layers: Any, caller: str = "swr"
+) -> tuple[ResolvedLayer, ...]:
+  """Finds the given layers (or infers them) in ``params``.
+
+  Args:
+    params: the params tree.
+    layers: the output of :func:`normalize_layers_arg`.
+    caller: the public function named in errors.
+
+  Returns:
+    The resolved layers, in forward order; ``()`` for an empty tree.
+
+  Raises:
+    ValueError: if a layer is not in the tree, two layers share a leaf, a
+      leaf is not floating point, or the order cannot be inferred.
+  """
+  paths = leaf_paths(params)
+  if not paths:  # An empty tree (also optax.tree_map_params' placeholder).
+    return ()
+  leaves = jax.tree.leaves(params)
+  if callable(layers):
+    layers = _call_layers_fn(layers, params, caller)
+  if layers is None:
+    found = _infer_layers(paths, leaves, caller)
+  else:
+    found = [_as_layer(entry, paths, leaves, caller) for entry in layers]
+  index_of = {path: index for index, path in enumerate(paths)}
+  resolved = tuple(
+    ResolvedLayer(
+      layer,
+      None if layer.weight is None else index_of[layer.weight],
+      None if layer.bias is None else index_of[layer.bias],
+    )
+    for layer in found
   )
+  _check_no_shared_leaves(resolved, caller)
+  _check_floating(leaves, resolved, caller)
+  return resolved
+
+
+def _call_layers_fn(
+  layers_fn: Callable[[Any], Any], params: Any, caller: str
+) -> Any:
+  returned = layers_fn(params)
+  try:
+    return normalize_layers_arg(returned, caller=caller)
+  except ValueError as error:
+    raise ValueError(
+      f"{caller}: the `layers` function returned {returned!r}, which is not "
+      "a sequence of optax_swr.Layer values or layer paths in forward "
+      f"order: {error}"
+    ) from None
+
+
+def _infer_layers(
+  paths: list[Path], leaves: list[Any], caller: str
+) -> list[Layer]:
+  groups = group_by_layer(paths)
+  layers = {
+    path: layer_from_group(path, group, leaves, caller)
+    for path, group in groups.items()
+  }
+  if not layers:
+    raise ValueError(
+      f"{caller}: the params tree has no layer with a weight leaf named "
+      f"{', '.join(WEIGHT_NAMES)}, so there is nothing to rescale. Pass "
+      "`layers=` with optax_swr.Layer(weight=..., bias=...) values."
+    )
+  return [layers[path] for path in infer_layer_order(list(layers), caller)]
 
 
 def group_by_layer(paths: list[Path]) -> dict[Path, dict[str, int]]:
   """Maps every sub-tree that directly holds a weight or bias to its leaves."""
   groups: dict[Path, dict[str, int]] = {}
   for index, path in enumerate(paths):
-    if path and path[-1] in (*WEIGHT_NAMES, BIAS_NAME):
-      groups.setdefault(path[:-1], {})[path[-1]] = index
+    if path and path[-1] in (*WEIGHT_NAMES, *BIAS_NAMES):
+      groups.setdefault(path[:-1], {})[str(path[-1])] = index
   return groups
 
 
-def _layer_from_group(path: Path, group: dict[str, int]) -> Layer:
+def layer_from_group(
+  path: Path, group: dict[str, int], leaves: list[Any], caller: str
+) -> Layer:
   weight_names = [name for name in WEIGHT_NAMES if name in group]
-  if len(weight_names) > 1:
+  bias_names = [name for name in BIAS_NAMES if name in group]
+  if len(weight_names) > 1 or len(bias_names) > 1:
     raise ValueError(
-      f"swr: the layer {path!r} has more than one weight leaf "
-      f"({', '.join(weight_names)}); a layer must have exactly one of "
-      f"{', '.join(WEIGHT_NAMES)}. List its sub-layers in `layers` instead."
+      f"{caller}: the layer {path!r} has the leaves {sorted(group)}, more "
+      "than one weight or bias by name, so which is which is unclear. Pass "
+      "optax_swr.Layer(weight=..., bias=...) values in `layers`."
+    )
+  if not weight_names:
+    raise ValueError(
+      f"{caller}: the sub-tree {path!r} has a bias ({bias_names[0]!r}) but no "
+      "weight. If it is a normalization layer without a scale (e.g. "
+      "LayerNorm(use_scale=False)), trace the model with "
+      "optax_swr.layers_from_linen / layers_from_nnx / layers_from_equinox, "
+      f"or pass optax_swr.Layer(weight=None, bias={(*path, bias_names[0])!r},"
+      " norm=True) in `layers`."
     )
   (weight_name,) = weight_names
+  is_norm = WEIGHT_NAMES[weight_name]
+  if is_norm is None:  # A vector `weight` is a normalization layer's scale.
+    is_norm = jnp.ndim(leaves[group[weight_name]]) == 1
   return Layer(
-    path=path,
-    weight_index=group[weight_name],
-    bias_index=group.get(BIAS_NAME),
-    is_norm=weight_name == NORM_WEIGHT_NAME,
+    weight=(*path, weight_name),
+    bias=(*path, bias_names[0]) if bias_names else None,
+    norm=is_norm,
+    path=path or None,  # A layer at the root is named after its weight.
   )
 
 
-def resolve_layers(
-  paths: list[Path], layers: tuple[Path, ...] | None
-) -> tuple[Layer, ...]:
-  """Finds the given layers (or infers them) in a tree with these leaf paths.
-
-  Args:
-    paths: the tree's leaf paths, as returned by :func:`leaf_paths`.
-    layers: the layers in forward order, or ``None`` to infer the order.
-
-  Returns:
-    The resolved layers, in forward order.
-
-  Raises:
-    ValueError: if a path is not a layer of the tree, or the order cannot be
-      inferred unambiguously.
-  """
-  groups = group_by_layer(paths)
-  if layers is None:
-    layer_paths = [p for p, g in groups.items() if set(g) & set(WEIGHT_NAMES)]
-    if not layer_paths:
-      raise ValueError(
-        "swr: the params tree has no layer with a weight leaf named "
-        f"{', '.join(WEIGHT_NAMES)}, so there is nothing to rescale. Pass "
-        "`layers=` with the paths of the layers to rescale."
-      )
-    layers = infer_layer_order(layer_paths)
-  return tuple(_find_layer(path, paths, groups) for path in layers)
-
-
-def _find_layer(
-  path: Path, paths: list[Path], groups: dict[Path, dict[str, int]]
+def _as_layer(
+  entry: Layer | Path, paths: list[Path], leaves: list[Any], caller: str
 ) -> Layer:
-  group = groups.get(path, {})
-  if any(name in group for name in WEIGHT_NAMES):
-    return _layer_from_group(path, group)
-  if path in paths:
+  if isinstance(entry, Layer):
+    for role in ("weight", "bias"):
+      _check_leaf_path(entry, role, paths, caller)
+    return entry
+  groups = group_by_layer(paths)
+  group = groups.get(entry, {})
+  if group:
+    return layer_from_group(entry, group, leaves, caller)
+  if entry in paths:
     raise ValueError(
-      f"swr: the path {path!r} in `layers` points to a leaf, not to a layer. "
-      f"Give the layer's sub-tree instead, e.g. {path[:-1]!r}."
+      f"{caller}: the path {entry!r} in `layers` points to a leaf, not to a "
+      f"layer sub-tree. Say which leaf is the weight and which the bias: "
+      f"optax_swr.Layer(weight={entry!r}, bias=<path of its bias or None>)."
     )
-  below = [p[len(path) :] for p in paths if p[: len(path)] == path]
+  below = [p[len(entry) :] for p in paths if p[: len(entry)] == entry]
   if not below:
     raise ValueError(
-      f"swr: the path {path!r} in `layers` is not in the params tree. "
+      f"{caller}: the path {entry!r} in `layers` is not in the params tree. "
       f"Layers found in the tree: {_describe(list(groups))}."
     )
   raise ValueError(
-    f"swr: the layer {path!r} in `layers` has no weight leaf (one of "
-    f"{', '.join(WEIGHT_NAMES)}); its leaves are {_describe(below)}. "
-    "List only parameterized layers, or their sub-layers."
+    f"{caller}: the layer {entry!r} in `layers` has no weight leaf named one "
+    f"of {', '.join(WEIGHT_NAMES)}; its leaves are {_describe(below)}. "
+    "Pass optax_swr.Layer(weight=..., bias=...) with the leaves' paths."
   )
+
+
+def _check_leaf_path(
+  layer: Layer, role: str, paths: list[Path], caller: str
+) -> None:
+  path = getattr(layer, role)
+  if path is None or path in paths:
+    return
+  below = [p for p in paths if p[: len(path)] == path]
+  hint = (
+    f"it is a sub-tree with the leaves {_describe(below)}; give the path of "
+    "one leaf"
+    if below
+    else f"the tree's leaves are {_describe(paths)}"
+  )
+  raise ValueError(
+    f"{caller}: the {role} {path!r} of the layer {layer.name!r} is not a "
+    f"leaf of the params: {hint}."
+  )
+
+
+def _check_no_shared_leaves(
+  resolved: Sequence[ResolvedLayer], caller: str
+) -> None:
+  owner: dict[int, str] = {}
+  for item in resolved:
+    for index in (item.weight_index, item.bias_index):
+      if index is None:
+        continue
+      if index in owner:
+        raise ValueError(
+          f"{caller}: the layers {owner[index]!r} and {item.layer.name!r} "
+          "share a leaf; each weight or bias must belong to one layer "
+          "(rescaling it twice would square its factor)."
+        )
+      owner[index] = item.layer.name
+
+
+def _check_floating(
+  leaves: list[Any], resolved: Sequence[ResolvedLayer], caller: str
+) -> None:
+  """Rescaling an integer or boolean leaf would silently truncate it."""
+  for item in resolved:
+    for index in (item.weight_index, item.bias_index):
+      if index is None:
+        continue
+      dtype = jnp.result_type(leaves[index])
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+          f"{caller}: the layer {item.layer.name!r} has a {dtype} leaf; SWR "
+          "rescales floating-point weights and biases only. Keep integer "
+          "or boolean leaves out of the layers (e.g. under another key), or "
+          "pass `layers=` without this layer."
+        )
 
 
 def _describe(paths: list[Path], limit: int = 8) -> str:
@@ -213,48 +525,59 @@ def _describe(paths: list[Path], limit: int = 8) -> str:
   return f"[{shown}{more}]" if paths else "none"
 
 
-def infer_layer_order(layer_paths: list[Path]) -> tuple[Path, ...]:
+def infer_layer_order(
+  layer_paths: list[Path], caller: str = "swr"
+) -> tuple[Path, ...]:
   """Orders layer paths by the numbers in their names, where that is certain.
 
   At every level of the tree, sibling names must be one stem with distinct
   numbers (``Dense_0`` ... ``Dense_11``, ``layers_3``, or list indices); they
-  are then ordered numerically. Anything else is ambiguous: JAX sorts dict keys
-  alphabetically, which need not be the order the network runs.
+  are then ordered numerically. Haiku's convention, where the first module is
+  ``linear`` and the next ``linear_1``, counts the bare name as 0. Anything
+  else is ambiguous: JAX sorts dict keys alphabetically, which need not be
+  the order the network runs.
 
   Raises:
     ValueError: if the order is ambiguous; the message tells how to pass it.
   """
-  return tuple(_order_below((), layer_paths))
+  return tuple(_order_below((), layer_paths, caller))
 
 
-def _order_below(prefix: Path, layer_paths: list[Path]) -> list[Path]:
+def _order_below(
+  prefix: Path, layer_paths: list[Path], caller: str
+) -> list[Path]:
   depth = len(prefix)
   here = [p for p in layer_paths if len(p) == depth]
   deeper = [p for p in layer_paths if len(p) > depth]
   if here and deeper:
     _raise_ambiguous(
-      layer_paths,
-      f"{prefix!r} is a layer and also contains layers",
+      layer_paths, f"{prefix!r} is a layer and also contains layers", caller
     )
   if here:
     return here
   children: dict[Hashable, list[Path]] = {}
   for path in deeper:
     children.setdefault(path[depth], []).append(path)
-  ordered_children = _numeric_order(list(children), prefix, layer_paths)
+  ordered = _numeric_order(list(children), prefix, layer_paths, caller)
   return [
     path
-    for child in ordered_children
-    for path in _order_below((*prefix, child), children[child])
+    for child in ordered
+    for path in _order_below((*prefix, child), children[child], caller)
   ]
 
 
 def _numeric_order(
-  names: list[Hashable], prefix: Path, layer_paths: list[Path]
+  names: list[Hashable], prefix: Path, layer_paths: list[Path], caller: str
 ) -> list[Hashable]:
   if len(names) == 1:
     return names
   parsed = [_parse_numbered(name) for name in names]
+  numbered_stems = {stem for stem, number in parsed if number is not None}
+  # Haiku: `linear`, `linear_1`, `linear_2`: the bare stem is the first.
+  parsed = [
+    (stem, 0 if number is None and stem in numbered_stems else number)
+    for stem, number in parsed
+  ]
   stems = {stem for stem, _ in parsed}
   numbers = [number for _, number in parsed]
   if None in numbers or len(stems) != 1 or len(set(numbers)) != len(numbers):
@@ -263,6 +586,7 @@ def _numeric_order(
       layer_paths,
       f"the names {sorted(map(str, names))} {where} are not one name with "
       "distinct numbers",
+      caller,
     )
   return [name for _, name in sorted(zip(numbers, names))]
 
@@ -276,14 +600,14 @@ def _parse_numbered(name: Hashable) -> tuple[str, int | None]:
   return match.group(1), int(match.group(2))
 
 
-def _raise_ambiguous(layer_paths: list[Path], reason: str) -> None:
+def _raise_ambiguous(layer_paths: list[Path], reason: str, caller: str) -> None:
   raise ValueError(
-    "swr(layers=None) cannot infer the forward order of the layers from the "
-    f"params tree: {reason}. The tree's key order is not the order the "
-    "network runs, and swr never guesses. Pass the layers in forward order: "
-    "optax_swr.layers_from_linen(module, variables, x) or "
-    "optax_swr.layers_from_nnx(model, x) trace them from your model, or "
-    "write them out, e.g. swr(layers=[('Conv_0',), ('BatchNorm_0',), "
-    "('Dense_0',)]). "
+    f"{caller}(layers=None) cannot infer the forward order of the layers "
+    f"from the params tree: {reason}. The tree's key order is not the order "
+    "the network runs, and optax_swr never guesses. Pass the layers in "
+    "forward order: optax_swr.layers_from_linen(module, variables, x), "
+    "layers_from_nnx(model, x) or layers_from_equinox(model, x) trace them "
+    "from your model; or write them out, e.g. layers=[('Conv_0',), "
+    "('BatchNorm_0',), ('Dense_0',)] or [optax_swr.Layer('w1', 'b1'), ...]. "
     f"Layers found: {_describe(sorted(layer_paths, key=str), limit=12)}."
   )

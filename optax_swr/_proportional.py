@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _layers
 from optax_swr import _swr
 
-Path = _swr.Path
+Path = _layers.Path
 
 
 class ProportionalityReport(NamedTuple):
@@ -52,15 +53,18 @@ class ProportionalityReport(NamedTuple):
 def check_proportional(
   apply_fn: Callable[..., Any],
   params: Any,
-  tx_or_layers: optax.GradientTransformation | Sequence[Path | str] | None,
+  tx_or_layers: optax.GradientTransformation | _layers.LayersArg,
   *inputs: Any,
   coef: float = 0.5,
   seed: int = 0,
+  bias_noise: float = 0.5,
 ) -> ProportionalityReport:
   """Applies one SWR step with zero updates and measures the output change.
 
   So that the step does something, the reference norms are first set to the
-  current norms times random factors in [0.5, 2]; then ``params`` are
+  current norms times random factors in [0.5, 2]. So that a wrong factor on
+  a bias shows (Flax initialises biases at zero), every bias first gets
+  Gaussian noise of standard deviation ``bias_noise``. Then the params are
   rescaled with zero updates and ``apply_fn`` is run before and after.
 
   Args:
@@ -70,10 +74,14 @@ def check_proportional(
     tx_or_layers: an ``optax_swr.swr(...)`` transformation (used as
       configured; avoid chains whose base optimizer moves params on zero
       gradients, like weight decay), or the ``layers`` to build
-      ``swr(coef, layers=...)`` with (``None`` to infer them).
+      ``swr(coef, layers=...)`` with (``None`` to infer them). With a
+      transformation, the biases are the leaves named ``bias``, ``b`` or
+      ``offset``; with layers, the layers' biases.
     *inputs: the inputs passed to ``apply_fn``.
     coef: the coefficient used when ``tx_or_layers`` are layers.
-    seed: seed of the random reference-norm factors.
+    seed: seed of the random reference-norm factors and bias noise.
+    bias_noise: standard deviation of the noise added to every bias; 0
+      checks the params as they are.
 
   Returns:
     A :class:`ProportionalityReport`.
@@ -95,8 +103,15 @@ def check_proportional(
   """
   if isinstance(tx_or_layers, optax.GradientTransformation):
     tx = tx_or_layers
+    biases = _bias_leaves_by_name(params)
   else:
     tx = _swr.swr(coef=coef, layers=tx_or_layers)
+    spec = _layers.normalize_layers_arg(
+      tx_or_layers, caller="check_proportional"
+    )
+    found = _layers.resolve(params, spec, caller="check_proportional")
+    biases = {r.bias_index for r in found if r.bias_index is not None}
+  params = _with_bias_noise(params, biases, bias_noise, seed)
   state = _with_random_reference_norms(tx.init(params), seed)
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, state = tx.update(zeros, state, params)
@@ -134,3 +149,25 @@ def _with_random_reference_norms(opt_state: Any, seed: int) -> Any:
     )
 
   return jax.tree.map(perturb, opt_state, is_leaf=is_swr_state)
+
+
+def _bias_leaves_by_name(params: Any) -> set[int]:
+  return {
+    index
+    for index, path in enumerate(_layers.leaf_paths(params))
+    if path and path[-1] in _layers.BIAS_NAMES
+  }
+
+
+def _with_bias_noise(
+  params: Any, biases: set[int], std: float, seed: int
+) -> Any:
+  if not std or not biases:
+    return params
+  rng = np.random.default_rng([seed, 1])
+  leaves, treedef = jax.tree.flatten(params)
+  for index in biases:
+    leaf = leaves[index]
+    noise = rng.normal(0.0, std, size=np.shape(leaf))
+    leaves[index] = (leaf + noise).astype(leaf.dtype)
+  return jax.tree.unflatten(treedef, leaves)

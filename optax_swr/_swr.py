@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from optax_swr import _layers
+from optax_swr import _norms
 
 Path = _layers.Path
 
@@ -55,10 +56,13 @@ class SWRState(NamedTuple):
       last update: the product of c from the last normalization layer (or the
       input) up to layer l.
     weight_norms: Frobenius norms of the weights after the last update.
-    norm_input_scales: for each normalization layer, keyed by its path joined
-      with "/", the factor by which the last update scaled that layer's input
-      (C of the layer before it); :func:`sync_batch_stats` uses it to rescale
-      BatchNorm running statistics.
+    input_scales: the factor by which the last update scaled each layer's
+      input (C of the layer before it, 1 for the first layer);
+      :func:`sync_batch_stats` rescales BatchNorm running statistics by it.
+
+  Every field is an array whose shape depends only on the number of layers,
+  so ``optax.tree_map_params`` works on states that contain it. Name the
+  per-layer entries with :func:`by_layer`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -78,13 +82,13 @@ class SWRState(NamedTuple):
   layer_scales: jax.Array
   cumulative_scales: jax.Array
   weight_norms: jax.Array
-  norm_input_scales: dict[str, jax.Array]
+  input_scales: jax.Array
 
 
 def swr(
   coef: optax.ScalarOrSchedule = 1e-3,
   *,
-  layers: Sequence[Path | str] | None = None,
+  layers: _layers.LayersArg = None,
   classifier: int | Sequence[Path | str] | None = None,
   classifier_coef: optax.ScalarOrSchedule | None = None,
   reset_norms_at: Sequence[int] | int | jax.Array = (),
@@ -105,25 +109,32 @@ def swr(
   output by one positive constant, so predictions are unchanged (Theorem 1 of
   the paper), while every weight norm stays bounded (Theorem 2).
 
-  Chain it after the base optimizer; ``update`` needs the params. A layer is a
-  sub-tree of the params with a weight leaf ``kernel``, ``scale`` (a
-  normalization layer) or ``embedding``, and an optional ``bias`` leaf. Leaves
-  outside the layers, and other leaves inside them, keep the base optimizer's
-  updates.
+  Chain it after the base optimizer; ``update`` needs the params. A layer
+  (:class:`Layer`) is one weight leaf and an optional bias leaf of the params;
+  a normalization layer restarts the product C. Leaves outside the layers
+  keep the base optimizer's updates.
 
   Args:
     coef: :math:`\lambda_f \in [0, 1]`, the rescaling strength of every layer
       not in ``classifier``, or a schedule of the step count. 0 does nothing;
       1 pins every layer at its reference norm.
-    layers: the parameterized layers in forward order, each a path (a tuple of
-      keys from the root of the params tree, e.g. ``("encoder", "conv1")``; a
-      string is a one-key path). ``None`` infers the order from numbered names
-      (``Dense_0`` ... ``Dense_11``) and raises ``ValueError`` where the tree
-      does not determine it.
+    layers: the layers in forward order: :class:`Layer` values (the tracers
+      :func:`layers_from_linen`, :func:`layers_from_nnx` and
+      :func:`layers_from_equinox` return them), or paths of layer sub-trees
+      (a tuple of keys from the root of the params tree, e.g.
+      ``("encoder", "conv1")``; a string is a one-key path) whose leaves
+      follow a naming convention (Flax ``kernel``/``scale``/``embedding`` and
+      ``bias``, Equinox and PyTorch-style ``weight``/``bias``, Haiku
+      ``w``/``b``, ``scale``/``offset``, ``embeddings``); or a function of
+      the params that returns them. ``None`` infers the layers and their
+      order from numbered names (``Dense_0`` ... ``Dense_11``, Haiku's
+      ``linear``, ``linear_1``, ...) and raises ``ValueError`` where the tree
+      does not settle the order (see :func:`find_layers`).
     classifier: the classifier layers, which use ``classifier_coef``: an int
       ``k`` (the last ``k`` layers) or a sequence of paths.
     classifier_coef: :math:`\lambda_c \in [0, 1]` or a schedule, for the
-      ``classifier`` layers. ``None`` uses ``coef`` for every layer.
+      ``classifier`` layers; required with ``classifier``. A
+      :class:`Layer`'s own ``coef`` takes precedence over both.
     reset_norms_at: step counts (updates done before this one, as optax
       schedules count) at which the reference norms become the norms of the
       params passed to that update ("SWR + re-init"); pass the boundaries of a
@@ -173,25 +184,40 @@ def swr(
   _check_coef("coef", coef)
   if classifier_coef is not None:
     _check_coef("classifier_coef", classifier_coef)
-  layer_paths = _layers.normalize_layers_arg(layers)
+  layer_spec = _layers.normalize_layers_arg(layers)
+  if isinstance(layer_spec, tuple):
+    for entry in layer_spec:
+      if isinstance(entry, _layers.Layer) and entry.coef is not None:
+        _check_coef(f"Layer({entry.name!r}).coef", entry.coef)
   classifier = _normalize_classifier(classifier, classifier_coef)
   reset_steps = _normalize_reset_steps(reset_norms_at)
 
-  def resolve(params: Any) -> tuple[tuple[_layers.Layer, ...], np.ndarray]:
-    paths = _layers.leaf_paths(params)
-    if not paths:  # An empty tree (also optax.tree_map_params' placeholder).
-      return (), np.zeros(0, dtype=bool)
-    found = _layers.resolve_layers(paths, layer_paths)
-    _check_floating(jax.tree.leaves(params), found)
-    return found, _classifier_mask(classifier, found)
+  def resolve(
+    params: Any,
+  ) -> tuple[tuple[_layers.ResolvedLayer, ...], list[Any]]:
+    found = _layers.resolve(params, layer_spec)
+    is_classifier = _classifier_mask(classifier, found)
+    coefs = []
+    for index, item in enumerate(found):
+      if item.layer.coef is not None:
+        _check_coef(f"Layer({item.layer.name!r}).coef", item.layer.coef)
+        coefs.append(item.layer.coef)
+      else:
+        coefs.append(classifier_coef if is_classifier[index] else coef)
+    return found, coefs
 
-  def layer_coefs(step_count: jax.Array, is_classifier: np.ndarray):
-    feature_coef = _evaluate(coef, step_count)
-    if classifier_coef is None:
-      return jnp.full(is_classifier.shape, feature_coef)
-    return jnp.where(
-      is_classifier, _evaluate(classifier_coef, step_count), feature_coef
-    )
+  def layer_coefs(step_count: jax.Array, coefs: list[Any]) -> jax.Array:
+    # One evaluation per distinct coefficient, whatever the number of layers.
+    distinct = {id(c): c for c in coefs}
+    if len(distinct) <= 1:
+      return jnp.full(
+        len(coefs), _evaluate(coefs[0], step_count) if coefs else 0.0
+      )
+    result = jnp.zeros(len(coefs), jnp.float32)
+    for key, value in distinct.items():
+      where = np.array([id(c) == key for c in coefs])
+      result = jnp.where(where, _evaluate(value, step_count), result)
+    return result
 
   warned_precision = False
 
@@ -207,7 +233,7 @@ def swr(
       warned_precision = _warn_if_below_resolution(
         jax.tree.leaves(params), found, (coef, classifier_coef)
       )
-    norms = _weight_norms(jax.tree.leaves(params), found)
+    norms = _norms.weight_norms(jax.tree.leaves(params), found)
     ones = jnp.ones_like(norms)
     return SWRState(
       step_count=jnp.zeros([], jnp.int32),
@@ -215,7 +241,7 @@ def swr(
       layer_scales=ones,
       cumulative_scales=ones,
       weight_norms=norms,
-      norm_input_scales=_norm_input_scales(ones, found),
+      input_scales=ones,
     )
 
   def update_fn(
@@ -224,7 +250,7 @@ def swr(
     if params is None:
       raise ValueError(_NO_PARAMS_MSG)
     _check_same_structure(updates, params)
-    found, is_classifier = resolve(params)
+    found, coef_per_layer = resolve(params)
     update_leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
 
@@ -232,7 +258,7 @@ def swr(
     if reset_steps is not None:
       reference_norms = jax.lax.cond(
         jnp.any(state.step_count == reset_steps),
-        lambda: _weight_norms(param_leaves, found),
+        lambda: _norms.weight_norms(param_leaves, found),
         lambda: reference_norms,
       )
     # p + u only feeds the norms: the outputs below are written from p and u,
@@ -242,9 +268,10 @@ def swr(
         param_leaves[layer.weight_index], update_leaves[layer.weight_index]
       )
       for layer in found
+      if layer.weight_index is not None
     }
-    norms = _weight_norms(moved, found)
-    coefs = layer_coefs(state.step_count, is_classifier)
+    norms = _norms.weight_norms(moved, found)
+    coefs = layer_coefs(state.step_count, coef_per_layer)
     layer_scales = _layer_scales(norms, reference_norms, coefs)
     cumulative_scales = _cumulative_scales(layer_scales, found)
 
@@ -264,7 +291,7 @@ def swr(
       layer_scales=layer_scales,
       cumulative_scales=cumulative_scales,
       weight_norms=layer_scales * norms,
-      norm_input_scales=_norm_input_scales(cumulative_scales, found),
+      input_scales=_input_scales(cumulative_scales),
     )
     return jax.tree.unflatten(treedef, update_leaves), new_state
 
@@ -309,19 +336,25 @@ def reset_reference_norms(
       "reset_reference_norms: `opt_state` holds no SWRState. Pass the state "
       "of a transformation that contains optax_swr.swr(...)."
     )
-  return jax.tree.map(
-    lambda old, new: (
-      old._replace(reference_norms=new.reference_norms)
-      if is_swr_state(old)
-      else old
-    ),
-    opt_state,
-    fresh_state,
-    is_leaf=is_swr_state,
+  # Matched by position, not by tree structure: nnx.Optimizer wraps every
+  # array of its state in an OptState variable that tx.init does not.
+  fresh = iter(
+    node
+    for node in jax.tree.leaves(fresh_state, is_swr_state)
+    if is_swr_state(node)
   )
 
+  def replace(node: Any) -> Any:
+    if not is_swr_state(node):
+      return node
+    old_norms, treedef = jax.tree.flatten(node.reference_norms)
+    new_norms = jax.tree.leaves(next(fresh).reference_norms)
+    return node._replace(reference_norms=jax.tree.unflatten(treedef, new_norms))
 
-def _check_coef(name: str, value: Any) -> None:
+  return jax.tree.map(replace, opt_state, is_leaf=is_swr_state)
+
+
+def _check_coef(name: str, value: Any, caller: str = "swr") -> None:
   """Raises ValueError unless ``value`` is a schedule or a number in [0, 1]."""
   if callable(value):
     return
@@ -329,13 +362,13 @@ def _check_coef(name: str, value: Any) -> None:
     value, (numbers.Real, np.ndarray, np.generic, jax.Array)
   ):
     raise ValueError(
-      f"swr: `{name}` must be a float in [0, 1] or an optax schedule; got "
+      f"{caller}: `{name}` must be a float in [0, 1] or an optax schedule; got "
       f"{value!r}."
     )
   shape = () if isinstance(value, numbers.Real) else np.shape(value)
   if shape:
     raise ValueError(
-      f"swr: `{name}` must be a scalar; got an array of shape "
+      f"{caller}: `{name}` must be a scalar; got an array of shape "
       f"{shape}. Use `classifier_coef` for a second coefficient."
     )
   try:
@@ -344,7 +377,7 @@ def _check_coef(name: str, value: Any) -> None:
     return  # A traced value (inject_hyperparams under jit) can't be checked.
   if not 0.0 <= number <= 1.0:  # Also rejects NaN.
     raise ValueError(
-      f"swr: `{name}` must be in [0, 1] (0 does nothing, 1 pins every layer "
+      f"{caller}: `{name}` must be in [0, 1] (0 does nothing, 1 pins every layer "
       f"at its reference norm); got {number}. The paper uses 1e-4 to 1."
     )
 
@@ -352,6 +385,12 @@ def _check_coef(name: str, value: Any) -> None:
 def _normalize_classifier(
   classifier: Any, classifier_coef: Any
 ) -> int | tuple[Path, ...] | None:
+  if classifier is not None and classifier_coef is None:
+    raise ValueError(
+      "swr: `classifier` is set but `classifier_coef` is not, so the "
+      "classifier layers would use `coef` like every other layer. Pass "
+      "classifier_coef=..., or drop `classifier`."
+    )
   if classifier is None:
     if classifier_coef is not None:
       raise ValueError(
@@ -377,12 +416,18 @@ def _normalize_classifier(
       f"of layer paths; got {classifier!r}. Under "
       "optax.inject_hyperparams, pass static_args=('classifier',)."
     )
-  return _layers.normalize_layers_arg(classifier, name="classifier")
+  normalized = _layers.normalize_layers_arg(classifier, name="classifier")
+  if not isinstance(normalized, tuple):
+    raise ValueError(
+      f"swr: `classifier` must be an int or a sequence of layer paths; got "
+      f"{classifier!r}."
+    )
+  return tuple(_layers.entry_path(entry) for entry in normalized)
 
 
 def _classifier_mask(
   classifier: int | tuple[Path, ...] | None,
-  found: tuple[_layers.Layer, ...],
+  found: tuple[_layers.ResolvedLayer, ...],
 ) -> np.ndarray:
   """Static boolean mask over the layers: True for classifier layers."""
   mask = np.zeros(len(found), dtype=bool)
@@ -423,27 +468,15 @@ def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
       "swr: `reset_norms_at` must be a step count or a sequence of step "
       f"counts (ints); got {reset_norms_at!r}."
     )
+  if (steps < 0).any():
+    raise ValueError(
+      "swr: `reset_norms_at` lists a negative step count "
+      f"({int(steps.min())}), which is never reached; steps count the "
+      "updates done before the reset, from 0."
+    )
   # numpy, not jnp: building the transform must not start a JAX backend
   # (jax.distributed.initialize has to come first on multi-host setups).
   return steps.astype(np.int32).reshape(-1)
-
-
-def _check_floating(
-  leaves: list[Any], found: tuple[_layers.Layer, ...]
-) -> None:
-  """Rescaling an integer or boolean leaf would silently truncate it."""
-  for layer in found:
-    for index in (layer.weight_index, layer.bias_index):
-      if index is None:
-        continue
-      dtype = jnp.result_type(leaves[index])
-      if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-          f"swr: the layer {layer.path!r} has a {dtype} leaf; SWR rescales "
-          "floating-point weights and biases only. Keep integer or boolean "
-          "leaves out of the layers (e.g. under another key), or pass "
-          "`layers=` without this layer."
-        )
 
 
 def _check_same_structure(updates: Any, params: Any) -> None:
@@ -493,7 +526,7 @@ class LowPrecisionWarning(UserWarning):
 
 def _warn_if_below_resolution(
   leaves: list[Any],
-  found: tuple[_layers.Layer, ...],
+  found: tuple[_layers.ResolvedLayer, ...],
   coefs: tuple[optax.ScalarOrSchedule | None, ...],
 ) -> bool:
   """Warns if the largest coefficient can't move a low-precision weight.
@@ -507,6 +540,8 @@ def _warn_if_below_resolution(
   if largest is None or largest == 0:  # 0 is a deliberate no-op.
     return False
   for layer in found:
+    if layer.weight_index is None:
+      continue
     dtype = jnp.result_type(leaves[layer.weight_index])
     if jnp.finfo(dtype).bits >= 32:
       continue  # The advice (float32 master params) is for 16-bit weights.
@@ -545,38 +580,16 @@ def _largest_coef(
   return max(values) if values else None
 
 
-def _compute_dtype(leaf: jax.Array) -> jnp.dtype:
-  """At least float32, so bf16/f16 norms neither overflow nor lose bits."""
-  return jnp.promote_types(leaf.dtype, jnp.float32)
-
-
 def _pair_dtype(param: jax.Array, update: jax.Array) -> jnp.dtype:
   """The dtype SWR computes a param and its update in: at least float32."""
-  return jnp.promote_types(_compute_dtype(param), _compute_dtype(update))
+  return jnp.promote_types(
+    _norms.compute_dtype(param), _norms.compute_dtype(update)
+  )
 
 
 def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
   dtype = _pair_dtype(param, update)
   return param.astype(dtype) + update.astype(dtype)
-
-
-def _weight_norms(
-  leaves: Sequence[jax.Array] | dict[int, jax.Array],
-  found: tuple[_layers.Layer, ...],
-) -> jax.Array:
-  """Float32 Frobenius norm of every layer's weight, in layer order."""
-  if not found:
-    return jnp.zeros([0], jnp.float32)
-  return jnp.stack(
-    [_frobenius_norm(leaves[layer.weight_index]) for layer in found]
-  )
-
-
-def _frobenius_norm(weight: jax.Array) -> jax.Array:
-  # sqrt(sum(w**2)) with no ravel: a ravel of a kernel sharded on any axis but
-  # the first makes XLA all-gather it, where a plain sum only all-reduces.
-  weight = weight.astype(_compute_dtype(weight))
-  return jnp.sqrt(jnp.sum(jnp.square(weight))).astype(jnp.float32)
 
 
 def _layer_scales(
@@ -595,7 +608,7 @@ def _layer_scales(
 
 
 def _cumulative_scales(
-  layer_scales: jax.Array, found: tuple[_layers.Layer, ...]
+  layer_scales: jax.Array, found: tuple[_layers.ResolvedLayer, ...]
 ) -> jax.Array:
   """C_l: the running product of c_l, restarted at every normalization layer.
 
@@ -609,22 +622,11 @@ def _cumulative_scales(
   )
 
 
-def _norm_input_scales(
-  cumulative_scales: jax.Array, found: tuple[_layers.Layer, ...]
-) -> dict[str, jax.Array]:
-  """The scale of each normalization layer's input: C of the layer before."""
-  return {
-    layer_key(layer.path): (
-      cumulative_scales[index - 1] if index else jnp.ones([], jnp.float32)
-    )
-    for index, layer in enumerate(found)
-    if layer.is_norm
-  }
-
-
-def layer_key(path: Path) -> str:
-  """The string key of a layer path in ``SWRState.norm_input_scales``."""
-  return "/".join(map(str, path))
+def _input_scales(cumulative_scales: jax.Array) -> jax.Array:
+  """The scale of each layer's input: C of the layer before it (1 first)."""
+  if not cumulative_scales.shape[0]:
+    return cumulative_scales
+  return jnp.concatenate([jnp.ones([1], jnp.float32), cumulative_scales[:-1]])
 
 
 def _rescaled_update(

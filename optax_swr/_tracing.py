@@ -12,13 +12,15 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The forward order of a Flax model's layers, traced from one forward pass.
+"""Recording the forward order of a model's layers during one trace.
 
 The params tree does not carry the order in which layers run (JAX sorts dict
-keys, NNX sorts attributes), so these functions trace the model once with
-``jax.make_jaxpr`` (shapes only, no FLOPs), record the order in which the
-parameterized modules are called, and check the traced data flow for what
-would break Theorem 1 (skip connections, attention, non-ReLU activations).
+keys, NNX sorts attributes, Equinox keeps field order), so the tracers of
+``_flax`` and ``_equinox`` trace the model once with ``jax.make_jaxpr``
+(shapes only, no FLOPs), route every call of a layer module through a
+:class:`CallRecorder`, and hand the traced data flow to ``_homogeneity``,
+which reports what would break Theorem 1 (skip connections, attention,
+non-ReLU activations). This module holds what the frameworks share.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import warnings
 
 import jax
 
-from optax_swr import _chain
+from optax_swr import _homogeneity
 from optax_swr import _layers
 
 Path = _layers.Path
@@ -46,167 +48,72 @@ class NotAChainWarning(UserWarning):
   """
 
 
-def layers_from_linen(
-  module: Any, variables: Any, *example_args: Any, **kwargs: Any
-) -> tuple[Path, ...]:
-  """The forward order of a Linen model's layers, for ``swr(layers=...)``.
+class CallRecorder:
+  """Marks and records the calls of layers during one trace.
 
-  Traces ``module.apply(variables, *example_args, **kwargs)`` abstractly and
-  records the order in which modules that own a weight (``kernel``, ``scale``
-  or ``embedding``) are first called. ``kwargs`` go to ``apply`` (e.g.
-  ``train=True``, ``rngs=...``); ``mutable`` defaults to ``True`` so that
-  BatchNorm in training mode can be traced.
+  A layer is a module that owns a weight leaf (by the naming conventions of
+  ``_layers``) or a normalization module, which the tracer recognizes by its
+  type, with or without params.
 
   Args:
-    module: the Linen module.
-    variables: its variables, with a ``"params"`` collection.
-    *example_args: example inputs: arrays or ``jax.ShapeDtypeStruct``.
-    **kwargs: passed on to ``module.apply``.
-
-  Returns:
-    The layer paths relative to ``variables["params"]``, in forward order.
-
-  Raises:
-    ValueError: if ``variables`` has no params, or a module owns a weight and
-      also contains layers.
-
-  Warns:
-    NotAChainWarning: if the traced network is not a chain (skip connections,
-      branches, attention, non-homogeneous activations, shared layers).
-
-  Example:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import flax.linen as nn
-    >>> import optax_swr
-    >>> class Net(nn.Module):
-    ...   @nn.compact
-    ...   def __call__(self, x):
-    ...     x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
-    ...     x = nn.BatchNorm(use_running_average=True, name="bn")(x)
-    ...     return nn.Dense(10, name="head")(x.reshape(x.shape[0], -1))
-    >>> x = jnp.ones((1, 8, 8, 1))
-    >>> variables = Net().init(jax.random.key(0), x)
-    >>> optax_swr.layers_from_linen(Net(), variables, x)
-    (('conv',), ('bn',), ('head',))
+    params: the params tree the layers' paths are relative to.
+    caller: the public function named in errors and warnings.
   """
-  from flax import linen as nn  # pylint: disable=g-import-not-at-top
 
-  if "params" not in variables:
-    raise ValueError(
-      "layers_from_linen: `variables` has no 'params' collection; pass the "
-      "whole dict returned by module.init(...)."
-    )
-  recorder = _CallRecorder(_layers.leaf_paths(variables["params"]))
-
-  def interceptor(next_fun, args, call_kwargs, context):
-    if context.method_name == "setup":  # runs lazily, not in forward order
-      return next_fun(*args, **call_kwargs)
-    path = tuple(context.module.scope.path)
-    return recorder.call(path, next_fun, args, call_kwargs)
-
-  apply_kwargs = {"mutable": True, **kwargs}
-
-  def forward(variables, *args):
-    with nn.intercept_methods(interceptor):
-      out = module.apply(variables, *args, **apply_kwargs)
-    return out if apply_kwargs["mutable"] is False else out[0]
-
-  return recorder.finish(jax.make_jaxpr(forward)(variables, *example_args))
-
-
-def layers_from_nnx(
-  model: Any, *example_args: Any, **kwargs: Any
-) -> tuple[Path, ...]:
-  """The forward order of an NNX model's layers, for ``swr(layers=...)``.
-
-  Traces ``model(*example_args, **kwargs)`` abstractly on a copy of the model
-  (the model itself, BatchNorm statistics included, is not changed).
-
-  Args:
-    model: the ``nnx.Module``.
-    *example_args: example inputs: arrays or ``jax.ShapeDtypeStruct``.
-    **kwargs: passed on to the model's ``__call__``.
-
-  Returns:
-    The layer paths relative to ``nnx.state(model, nnx.Param)``, as
-    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` passes them to ``swr``.
-
-  Raises:
-    ValueError: if a module owns a weight and also contains layers.
-
-  Warns:
-    NotAChainWarning: if the traced network is not a chain.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> import optax_swr
-    >>> class Net(nnx.Module):
-    ...   def __init__(self, rngs):
-    ...     self.head = nnx.Linear(8, 10, rngs=rngs)  # sorts first, runs last
-    ...     self.body = nnx.Linear(4, 8, rngs=rngs)
-    ...   def __call__(self, x):
-    ...     return self.head(nnx.relu(self.body(x)))
-    >>> optax_swr.layers_from_nnx(Net(nnx.Rngs(0)), jnp.ones((1, 4)))
-    (('body',), ('head',))
-  """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  recorder = _CallRecorder(_layers.leaf_paths(nnx.state(model, nnx.Param)))
-  graphdef, state = nnx.split(model)
-
-  def forward(state, *args):
-    copy = nnx.merge(graphdef, state)
-    layers: dict[Path, Any] = {
-      tuple(path): node
-      for path, node in nnx.iter_graph(copy)
-      if isinstance(node, nnx.Module) and tuple(path) in recorder.layers
-    }
-    with _recording_calls(layers, recorder):
-      return copy(*args, **kwargs)
-
-  return recorder.finish(jax.make_jaxpr(forward)(state, *example_args))
-
-
-class _CallRecorder:
-  """Marks and records the calls of layers during one trace."""
-
-  def __init__(self, param_paths: list[Path]):
-    groups = _layers.group_by_layer(param_paths)
-    self.layers = {
+  def __init__(self, params: Any, caller: str):
+    self.caller = caller
+    self.leaves = jax.tree.leaves(params)
+    self.groups = _layers.group_by_layer(_layers.leaf_paths(params))
+    self.weighted = {
       path
-      for path, group in groups.items()
+      for path, group in self.groups.items()
       if set(group) & set(_layers.WEIGHT_NAMES)
     }
-    _check_no_nested_layers(self.layers)
+    _check_no_nested_layers(self.weighted, caller)
+    self.norms: set[Path] = set()
     self.ids: dict[Path, int] = {}
     self.active: list[Path] = []
 
-  def call(self, path: Path, next_fun: Callable[..., Any], args, kwargs) -> Any:
-    if path not in self.layers or path in self.active:
+  def is_layer(self, path: Path, is_norm: bool) -> bool:
+    return path in self.weighted or is_norm
+
+  def call(
+    self,
+    path: Path,
+    is_norm: bool,
+    next_fun: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+  ) -> Any:
+    """Calls ``next_fun``, marking its inputs and outputs as layer ``path``'s."""
+    if not self.is_layer(path, is_norm) or path in self.active:
       return next_fun(*args, **kwargs)
+    if is_norm:
+      self.norms.add(path)
     layer = self.ids.setdefault(path, len(self.ids))
-    args, kwargs = _chain.mark((args, kwargs), "input", layer)
+    args, kwargs = _homogeneity.mark((args, kwargs), "input", layer)
     self.active.append(path)
     try:
       out = next_fun(*args, **kwargs)
     finally:
       self.active.pop()
-    return _chain.mark(out, "output", layer)
+    return _homogeneity.mark(out, "output", layer)
 
-  def finish(self, closed_jaxpr: Any) -> tuple[Path, ...]:
+  def finish(self, closed_jaxpr: Any) -> tuple[_layers.Layer, ...]:
+    """The recorded layers in call order; warns about what is not a chain."""
     order = tuple(self.ids)
-    never_called = sorted(self.layers - set(order), key=str)
+    never_called = sorted(self.weighted - set(order), key=str)
     if never_called:
       warnings.warn(
-        f"These layers were never called in the forward pass, so they are "
-        f"left out of the order and SWR will not rescale them: "
-        f"{never_called}.",
+        f"{self.caller}: these layers were never called in the forward "
+        "pass, so they are left out of the order and SWR will not rescale "
+        f"them: {never_called}.",
         stacklevel=3,
       )
     names = ["/".join(map(str, path)) for path in order]
-    reasons = _chain.non_chain_reasons(closed_jaxpr, names) if order else []
+    reasons = (
+      _homogeneity.non_chain_reasons(closed_jaxpr, names) if order else []
+    )
     if reasons:
       warnings.warn(
         NotAChainWarning(
@@ -220,39 +127,61 @@ class _CallRecorder:
         ),
         stacklevel=3,
       )
-    return order
+    return tuple(self._layer(path) for path in order)
+
+  def _layer(self, path: Path) -> _layers.Layer:
+    group = self.groups.get(path, {})
+    if path not in self.norms:
+      return _layers.layer_from_group(path, group, self.leaves, self.caller)
+    weight = [name for name in _layers.WEIGHT_NAMES if name in group]
+    bias = [name for name in _layers.BIAS_NAMES if name in group]
+    return _layers.Layer(
+      weight=(*path, weight[0]) if weight else None,
+      bias=(*path, bias[0]) if bias else None,
+      norm=True,
+      path=path,
+    )
 
 
-def _check_no_nested_layers(layers: set[Path]) -> None:
+def _check_no_nested_layers(layers: set[Path], caller: str) -> None:
   for outer in sorted(layers, key=str):
     inner = [
       p for p in layers if len(p) > len(outer) and p[: len(outer)] == outer
     ]
     if inner:
       raise ValueError(
-        f"The module at {outer!r} owns a weight and also contains the layers "
-        f"{sorted(inner, key=str)}, so where its weight sits in the forward "
-        "order is unknown. Move the weight into a submodule (e.g. "
-        "nn.Dense), or pass swr(layers=...) yourself and check it with "
-        "optax_swr.check_proportional."
+        f"{caller}: the module at {outer!r} owns a weight and also contains "
+        f"the layers {sorted(inner, key=str)}, so where its weight sits in "
+        "the forward order is unknown. Move the weight into a submodule "
+        "(e.g. a Dense / Linear layer), or pass swr(layers=...) yourself "
+        "and check it with optax_swr.check_proportional."
       )
 
 
 @contextlib.contextmanager
-def _recording_calls(
-  layers: dict[Path, Any], recorder: _CallRecorder
+def recording_calls(
+  modules: dict[Path, Any],
+  norm_types: tuple[type, ...],
+  recorder: CallRecorder,
 ) -> Iterator[None]:
-  """Routes ``__call__`` of the given layer modules through ``recorder``.
+  """Routes ``__call__`` of the given modules through ``recorder``.
 
-  NNX has no method interceptor like Linen's, so the classes' ``__call__`` is
-  wrapped for the duration of the trace and restored afterwards; calls on
-  other instances of those classes pass straight through.
+  NNX and Equinox have no method interceptor like Linen's, so the classes'
+  ``__call__`` is wrapped for the duration of the trace and restored
+  afterwards; calls on other instances of those classes pass straight
+  through.
+
+  Args:
+    modules: the module instances to record, by path.
+    norm_types: the classes of normalization modules.
+    recorder: the recorder.
   """
-  path_of = {id(module): path for path, module in layers.items()}
+  path_of = {id(module): path for path, module in modules.items()}
   originals = {}
-  for cls in {type(module) for module in layers.values()}:
+  for cls in {type(module) for module in modules.values()}:
     originals[cls] = cls.__dict__.get("__call__")
-    cls.__call__ = _recording_call(cls.__call__, path_of, recorder)
+    is_norm = issubclass(cls, norm_types)
+    cls.__call__ = _recording_call(cls.__call__, path_of, is_norm, recorder)
   try:
     yield
   finally:
@@ -266,7 +195,8 @@ def _recording_calls(
 def _recording_call(
   original: Callable[..., Any],
   path_of: dict[int, Path],
-  recorder: _CallRecorder,
+  is_norm: bool,
+  recorder: CallRecorder,
 ) -> Callable[..., Any]:
   @functools.wraps(original)
   def call(self, *args, **kwargs):
@@ -274,6 +204,6 @@ def _recording_call(
     path = path_of.get(id(self))
     if path is None:
       return bound(*args, **kwargs)
-    return recorder.call(path, bound, args, kwargs)
+    return recorder.call(path, is_norm, bound, args, kwargs)
 
   return call

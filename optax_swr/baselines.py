@@ -182,18 +182,22 @@ def shrink_perturb(params: Any, initial_params: Any, coef: float) -> Any:
 
 
 def reset_layers(
-  params: Any, fresh_params: Any, layers: Sequence[Path | str]
+  params: Any,
+  fresh_params: Any,
+  layers: Sequence[_layers.Layer | Path | str],
 ) -> Any:
   """Head reset: the given layers take their fresh initialisation.
 
-  Every leaf under each listed layer path (weight, bias, anything else) is
-  replaced; all other leaves are kept.
+  Every leaf under each listed layer path (weight, bias, anything else), or
+  the weight and bias of each :class:`optax_swr.Layer`, is replaced; all
+  other leaves are kept.
 
   Args:
     params: the current params.
     fresh_params: a fresh initialisation of the same model.
-    layers: the layer paths to reset, e.g. ``[("head",)]`` (the paper resets
-      the fully connected layers; for the MLP only the last).
+    layers: the layers to reset: paths of sub-trees, e.g. ``[("head",)]``
+      (the paper resets the fully connected layers; for the MLP only the
+      last), or :class:`optax_swr.Layer` values.
 
   Returns:
     The params with those layers reset.
@@ -212,12 +216,21 @@ def reset_layers(
   """
   _check_same_structure("reset_layers", params, fresh_params)
   paths = _layers.leaf_paths(params)
-  targets = _layers.normalize_layers_arg(layers, caller="reset_layers")
-  if targets is None:
+  entries = _layers.normalize_layers_arg(layers, caller="reset_layers")
+  if not isinstance(entries, tuple):
     raise ValueError(
-      "reset_layers: `layers` is None; list the layers to reset, e.g. "
-      "[('head',)]."
+      f"reset_layers: `layers` is {layers!r}; list the layers to reset, "
+      "e.g. [('head',)]."
     )
+  targets = [
+    path
+    for entry in entries
+    for path in (
+      [p for p in (entry.weight, entry.bias) if p is not None]
+      if isinstance(entry, _layers.Layer)
+      else [entry]
+    )
+  ]
   for target in targets:
     if not any(path[: len(target)] == target for path in paths):
       raise ValueError(

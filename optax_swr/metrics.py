@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optax_swr import _layers
-from optax_swr import _swr
+from optax_swr import _norms
 
 Path = _layers.Path
 
@@ -47,9 +47,7 @@ __all__ = (
 DEFAULT_ITERATIONS = 1000
 
 
-def layer_norms(
-  params: Any, layers: Sequence[Path | str] | None = None
-) -> jax.Array:
+def layer_norms(params: Any, layers: _layers.LayersArg = None) -> jax.Array:
   """Frobenius norm of every layer's weight, in forward order.
 
   The layers are the ones :func:`optax_swr.swr` rescales, found the same way
@@ -73,14 +71,14 @@ def layer_norms(
     >>> print(metrics.layer_norms(params))
     [4.        4.2426405]
   """
-  found = _resolve(params, layers)
+  found = _resolve(params, layers, "layer_norms")
   # The same norms as swr's state, from the same code.
-  return _swr._weight_norms(jax.tree.leaves(params), found)
+  return _norms.weight_norms(jax.tree.leaves(params), found)
 
 
 def lpq_norm(
   params: Any,
-  layers: Sequence[Path | str] | None = None,
+  layers: _layers.LayersArg = None,
   *,
   p: float = 2.0,
   q: float = 2.0,
@@ -127,7 +125,7 @@ def _lpq_norm(weights: list[jax.Array], p: float, q: float) -> jax.Array:
 
 def balancedness(
   params: Any,
-  layers: Sequence[Path | str] | None = None,
+  layers: _layers.LayersArg = None,
   *,
   p: float = 2.0,
   q: float = 2.0,
@@ -276,19 +274,27 @@ def _check_static(function: str, name: str, value: Any) -> None:
 
 
 def _resolve(
-  params: Any, layers: Sequence[Path | str] | None
-) -> tuple[_layers.Layer, ...]:
-  layer_paths = _layers.normalize_layers_arg(layers)
-  return _layers.resolve_layers(_layers.leaf_paths(params), layer_paths)
+  params: Any, layers: _layers.LayersArg, function: str
+) -> tuple[_layers.ResolvedLayer, ...]:
+  spec = _layers.normalize_layers_arg(layers, caller=function)
+  return _layers.resolve(params, spec, caller=function)
 
 
 def _chain_weights(
-  params: Any, layers: Sequence[Path | str] | None, function: str
+  params: Any, layers: _layers.LayersArg, function: str
 ) -> list[jax.Array]:
   """The kernels of the layers, in forward order, checked to form a chain."""
-  found = _resolve(params, layers)
+  found = _resolve(params, layers, function)
+  for layer in found:
+    if layer.is_norm:
+      raise ValueError(
+        f"{function}: the layer {layer.path!r} is a normalization layer. "
+        "Normalization undoes any rescaling of its input, so balancedness "
+        "is defined for chains of dense/conv layers without normalization "
+        "layers. Measure such a network with metrics.layer_norms instead."
+      )
   leaves = jax.tree.leaves(params)
-  weights = [jnp.asarray(leaves[layer.weight_index]) for layer in found]
+  weights = [jnp.asarray(leaves[layer.weight_index]) for layer in found]  # type: ignore[index]
   _check_chain(found, weights, function)
   return weights
 
@@ -308,16 +314,11 @@ def _unit_blocks(weights: list[jax.Array], p: float) -> list[jax.Array]:
 
 
 def _check_chain(
-  found: tuple[_layers.Layer, ...], weights: list[jax.Array], function: str
+  found: tuple[_layers.ResolvedLayer, ...],
+  weights: list[jax.Array],
+  function: str,
 ) -> None:
   for layer, weight in zip(found, weights):
-    if layer.is_norm:
-      raise ValueError(
-        f"{function}: the layer {layer.path!r} is a normalization layer. "
-        "Normalization undoes any rescaling of its input, so balancedness "
-        "is defined for chains of dense/conv layers without normalization "
-        "layers. Measure such a network with metrics.layer_norms instead."
-      )
     if weight.ndim < 2:
       raise ValueError(
         f"{function}: the weight of layer {layer.path!r} has shape "

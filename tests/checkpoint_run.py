@@ -109,8 +109,8 @@ def with_shardings(abstract_state, abstract_params):
 class Block(nn.Module):
   """Dense, ReLU, LayerNorm.
 
-  A nested norm layer: SWRState.norm_input_scales gets the key
-  "Block_0/LayerNorm_0".
+  A nested norm layer ("Block_0/LayerNorm_0"), whose input scale the
+  checkpoint must carry in SWRState.input_scales.
   """
 
   width: int

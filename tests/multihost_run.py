@@ -125,32 +125,20 @@ def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
 
 
-def opt_state_shardings(
-  tx: optax.GradientTransformation, params: dict, replicated: NamedSharding
-) -> Any:
-  """Sub-trees shaped like the params (Adam's moments) are sharded like them.
-
-  Everything else (step counts, SWR's per-layer scalars) is replicated.
-  (optax.tree_map_params does this too, but only for models without
-  normalization layers: its placeholder params hide which layers they are.)
-  """
-  params_def = jax.tree.structure(params)
-  like_params = lambda node: jax.tree.structure(node) == params_def
-  param_shardings = jax.tree.map(lambda a: a.sharding, params)
-  return jax.tree.map(
-    lambda node: param_shardings if like_params(node) else replicated,
-    jax.eval_shape(tx.init, params),
-    is_leaf=like_params,
-  )
-
-
 def train(mesh: Mesh) -> tuple[dict, dict, optax_swr.SWRState, list[float]]:
   """STEPS of Adam + SWR; returns params, Adam's mu, SWR's state, losses."""
   tx = optax.chain(optax.adam(1e-2), optax_swr.swr(0.3, reset_norms_at=(2,)))
   params = to_global(global_params(), mesh)
   param_shardings = jax.tree.map(lambda a: a.sharding, params)
   replicated = NamedSharding(mesh, P())
-  state_shardings = opt_state_shardings(tx, params, replicated)
+  # Adam's moments are sharded like the params; the rest is replicated.
+  state_shardings = optax.tree_map_params(
+    tx,
+    lambda _, sharding: sharding,
+    jax.eval_shape(tx.init, params),
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+  )
   state = jax.jit(tx.init, out_shardings=state_shardings)(params)
 
   @functools.partial(
@@ -197,7 +185,6 @@ def report(
     "swr_state": {
       name: np.asarray(value.addressable_data(0)).tolist()
       for name, value in swr_state._asdict().items()
-      if name != "norm_input_scales"
     },
     "swr_state_replicated": all(
       leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(swr_state)

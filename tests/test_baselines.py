@@ -126,7 +126,7 @@ def test_reset_layers_replaces_only_the_listed_layers(setup):
     ),
     (
       lambda: baselines.reset_layers({"a": 1.0}, {"a": 2.0}, ["a", "a"]),
-      "reset_layers: `layers` lists the path ('a',) more than once",
+      "reset_layers: `layers` lists the layer ('a',) more than once",
     ),
   ],
 )

@@ -60,7 +60,7 @@ def test_linen_eval_logits_stay_proportional_once_stats_are_synced():
 
   logits = lambda p, s: model.apply({"params": p, "batch_stats": s}, X)
   before = logits(params, stats)
-  synced = logits(new_params, optax_swr.sync_batch_stats(stats, state))
+  synced = logits(new_params, optax_swr.sync_batch_stats(stats, state, layers))
   stale = logits(new_params, stats)
   assert relative_spread(synced, before) <= 1e-4
   assert relative_spread(stale, before) > 1e-2
@@ -74,16 +74,19 @@ def test_linen_sync_scales_mean_by_s_and_var_by_s_squared():
   _, state = one_swr_step(
     optax_swr.swr(0.7, layers=layers), variables["params"]
   )
-  scales = state.norm_input_scales
-  assert set(scales) == {"BatchNorm_0", "BatchNorm_1"}
+  scales = optax_swr.by_layer(state.input_scales, layers)
+  assert [layer.name for layer in layers if layer.norm] == [
+    "BatchNorm_0",
+    "BatchNorm_1",
+  ]
   # Order: Conv_0, BatchNorm_0, Conv_1, BatchNorm_1, Dense_0, Dense_1. The
   # input of BatchNorm_1 is scaled by c(BatchNorm_0) * c(Conv_1).
   c = np.asarray(state.layer_scales)
   np.testing.assert_allclose(scales["BatchNorm_0"], c[0], rtol=1e-6)
   np.testing.assert_allclose(scales["BatchNorm_1"], c[1] * c[2], rtol=1e-6)
   stats = jax.tree.map(lambda x: x + 1.0, variables["batch_stats"])
-  synced = optax_swr.sync_batch_stats(stats, state)
-  for name in scales:
+  synced = optax_swr.sync_batch_stats(stats, state, layers)
+  for name in ("BatchNorm_0", "BatchNorm_1"):
     s = float(scales[name])
     np.testing.assert_allclose(
       synced[name]["mean"], s * stats[name]["mean"], rtol=1e-6
@@ -126,45 +129,71 @@ def test_nnx_eval_logits_stay_proportional_once_stats_are_synced():
     model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
   )
   stale = model(X)
-  optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state)
+  optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state, layers)
   synced = model(X)
   assert relative_spread(synced, before) <= 1e-4
   assert relative_spread(stale, before) > 1e-2
-  s = float(
-    optax.tree.get(optimizer.opt_state, "norm_input_scales")["bn2"][...]
-  )
+  input_scales = optax.tree.get(optimizer.opt_state, "input_scales")
+  s = float(optax_swr.by_layer(input_scales[...], layers)["bn2"])
   np.testing.assert_allclose(
     model.bn2.var[...], s**2 * stale_stats["bn2"]["var"], rtol=1e-6
   )
 
 
+SMALL_PARAMS = {
+  "conv": {"kernel": jnp.ones((2, 2))},
+  "bn": {"scale": jnp.ones(2)},
+}
+SMALL_LAYERS = ["conv", "bn"]
+
+
 def swr_state():
-  params = {"conv": {"kernel": jnp.ones((2, 2))}, "bn": {"scale": jnp.ones(2)}}
-  return optax_swr.swr(layers=["conv", "bn"]).init(params)
+  return optax_swr.swr(layers=SMALL_LAYERS).init(SMALL_PARAMS)
+
+
+def sync_error(text):
+  return pytest.raises(ValueError, match=re.escape(f"sync_batch_stats: {text}"))
 
 
 def test_stats_of_an_unknown_layer_are_an_error():
   stats = {"BatchNorm_7": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
-  with pytest.raises(
-    ValueError,
-    match=re.escape(
-      "the statistic ('BatchNorm_7', 'mean') belongs to 'BatchNorm_7', which "
-      "SWR does not rescale as a normalization layer"
-    ),
+  with sync_error(
+    "the statistic ('BatchNorm_7', 'mean') belongs to ('BatchNorm_7',), "
+    "which is not a normalization layer of `layers` ([('conv',), ('bn',)])"
   ):
-    optax_swr.sync_batch_stats(stats, swr_state())
+    optax_swr.sync_batch_stats(stats, swr_state(), SMALL_LAYERS)
+
+
+def test_stats_of_a_layer_that_is_not_a_norm_layer_are_an_error():
+  layers = optax_swr.find_layers(SMALL_PARAMS, SMALL_LAYERS)
+  stats = {"conv": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
+  with sync_error(
+    "the statistic ('conv', 'mean') belongs to ('conv',), which is not a "
+    "normalization layer"
+  ):
+    optax_swr.sync_batch_stats(stats, swr_state(), layers)
+
+
+def test_layers_must_be_a_sequence_matching_the_state():
+  stats = {"bn": {"mean": jnp.zeros(2), "var": jnp.ones(2)}}
+  with sync_error("`layers` must be the sequence of layers swr rescales"):
+    optax_swr.sync_batch_stats(stats, swr_state(), None)
+  with sync_error("`layers` must be the sequence of layers swr rescales"):
+    optax_swr.sync_batch_stats(stats, swr_state(), lambda p: SMALL_LAYERS)
+  with sync_error("`layers` has 1 layers but the SWR state has 2"):
+    optax_swr.sync_batch_stats(stats, swr_state(), ["bn"])
 
 
 def test_unknown_statistic_is_an_error():
-  with pytest.raises(
-    ValueError, match=re.escape("unknown statistic ('bn', 'count')")
-  ):
-    optax_swr.sync_batch_stats({"bn": {"count": jnp.zeros(())}}, swr_state())
+  with sync_error("unknown statistic ('bn', 'count')"):
+    optax_swr.sync_batch_stats(
+      {"bn": {"count": jnp.zeros(())}}, swr_state(), SMALL_LAYERS
+    )
 
 
 def test_sync_needs_exactly_one_swr_state():
   stats = {"bn": {"mean": jnp.zeros(2)}}
-  with pytest.raises(ValueError, match="`opt_state` holds no SWRState"):
-    optax_swr.sync_batch_stats(stats, optax.adam(1.0).init(stats))
-  with pytest.raises(ValueError, match="`opt_state` holds several SWR states"):
-    optax_swr.sync_batch_stats(stats, (swr_state(), swr_state()))
+  with sync_error("`opt_state` holds no SWRState"):
+    optax_swr.sync_batch_stats(stats, optax.adam(1.0).init(stats), ["bn"])
+  with sync_error("`opt_state` holds several SWR states"):
+    optax_swr.sync_batch_stats(stats, (swr_state(), swr_state()), ["bn"])

@@ -619,14 +619,13 @@ def check_state(case, state, index, ref_norms, checked, moved_norms, bounds):
     moved_norms * (bounds.layer_scales + c * (bounds.norms + U32)),
     f"{where}, weight_norms",
   )
-  for i, layer in enumerate(ref_layers(case)):
-    if layer.is_norm:
-      assert_within(
-        state.norm_input_scales[layer_name(i)],
-        big_c[i - 1] if i else 1.0,
-        bounds.cumulative_scales[i - 1] if i else 0.0,
-        f"{where}, norm_input_scales of {layer_name(i)}",
-      )
+  for i in range(len(big_c)):
+    assert_within(
+      state.input_scales[i],
+      big_c[i - 1] if i else 1.0,
+      bounds.cumulative_scales[i - 1] if i else 0.0,
+      f"{where}, input_scales of {layer_name(i)}",
+    )
 
 
 def check_step(case, step: Step, index: int, ref_norms) -> Checked:

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import pytest
 
 import optax_swr
-from optax_swr import _layers
 
 
 def leaf(*shape):
@@ -17,9 +16,7 @@ def leaf(*shape):
 
 
 def inferred_paths(params):
-  return [
-    l.path for l in _layers.resolve_layers(_layers.leaf_paths(params), None)
-  ]
+  return [layer.path for layer in optax_swr.find_layers(params)]
 
 
 def test_numbered_names_are_ordered_numerically_not_alphabetically():
@@ -53,12 +50,11 @@ def test_resolved_layer_records_weight_bias_and_norm():
     "b": {"scale": leaf(2), "bias": leaf(2)},
     "c": {"embedding": leaf(4, 2)},
   }
-  paths = _layers.leaf_paths(params)
-  a, b, c = _layers.resolve_layers(paths, (("a",), ("b",), ("c",)))
-  assert paths[a.weight_index] == ("a", "kernel") and not a.is_norm
-  assert paths[a.bias_index] == ("a", "bias")
-  assert paths[b.weight_index] == ("b", "scale") and b.is_norm
-  assert paths[c.weight_index] == ("c", "embedding") and c.bias_index is None
+  a, b, c = optax_swr.find_layers(params, ["a", "b", "c"])
+  assert a == optax_swr.Layer(("a", "kernel"), ("a", "bias"), path=("a",))
+  assert b == optax_swr.Layer(("b", "scale"), ("b", "bias"), norm=True)
+  assert c == optax_swr.Layer(("c", "embedding"))
+  assert (c.path, c.bias, c.norm) == (("c",), None, False)
 
 
 def test_leaves_outside_the_layers_are_left_alone():
@@ -98,9 +94,10 @@ def test_ambiguous_layer_types_raise_and_tell_how_to_pass_layers():
     optax_swr.swr().init(LINEN_LIKE)
   message = str(info.value)
   assert "['BatchNorm_0', 'Conv_0', 'Dense_0'] at the root" in message
-  assert "swr(layers=[('Conv_0',)" in message
+  assert "layers=[('Conv_0',)" in message
   assert "optax_swr.layers_from_linen(module, variables, x)" in message
-  assert "optax_swr.layers_from_nnx(model, x)" in message
+  assert "layers_from_nnx(model, x)" in message
+  assert "layers_from_equinox(model, x)" in message
   assert "('BatchNorm_0',)" in message  # the layers found are listed
 
 
@@ -123,8 +120,8 @@ def test_repeated_numbers_are_ambiguous():
 
 
 def test_a_tree_without_layers_raises():
-  with error("has no layer with a weight leaf named kernel, scale, embedding"):
-    optax_swr.swr().init({"w": leaf(2, 2)})
+  with error("has no layer with a weight leaf named kernel, embedding, w"):
+    optax_swr.swr().init({"x": leaf(2, 2), "y": {"z": leaf(2)}})
 
 
 def test_path_not_in_tree_names_the_path_and_lists_layers():
@@ -144,14 +141,14 @@ def test_path_to_a_leaf_is_rejected():
 
 def test_layer_without_weight_is_rejected():
   params = {"Dense_0": {"kernel": leaf(2, 2)}, "head": {"bias": leaf(2)}}
-  with error("the layer ('head',) in `layers` has no weight leaf"):
+  with error("the sub-tree ('head',) has a bias ('bias') but no weight"):
     optax_swr.swr(layers=["Dense_0", "head"]).init(params)
 
 
 def test_layer_with_two_weights_is_rejected():
   params = {"odd": {"kernel": leaf(2, 2), "scale": leaf(2)}}
   with error(
-    "the layer ('odd',) has more than one weight leaf (kernel, scale)"
+    "the layer ('odd',) has the leaves ['kernel', 'scale'], more than one"
   ):
     optax_swr.swr(layers=["odd"]).init(params)
 
@@ -159,11 +156,11 @@ def test_layer_with_two_weights_is_rejected():
 @pytest.mark.parametrize(
   "layers, message",
   [
-    ("Dense_0", "`layers` must be a sequence of paths"),
+    ("Dense_0", "`layers` must be a sequence of layers in forward order"),
     ([], "`layers` is empty"),
-    ([()], "must be a non-empty tuple of keys"),
-    ([3], "must be a non-empty tuple of keys"),
-    ([("a",), ["a"]], "lists the path ('a',) more than once"),
+    ([()], "must be an optax_swr.Layer or a non-empty tuple of keys"),
+    ([3], "must be an optax_swr.Layer or a non-empty tuple of keys"),
+    ([("a",), ["a"]], "lists the layer ('a',) more than once"),
   ],
 )
 def test_malformed_layers_argument(layers, message):

@@ -358,18 +358,20 @@ def test_coefficient_must_be_a_scalar():
 def test_classifier_errors(params):
   with error("`classifier_coef` is set but `classifier` is not"):
     optax_swr.swr(classifier_coef=0.1)
+  with error("`classifier` is set but `classifier_coef` is not"):
+    optax_swr.swr(classifier=1)  # would silently use `coef` for the head
   with error("`classifier` must be >= 0"):
-    optax_swr.swr(classifier=-1)
+    optax_swr.swr(classifier=-1, classifier_coef=0.1)
   with error("`classifier` must be an int k (the last k layers) or a sequence"):
-    optax_swr.swr(classifier=1.5)
+    optax_swr.swr(classifier=1.5, classifier_coef=0.1)
   with error("`classifier=4` asks for more layers than the network has (3)"):
-    optax_swr.swr(classifier=4).init(params)
+    optax_swr.swr(classifier=4, classifier_coef=0.1).init(params)
   with error(
     "the `classifier` path ('head',) is not one of the rescaled layers"
   ):
-    optax_swr.swr(classifier=["head"]).init(params)
-  with error("`classifier` lists the path ('Dense_2',) more than once"):
-    optax_swr.swr(classifier=["Dense_2", ("Dense_2",)])
+    optax_swr.swr(classifier=["head"], classifier_coef=0.1).init(params)
+  with error("`classifier` lists the layer ('Dense_2',) more than once"):
+    optax_swr.swr(classifier=["Dense_2", ("Dense_2",)], classifier_coef=0.1)
 
 
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
@@ -378,7 +380,7 @@ def test_integer_or_boolean_layer_leaves_are_rejected(dtype):
     "Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2, dtype)},
     "step": jnp.zeros((), jnp.int32),
   }  # outside any layer: fine
-  with error("swr: the layer ('Dense_0',) has a"):
+  with error("swr: the layer 'Dense_0' has a"):
     optax_swr.swr().init(params)
   params["Dense_0"]["bias"] = jnp.ones(2)
   assert optax_swr.swr().init(params).reference_norms.shape == (1,)

@@ -129,3 +129,30 @@ def test_non_chain_models_obey_the_theorem_2_bound_over_200_steps(name):
   assert bool(jnp.all(rescaled <= bound * (1 + 1e-5)))
   # The bound is not vacuous: the weights did move.
   assert float(jnp.max(jnp.abs(rescaled[-1] / initial - 1))) > 1e-3
+
+
+@pytest.mark.parametrize("api", BUILDERS)
+@pytest.mark.parametrize("name", models_linen.ALL_MODELS)
+def test_tree_map_params_maps_the_optimizer_state_of_every_model(api, name):
+  """optax's standard way to derive state shardings and dtypes."""
+  params, _, trace = BUILDERS[api](name)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optax_swr.NotAChainWarning)
+    layers = trace()
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-2, layers=layers))
+  state = tx.init(params)
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  shardings = optax.tree_map_params(
+    tx,
+    lambda p: replicated,
+    state,
+    transform_non_params=lambda _: replicated,
+  )
+  assert jax.tree.structure(shardings) == jax.tree.structure(state)
+  as_bf16 = optax.tree_map_params(tx, lambda p: p.astype(jnp.bfloat16), state)
+  mu = optax.tree.get(as_bf16, "mu")
+  assert {x.dtype for x in jax.tree.leaves(mu)} == {jnp.dtype(jnp.bfloat16)}
+  swr_state = as_bf16[1]
+  assert swr_state.reference_norms.dtype == jnp.float32  # not a param
+  assert swr_state.reference_norms.shape == (len(layers),)

@@ -1,0 +1,219 @@
+# Copyright 2026 The optax_swr Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""What is specific to Flax: tracing Linen and NNX models, NNX BatchStats.
+
+Flax is a dependency of optax_swr, but only this module imports it, and only
+inside the functions, so ``import optax_swr`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from optax_swr import _batch_stats
+from optax_swr import _layers
+from optax_swr import _tracing
+
+Path = _layers.Path
+
+
+def _norm_types(namespace: Any) -> tuple[type, ...]:
+  """The normalization module classes of ``flax.linen`` or ``flax.nnx``."""
+  names = ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm")
+  return tuple(
+    getattr(namespace, name) for name in names if hasattr(namespace, name)
+  )
+
+
+def layers_from_linen(
+  module: Any, variables: Any, *example_args: Any, **kwargs: Any
+) -> tuple[_layers.Layer, ...]:
+  """The layers of a Linen model in forward order, for ``swr(layers=...)``.
+
+  Traces ``module.apply(variables, *example_args, **kwargs)`` abstractly and
+  records the order in which the layers are first called: modules that own a
+  weight (``kernel``, ``scale``, ``embedding``, ...) and normalization
+  modules (``BatchNorm``, ``LayerNorm``, ``RMSNorm``, ``GroupNorm``), with or
+  without a scale. ``kwargs`` go to ``apply`` (e.g. ``train=True``,
+  ``rngs=...``); ``mutable`` defaults to ``True`` so that BatchNorm in
+  training mode can be traced.
+
+  Args:
+    module: the Linen module.
+    variables: its variables, with a ``"params"`` collection.
+    *example_args: example inputs: arrays or ``jax.ShapeDtypeStruct``.
+    **kwargs: passed on to ``module.apply``.
+
+  Returns:
+    The :class:`Layer` values, with paths relative to ``variables["params"]``,
+    in forward order.
+
+  Raises:
+    ValueError: if ``variables`` has no params, or a module owns a weight and
+      also contains layers.
+
+  Warns:
+    NotAChainWarning: if the traced network is not a chain (skip connections,
+      branches, attention, non-homogeneous activations, shared layers).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import optax_swr
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+    ...     x = nn.BatchNorm(use_running_average=True, name="bn")(x)
+    ...     return nn.Dense(10, name="head")(x.reshape(x.shape[0], -1))
+    >>> x = jnp.ones((1, 8, 8, 1))
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> for layer in optax_swr.layers_from_linen(Net(), variables, x):
+    ...   print(layer.name, layer.weight, layer.bias, layer.norm)
+    conv ('conv', 'kernel') ('conv', 'bias') False
+    bn ('bn', 'scale') ('bn', 'bias') True
+    head ('head', 'kernel') ('head', 'bias') False
+  """
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+
+  if "params" not in variables:
+    raise ValueError(
+      "layers_from_linen: `variables` has no 'params' collection; pass the "
+      "whole dict returned by module.init(...)."
+    )
+  recorder = _tracing.CallRecorder(variables["params"], "layers_from_linen")
+  norm_types = _norm_types(nn)
+
+  def interceptor(next_fun, args, call_kwargs, context):
+    if context.method_name == "setup":  # runs lazily, not in forward order
+      return next_fun(*args, **call_kwargs)
+    path = tuple(context.module.scope.path)
+    is_norm = isinstance(context.module, norm_types)
+    return recorder.call(path, is_norm, next_fun, args, call_kwargs)
+
+  apply_kwargs = {"mutable": True, **kwargs}
+
+  def forward(variables, *args):
+    with nn.intercept_methods(interceptor):
+      out = module.apply(variables, *args, **apply_kwargs)
+    return out if apply_kwargs["mutable"] is False else out[0]
+
+  return recorder.finish(jax.make_jaxpr(forward)(variables, *example_args))
+
+
+def layers_from_nnx(
+  model: Any, *example_args: Any, **kwargs: Any
+) -> tuple[_layers.Layer, ...]:
+  """The layers of an NNX model in forward order, for ``swr(layers=...)``.
+
+  Traces ``model(*example_args, **kwargs)`` abstractly on a copy of the model
+  (the model itself, BatchNorm statistics included, is not changed).
+  Normalization modules count as layers with or without a scale.
+
+  Args:
+    model: the ``nnx.Module``.
+    *example_args: example inputs: arrays or ``jax.ShapeDtypeStruct``.
+    **kwargs: passed on to the model's ``__call__``.
+
+  Returns:
+    The :class:`Layer` values, with paths relative to
+    ``nnx.state(model, nnx.Param)`` (as ``nnx.Optimizer(model, tx,
+    wrt=nnx.Param)`` passes the params to ``swr``), in forward order.
+
+  Raises:
+    ValueError: if a module owns a weight and also contains layers.
+
+  Warns:
+    NotAChainWarning: if the traced network is not a chain.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> import optax_swr
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.head = nnx.Linear(8, 10, rngs=rngs)  # sorts first, runs last
+    ...     self.body = nnx.Linear(4, 8, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.head(nnx.relu(self.body(x)))
+    >>> layers = optax_swr.layers_from_nnx(Net(nnx.Rngs(0)), jnp.ones((1, 4)))
+    >>> [layer.name for layer in layers]
+    ['body', 'head']
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  recorder = _tracing.CallRecorder(
+    nnx.state(model, nnx.Param), "layers_from_nnx"
+  )
+  norm_types = _norm_types(nnx)
+  graphdef, state = nnx.split(model)
+
+  def forward(state, *args):
+    copy = nnx.merge(graphdef, state)
+    modules: dict[Path, Any] = {
+      tuple(path): node
+      for path, node in nnx.iter_graph(copy)
+      if isinstance(node, nnx.Module)
+      and recorder.is_layer(tuple(path), isinstance(node, norm_types))
+    }
+    with _tracing.recording_calls(modules, norm_types, recorder):
+      return copy(*args, **kwargs)
+
+  return recorder.finish(jax.make_jaxpr(forward)(state, *example_args))
+
+
+def sync_nnx_batch_stats(model: Any, opt_state: Any, layers: Any) -> None:
+  """Rescales the ``nnx.BatchStat`` variables of ``model`` in place.
+
+  The NNX form of :func:`sync_batch_stats`: call it after
+  ``optimizer.update(model, grads)``.
+
+  Args:
+    model: the ``nnx.Module`` whose BatchNorm statistics to rescale.
+    opt_state: the optimizer state, e.g. ``optimizer.opt_state``.
+    layers: the layers passed to ``swr`` (see :func:`sync_batch_stats`).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from flax import nnx
+    >>> import optax_swr
+    >>> class Net(nnx.Module):
+    ...   def __init__(self, rngs):
+    ...     self.fc = nnx.Linear(3, 4, rngs=rngs)
+    ...     self.bn = nnx.BatchNorm(4, rngs=rngs)
+    ...   def __call__(self, x):
+    ...     return self.bn(self.fc(x))
+    >>> model = Net(nnx.Rngs(0))
+    >>> layers = optax_swr.layers_from_nnx(model, jnp.ones((2, 3)))
+    >>> tx = optax.chain(optax.sgd(0.1), optax_swr.swr(0.5, layers=layers))
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> _ = model(jnp.arange(6.0).reshape(2, 3))  # updates the running stats
+    >>> grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    >>> _ = optimizer.update(model, grads)
+    >>> var_before = model.bn.var[...]
+    >>> optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state, layers)
+    >>> s = optax.tree.get(optimizer.opt_state, "input_scales")[1]
+    >>> bool(jnp.allclose(model.bn.var[...], var_before * s[...] ** 2))
+    True
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  stats = nnx.state(model, nnx.BatchStat)
+  nnx.update(model, _batch_stats.sync_batch_stats(stats, opt_state, layers))
