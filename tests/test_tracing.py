@@ -307,3 +307,73 @@ def test_control_flow_is_reported_not_assumed_fine():
     optax_swr.NotAChainWarning, match="control flow is not checked"
   ):
     linen_layers(Scanned())
+
+
+LINEN_NORMS_WITHOUT_SCALE = {
+  "layer_norm": lambda: nn.LayerNorm(use_scale=False),
+  "batch_norm": lambda: nn.BatchNorm(
+    use_running_average=False, use_scale=False
+  ),
+  "group_norm": lambda: nn.GroupNorm(num_groups=4, use_scale=False),
+  "no_params": lambda: nn.LayerNorm(use_scale=False, use_bias=False),
+}
+
+
+@pytest.mark.parametrize("kind", LINEN_NORMS_WITHOUT_SCALE)
+def test_linen_norm_layers_without_scale_restart_the_factor(kind):
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Dense(16)(x)
+      x = LINEN_NORMS_WITHOUT_SCALE[kind]()(x)
+      return nn.Dense(4)(nn.relu(nn.Dense(16)(nn.relu(x))))
+
+  x = jax.random.normal(jax.random.key(0), (64, 8))
+  module = Net()
+  variables = module.init(jax.random.key(1), x)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # the norm's internals are not blamed
+    layers = optax_swr.layers_from_linen(module, variables, x)
+  norm = layers[1]
+  assert norm.norm and norm.weight is None and len(layers) == 4
+  assert (norm.bias is None) == (kind == "no_params")
+
+  def apply_fn(params, x):
+    out, _ = module.apply(
+      {**variables, "params": params}, x, mutable=["batch_stats"]
+    )
+    return out
+
+  report = optax_swr.check_proportional(
+    apply_fn, variables["params"], layers, x
+  )
+  assert report.relative_error <= 1e-4, report
+
+
+def test_nnx_norm_layers_without_scale_restart_the_factor():
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.fc1 = nnx.Linear(8, 16, rngs=rngs)
+      self.ln = nnx.LayerNorm(16, use_scale=False, rngs=rngs)
+      self.bn = nnx.BatchNorm(16, use_scale=False, use_bias=False, rngs=rngs)
+      self.fc2 = nnx.Linear(16, 4, rngs=rngs)
+
+    def __call__(self, x):
+      return self.fc2(nnx.relu(self.bn(self.ln(self.fc1(x)))))
+
+  x = jax.random.normal(jax.random.key(0), (64, 8))
+  model = Net(nnx.Rngs(0))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    layers = optax_swr.layers_from_nnx(model, x)
+  assert [(layer.name, layer.norm) for layer in layers] == [
+    ("fc1", False),
+    ("ln", True),
+    ("bn", True),
+    ("fc2", False),
+  ]
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  report = optax_swr.check_proportional(
+    lambda p, x: nnx.merge(graphdef, p, rest)(x), params, layers, x
+  )
+  assert report.relative_error <= 1e-4, report
