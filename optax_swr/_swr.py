@@ -196,6 +196,8 @@ def swr(
     params: Any,
   ) -> tuple[tuple[_layers.ResolvedLayer, ...], list[Any]]:
     found = _layers.resolve(params, layer_spec)
+    if not found:  # An empty tree (also optax.tree_map_params' placeholder).
+      return (), []
     is_classifier = _classifier_mask(classifier, found)
     coefs = []
     for index, item in enumerate(found):

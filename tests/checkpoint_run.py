@@ -65,10 +65,9 @@ def restore_checkpoint(path, tx, abstract_params):
   """
   # The target's structure comes from tx.init, so the optax NamedTuples
   # (SWRState, ScaleByAdamState, ...) come back as those classes.
-  abstract_state = jax.eval_shape(tx.init, abstract_params)
   target = {
     "params": abstract_params,
-    "opt_state": with_shardings(abstract_state, abstract_params),
+    "opt_state": with_shardings(tx, abstract_params),
     "step": 0,
   }
   with ocp.StandardCheckpointer() as checkpointer:
@@ -76,31 +75,27 @@ def restore_checkpoint(path, tx, abstract_params):
   return restored["params"], restored["opt_state"], restored["step"]
 
 
-def with_shardings(abstract_state, abstract_params):
-  """Gives the optimizer state's leaves the shardings to restore them with.
+def with_shardings(tx, abstract_params):
+  """The optimizer state's abstract leaves, with the shardings to restore.
 
   Sub-trees shaped like the params (Adam's moments, MultiSteps' gradient sums)
   get the params' shardings; the rest (counts, SWRState's per-layer norms) is
   replicated.
   """
-  params_def = jax.tree.structure(abstract_params)
   sharding = jax.tree.leaves(abstract_params)[0].sharding
   if isinstance(sharding, jax.sharding.NamedSharding):
     sharding = jax.sharding.NamedSharding(
       sharding.mesh, jax.sharding.PartitionSpec()
     )
-  is_params = lambda node: jax.tree.structure(node) == params_def
-
-  def place(node):
-    if not is_params(node):
-      return jax.ShapeDtypeStruct(node.shape, node.dtype, sharding=sharding)
-    return jax.tree.map(
-      lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p.sharding),
-      node,
-      abstract_params,
-    )
-
-  return jax.tree.map(place, abstract_state, is_leaf=is_params)
+  return optax.tree_map_params(
+    tx,
+    lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p.sharding),
+    jax.eval_shape(tx.init, abstract_params),
+    abstract_params,
+    transform_non_params=lambda s: jax.ShapeDtypeStruct(
+      s.shape, s.dtype, sharding=sharding
+    ),
+  )
 
 
 # --- End of the snippet. ----------------------------------------------------
@@ -287,12 +282,10 @@ def place(params, layout) -> Any:
   )
 
 
-def reshard(params, opt_state, layout) -> tuple[Any, Any]:
+def reshard(tx, params, opt_state, layout) -> tuple[Any, Any]:
   """Moves params and state to `layout` as restore_checkpoint lays them out."""
   abstract_params = place(params, layout)
-  abstract_state = with_shardings(
-    jax.eval_shape(lambda: opt_state), abstract_params
-  )
+  abstract_state = with_shardings(tx, abstract_params)
   sharding_of = lambda a: a.sharding
   return (
     jax.device_put(params, jax.tree.map(sharding_of, abstract_params)),
@@ -314,7 +307,7 @@ def first_steps(run: Run) -> tuple[Any, Any]:
   """Init in the `before` layout, then SAVE_AT steps."""
   tx, step = transformation(run.make_tx)
   params = init()[0]
-  params, opt_state = reshard(params, jax.jit(tx.init)(params), run.before)
+  params, opt_state = reshard(tx, params, jax.jit(tx.init)(params), run.before)
   for x, y in batches()[:SAVE_AT]:
     params, opt_state = step(params, opt_state, x, y)
   return params, opt_state
@@ -340,7 +333,7 @@ def write(path: pathlib.Path, params, opt_state) -> dict[str, Any]:
 def check_restored(tx, abstract_params, params, opt_state) -> dict[str, Any]:
   """What the restored state is made of, for the JSON report."""
   abstract_state = jax.eval_shape(tx.init, abstract_params)
-  target = (abstract_params, with_shardings(abstract_state, abstract_params))
+  target = (abstract_params, with_shardings(tx, abstract_params))
   is_swr = lambda node: isinstance(node, optax_swr.SWRState)
   return {
     "treedef_is_init": (
@@ -362,7 +355,8 @@ def full(directory: pathlib.Path) -> dict[str, Any]:
   report = {}
   for name, run in RUNS.items():
     params, opt_state = first_steps(run)
-    params, opt_state = reshard(params, opt_state, run.after)
+    tx, _ = transformation(run.make_tx)
+    params, opt_state = reshard(tx, params, opt_state, run.after)
     params, opt_state = last_steps(run, params, opt_state)
     report[name] = write(directory / "full" / f"{name}.npz", params, opt_state)
   return report

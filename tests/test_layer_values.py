@@ -292,3 +292,17 @@ def test_haiku_chain_matches_the_float64_reference():
   np.testing.assert_allclose(state.cumulative_scales, big_c, rtol=1e-6)
   for path, value in reference.flatten(new).items():
     np.testing.assert_allclose(value, expected[path], rtol=1e-6, atol=1e-7)
+
+
+def test_tree_map_params_with_a_classifier_and_layer_values():
+  """optax's placeholder params have no layers; the classifier must not care."""
+  layers = [optax_swr.Layer("w1", "b1"), optax_swr.Layer("w2", "b2")]
+  tx = optax.chain(
+    optax.adam(1e-3),
+    optax_swr.swr(0.1, layers=layers, classifier=1, classifier_coef=0.2),
+  )
+  state = tx.init(PLAIN)
+  mapped = optax.tree_map_params(tx, lambda p: p.astype(jnp.bfloat16), state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  assert optax.tree.get(mapped, "mu")["w1"].dtype == jnp.bfloat16
+  assert optax.tree.get(mapped, "reference_norms").dtype == jnp.float32
