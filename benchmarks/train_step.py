@@ -9,28 +9,22 @@ optimizer state donated. SWR's layers are traced with
 silenced). Prints the overhead in percent last and writes JSON. From the
 repository root::
 
-  python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json
-  python benchmarks/train_step.py --quick    # width 8, batch 16: seconds
+  python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
+  python -m benchmarks.train_step --quick    # width 8, batch 16: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
-import sys
 import warnings
 
-if __name__ == "__main__":  # Run as a script: make the repository importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax
 import optax
 
 from benchmarks import _timing
-from examples import models_linen
+from examples.models import linen as models_linen
 import optax_swr
 
 MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18")

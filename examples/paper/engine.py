@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from examples import training
+from examples.train import common
 import optax_swr
 
 EVAL_CHUNK = 1000  # Examples per forward pass when evaluating.
@@ -84,7 +84,7 @@ def make_step(module: nn.Module, tx: optax.GradientTransformation) -> Step:
 
     grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if batch_stats and training.has_swr(opt_state):
+    if batch_stats and common.has_swr(opt_state):
       batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state)
     params = optax.apply_updates(state.params, updates)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
@@ -157,7 +157,7 @@ class Engine:
   """Trains and evaluates one model and optimizer over lanes of seeds.
 
   Args:
-    module: a Linen model of ``examples/models_linen.py`` (called with
+    module: a Linen model of ``examples/models/linen.py`` (called with
       ``train=``).
     tx: the optimizer.
   """

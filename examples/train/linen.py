@@ -4,32 +4,26 @@ The Flax Linen side of ``optax_swr``: a ``TrainState`` that also carries the
 BatchNorm statistics, the layer order traced by ``optax_swr.layers_from_linen``
 and, in the jitted step, ``optax_swr.sync_batch_stats``, which rescales the
 running statistics as SWR rescales the layers before each BatchNorm.
-``training.py`` holds what this loop shares with ``train_nnx.py``: the flags,
+``common.py`` holds what this loop shares with ``nnx.py``: the flags,
 the optimizer (the learning rate drops to a tenth at 50% and 75% of the steps,
 where SWR's reference norms are reset) and the history. From the repository
 root::
 
-  python examples/train_linen.py                 # CNN-BN, 10 epochs
-  python examples/train_linen.py --no-swr        # the Adam baseline
+  python -m examples.train.linen                 # CNN-BN, 10 epochs
+  python -m examples.train.linen --no-swr        # the Adam baseline
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-import os
-import sys
 from typing import Any
 
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top
 from flax.training import train_state
 import jax
 
 from examples import data
-from examples import models_linen
-from examples import training
+from examples.models import linen as models_linen
+from examples.train import common
 import optax_swr
 
 
@@ -40,7 +34,7 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(
-  config: training.Config, dataset: data.Dataset
+  config: common.Config, dataset: data.Dataset
 ) -> tuple[TrainState, tuple[tuple[Any, ...], ...]]:
   """Builds the model, its layer order and the optimizer.
 
@@ -61,7 +55,7 @@ def create_train_state(
     apply_fn=module.apply,
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
-    tx=training.make_optimizer(config, dataset, layers),
+    tx=common.make_optimizer(config, dataset, layers),
   )
   return state, layers
 
@@ -69,7 +63,7 @@ def create_train_state(
 @jax.jit
 def train_step(
   state: TrainState, batch: data.Batch
-) -> tuple[TrainState, training.Metrics]:
+) -> tuple[TrainState, common.Metrics]:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling."""
   images, labels = batch
 
@@ -80,12 +74,12 @@ def train_step(
       train=True,
       mutable=["batch_stats"],
     )
-    metrics = training.batch_metrics(logits, labels)
+    metrics = common.batch_metrics(logits, labels)
     return metrics["loss"], (metrics, updates.get("batch_stats", {}))
 
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads)
-  if training.has_swr(state.opt_state):
+  if common.has_swr(state.opt_state):
     # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
     batch_stats = optax_swr.sync_batch_stats(batch_stats, state.opt_state)
   return state.replace(batch_stats=batch_stats), metrics
@@ -99,17 +93,17 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array):
     images,
     train=False,
   )
-  return training.accuracy(logits, labels)
+  return common.accuracy(logits, labels)
 
 
-def train_and_evaluate(config: training.Config) -> dict[str, list[Any]]:
+def train_and_evaluate(config: common.Config) -> dict[str, list[Any]]:
   """Trains ``config.model`` on digits; returns the per-epoch history.
 
-  See ``training.History.as_dict`` for what the history holds.
+  See ``common.History.as_dict`` for what the history holds.
   """
   dataset = data.load_digits()
   state, layers = create_train_state(config, dataset)
-  history = training.History(config, layers)
+  history = common.History(config, layers)
   for batches in history.epochs(dataset):
     for batch in batches:
       state, metrics = train_step(state, batch)
@@ -120,7 +114,7 @@ def train_and_evaluate(config: training.Config) -> dict[str, list[Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  training.main(train_and_evaluate, argv, __doc__.split("\n")[0])
+  common.main(train_and_evaluate, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
