@@ -13,6 +13,7 @@ import json
 from benchmarks import eager_baseline
 from benchmarks import hlo_passes
 from benchmarks import optimizer_step
+from benchmarks import train_step
 
 
 def test_optimizer_step_quick_writes_ratios(tmp_path):
@@ -49,3 +50,11 @@ def test_deep_compile_quick_measures_both_optimizers(tmp_path):
   rows = json.loads(out.read_text())["rows"]
   assert {r["optimizer"] for r in rows} == {"adam", "adam+swr"}
   assert all(r["compile_s"] > 0 and r["step_ms"] > 0 for r in rows)
+
+
+def test_train_step_quick_times_every_model(tmp_path):
+  out = tmp_path / "train.json"
+  train_step.main(["--quick", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["model"] for r in rows] == list(train_step.MODELS)
+  assert all(min(r["seconds"].values()) > 0 for r in rows)

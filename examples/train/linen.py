@@ -3,8 +3,10 @@
 The Flax Linen side of ``optax_swr``: a ``TrainState`` that also carries the
 BatchNorm statistics, the layer order traced by ``optax_swr.layers_from_linen``
 and, in the jitted step, ``optax_swr.sync_batch_stats``, which rescales the
-running statistics as SWR rescales the layers before each BatchNorm.
-``common.py`` holds what this loop shares with ``nnx.py``: the flags,
+running statistics as SWR rescales the layers before each BatchNorm. The step
+itself comes from ``make_train_step``, which the paper's experiment engine
+(``examples/paper/engine.py``) and the benchmarks (``benchmarks/train_step.py``)
+use too. ``common.py`` holds what this loop shares with ``nnx.py``: the flags,
 the optimizer (the learning rate drops to a tenth at 50% and 75% of the steps,
 where SWR's reference norms are reset) and the history. From the repository
 root::
@@ -15,16 +17,21 @@ root::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flax.training import train_state
 import jax
+import optax
 
 from examples import data
 from examples.models import linen as models_linen
 from examples.train import common
 import optax_swr
+
+# (params, batch_stats, opt_state, images, labels)
+#   -> (params, batch_stats, opt_state, metrics)
+Step = Callable[..., tuple[Any, Any, Any, common.Metrics]]
 
 
 class TrainState(train_state.TrainState):
@@ -60,29 +67,67 @@ def create_train_state(
   return state, layers
 
 
+def make_train_step(
+  apply_fn: Callable[..., Any], tx: optax.GradientTransformation
+) -> Step:
+  """The Linen training step of the examples, not jitted.
+
+  ``step(params, batch_stats, opt_state, images, labels)`` runs the model in
+  training mode, takes the gradient of the mean cross-entropy, applies ``tx``
+  and, when ``tx`` holds SWR, rescales the BatchNorm running statistics as SWR
+  rescaled the layers feeding them (``optax_swr.sync_batch_stats``). It
+  returns the new ``params``, ``batch_stats`` and ``opt_state`` and the
+  batch's metrics (``common.batch_metrics`` of the logits before the update).
+
+  This file's ``train_step``, the paper's experiment engine
+  (``examples/paper/engine.py``) and ``benchmarks/train_step.py`` all take
+  this step; jit it (or put it in a loop) where it is used.
+
+  Args:
+    apply_fn: the model's ``apply``, called with ``train=True`` and
+      ``mutable=["batch_stats"]`` (``batch_stats`` is ``{}`` without
+      BatchNorm).
+    tx: the optimizer, e.g. Adam followed by ``optax_swr.swr``.
+  """
+
+  def step(params, batch_stats, opt_state, images, labels):
+    def loss_fn(params):
+      logits, updates = apply_fn(
+        {"params": params, "batch_stats": batch_stats},
+        images,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      metrics = common.batch_metrics(logits, labels)
+      return metrics["loss"], (metrics, updates.get("batch_stats", {}))
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if batch_stats and common.has_swr(opt_state):
+      # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
+      batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state)
+    params = optax.apply_updates(params, updates)
+    return params, batch_stats, opt_state, metrics
+
+  return step
+
+
 @jax.jit
 def train_step(
   state: TrainState, batch: data.Batch
 ) -> tuple[TrainState, common.Metrics]:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling."""
-  images, labels = batch
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats},
-      images,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    metrics = common.batch_metrics(logits, labels)
-    return metrics["loss"], (metrics, updates.get("batch_stats", {}))
-
-  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads)
-  if common.has_swr(state.opt_state):
-    # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
-    batch_stats = optax_swr.sync_batch_stats(batch_stats, state.opt_state)
-  return state.replace(batch_stats=batch_stats), metrics
+  step = make_train_step(state.apply_fn, state.tx)
+  params, batch_stats, opt_state, metrics = step(
+    state.params, state.batch_stats, state.opt_state, *batch
+  )
+  state = state.replace(
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
+  return state, metrics
 
 
 @jax.jit
