@@ -1,19 +1,30 @@
 # Two entry points for a fresh clone: `make demo` and `make test`.
-# Both create the virtual environment in $(VENV) on first use.
+# Both create the virtual environment in $(VENV) on first use. The demo
+# installs only what it needs (the package and the [examples] extra); the
+# tests install every extra. Each install leaves a stamp file, so that
+# `make test` after `make demo` installs the rest.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test docs results clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint,docs,notebook,dev]"
-	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) examples/digits_demo.py
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[examples]"
+	touch $@
+
+# Every extra includes the demo's, so this stamps both.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint,docs,notebook,dev]"
+	touch $(DEMO_STAMP) $@
+
+demo: $(DEMO_STAMP)
+	$(PY) -m examples.digits_demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -21,9 +32,10 @@ test: $(STAMP)
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-# Every number of examples/RESULTS.md, its tables and figures (about 30 min).
+# Every number of examples/paper/RESULTS.md, its tables and figures (about
+# 30 min).
 results: $(STAMP)
-	PY=$(PY) bash examples/run_results.sh
+	PY=$(PY) bash examples/paper/run_results.sh
 
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

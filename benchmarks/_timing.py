@@ -128,8 +128,15 @@ def environment() -> dict[str, Any]:
     "jax": jax.__version__,
     "optax": optax.__version__,
     "python": platform.python_version(),
-    "command": shlex.join(["python", *sys.argv]),
+    "command": command(),
   }
+
+
+def command() -> str:
+  """The command line, as typed: ``python -m benchmarks.NAME FLAGS``."""
+  spec = getattr(sys.modules["__main__"], "__spec__", None)
+  program = ["-m", spec.name] if spec is not None else sys.argv[:1]
+  return shlex.join(["python", *program, *sys.argv[1:]])
 
 
 def report(

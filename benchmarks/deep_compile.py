@@ -8,22 +8,16 @@ memory (``memory_analysis``), and the median step time. ``--train-step``
 measures the whole training step (forward, backward, update) too, which is
 what a user compiles. From the repository root::
 
-  python benchmarks/deep_compile.py --train-step --out benchmarks/results/deep_compile_cpu.json
-  python benchmarks/deep_compile.py --quick
+  python -m benchmarks.deep_compile --train-step --out benchmarks/results/deep_compile_cpu.json
+  python -m benchmarks.deep_compile --quick
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
-import sys
 import time
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np

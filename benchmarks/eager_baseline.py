@@ -11,21 +11,15 @@ three give the same params from the same start (``allclose``), so that the
 comparison is honest. The params start at 1.5 times the reference norms, as
 if training had grown them. From the repository root::
 
-  python benchmarks/eager_baseline.py --out benchmarks/results/eager_baseline_cpu.json
-  python benchmarks/eager_baseline.py --quick      # seconds: the 1M shape
+  python -m benchmarks.eager_baseline --out benchmarks/results/eager_baseline_cpu.json
+  python -m benchmarks.eager_baseline --quick      # seconds: the 1M shape
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
-import sys
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -2,9 +2,9 @@
 
 The protocols of ``examples/`` used to train with a Python loop over numpy
 minibatches sliced on the host, one call of a jitted one-batch step per batch
-(``Run.train_epoch``). ``examples/engine.py`` instead runs all steps of a run
-in one jitted ``lax.fori_loop`` on data that stays on the device, with the
-seeds as ``jax.vmap`` lanes. This script times, for the paper's MLP
+(``Run.train_epoch``). ``examples/paper/engine.py`` instead runs all steps of
+a run in one jitted ``lax.fori_loop`` on data that stays on the device, with
+the seeds as ``jax.vmap`` lanes. This script times, for the paper's MLP
 (784-100-100-10) at batch 32 on 1,200 random images, with Adam and with
 Adam + SWR:
 
@@ -18,8 +18,8 @@ seeds x ``--protocol-epochs`` epochs of one phase with the test accuracy,
 weight norms and balancedness after every epoch, compilation included, for
 vanilla Adam and Adam + SWR:
 
-- (d) the protocol loop as ``examples/protocols.py`` ran it before the engine
-  (commit d616e65): seeds one after another, one jitted call per batch, the
+- (d) the protocol loop as ``examples/paper/protocols.py`` ran it before the
+  engine (commit d616e65): seeds one after another, one jitted call per batch, the
   metrics of every epoch computed op by op on the host;
 - (e) ``protocols.run_protocol`` today.
 
@@ -44,10 +44,6 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax
 import jax
 import jax.numpy as jnp
@@ -56,9 +52,9 @@ import optax
 
 from benchmarks import _timing
 from examples import data as data_lib
-from examples import engine as engine_lib
-from examples import models_linen
-from examples import protocols
+from examples.models import linen as models_linen
+from examples.paper import engine as engine_lib
+from examples.paper import protocols
 import optax_swr
 from optax_swr import metrics
 

@@ -27,8 +27,8 @@ of the entry computation:
 Compiling costs no device time, so this runs in seconds. From the repository
 root::
 
-  python benchmarks/hlo_passes.py --shape "21M params" --dump /tmp/hlo
-  python benchmarks/hlo_passes.py --quick
+  python -m benchmarks.hlo_passes --shape "21M params" --dump /tmp/hlo
+  python -m benchmarks.hlo_passes --quick
 """
 
 from __future__ import annotations
@@ -37,13 +37,8 @@ import argparse
 from collections.abc import Sequence
 import os
 import re
-import sys
 from typing import Any
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 import optax

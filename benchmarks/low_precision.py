@@ -7,21 +7,15 @@ at most ``coef`` of its value. When that is below half the dtype's epsilon
 base updates; exact arithmetic gives ||W|| / n = 1 + (1 - coef) ** 100.
 From the repository root::
 
-  python benchmarks/low_precision.py --out benchmarks/results/low_precision_cpu.json
+  python -m benchmarks.low_precision --out benchmarks/results/low_precision_cpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
-import sys
 import warnings
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -7,21 +7,15 @@ biases), side by side in one process. Reports medians after warm-up and
 compilation, and the ratios adam+swr / adam and adamw / adam; prints a table
 last and writes JSON. From the repository root::
 
-  python benchmarks/optimizer_step.py --out benchmarks/results/optimizer_step_cpu.json
-  python benchmarks/optimizer_step.py --quick       # seconds: the 1M shape only
+  python -m benchmarks.optimizer_step --out benchmarks/results/optimizer_step_cpu.json
+  python -m benchmarks.optimizer_step --quick       # seconds: the 1M shape only
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-import os
-import sys
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -5,21 +5,15 @@ memory whose pages the kernel maps on first touch. This counts the faults
 (``getrusage``), which do not depend on the machine's load, for the steps of
 ``optimizer_step.py``.
 
-  python benchmarks/page_faults.py --shape "21M params"
+  python -m benchmarks.page_faults --shape "21M params"
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
 import resource
-import sys
 
-if __name__ == "__main__":  # Run as a script: make the repository importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
 from benchmarks import optimizer_step

@@ -7,9 +7,9 @@ of parameters (growing depth, shrinking width). Writes JSON, a two-panel plot
 (time per step on the left axis, adam+swr / adam on the right) and prints the
 table last. From the repository root::
 
-  python benchmarks/scaling.py --out benchmarks/results/scaling_cpu.json \\
+  python -m benchmarks.scaling --out benchmarks/results/scaling_cpu.json \\
       --plot benchmarks/results/scaling_cpu.png
-  python benchmarks/scaling.py --quick --plot /tmp/scaling.png   # seconds
+  python -m benchmarks.scaling --quick --plot /tmp/scaling.png   # seconds
 """
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import math
-import os
-import sys
 from typing import Any
 
-if __name__ == "__main__":  # Run as a script: make `benchmarks` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import _timing
 from benchmarks import optimizer_step
 

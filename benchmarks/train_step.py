@@ -1,36 +1,32 @@
 """Question 2: SWR's overhead on a full training step of the zoo's models.
 
-Times one jitted training step (forward, backward, Adam update, BatchNorm
-statistics; with SWR also the BatchNorm sync) for the Linen zoo's CNN, CNN-BN,
-VGG-16 and ResNet-18 at batch 256 on random 32x32x3 images with 10 classes,
+Times one jitted training step, the one the examples train with
+(``make_train_step`` of ``examples/train/linen.py``: forward, backward, Adam
+update, BatchNorm statistics; with SWR also the BatchNorm sync), for the Linen
+zoo's CNN, CNN-BN, VGG-16 and ResNet-18 at batch 256 on random 32x32x3 images with 10 classes,
 adam against adam + swr side by side, with the params, statistics and
 optimizer state donated. SWR's layers are traced with
 ``optax_swr.layers_from_linen`` (ResNet-18 is not a chain; its warning is
 silenced). Prints the overhead in percent last and writes JSON. From the
 repository root::
 
-  python benchmarks/train_step.py --out benchmarks/results/train_step_cpu.json
-  python benchmarks/train_step.py --quick    # width 8, batch 16: seconds
+  python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
+  python -m benchmarks.train_step --quick    # width 8, batch 16: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
-import sys
 import warnings
 
-if __name__ == "__main__":  # Run as a script: make the repository importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax
 import optax
 
 from benchmarks import _timing
-from examples import models_linen
+from examples.models import linen as models_linen
+from examples.train import linen as train_linen
 import optax_swr
 
 MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18")
@@ -43,38 +39,25 @@ def train_loop(
   module: nn.Module,
   variables: dict,
   tx: optax.GradientTransformation,
-  sync: bool,
   x: jax.Array,
   y: jax.Array,
 ) -> _timing.Loop:
   """A loop of training steps on a copy of ``variables``, on one batch.
 
+  The step is the examples' Linen step (``examples/train/linen.py``'s
+  ``make_train_step``), which syncs the BatchNorm statistics when ``tx``
+  holds SWR and the model has BatchNorm; its metrics are not returned, so
+  ``jit`` drops what only they need.
+
   Args:
     module: the Linen model.
     variables: its ``params`` (and ``batch_stats``).
     tx: the optimizer.
-    sync: rescale the BatchNorm statistics after each step (with SWR).
     x: the images.
     y: the labels.
   """
-
-  def step(params, batch_stats, opt_state, x, y):
-    def loss_fn(params):
-      logits, mutated = module.apply(
-        {"params": params, "batch_stats": batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      return loss.mean(), mutated.get("batch_stats", {})
-
-    grads, batch_stats = jax.grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    if sync:
-      batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state)
-    return optax.apply_updates(params, updates), batch_stats, opt_state
-
+  train_step = train_linen.make_train_step(module.apply, tx)
+  step = lambda *args: train_step(*args)[:3]
   params = _timing.fresh_copy(variables["params"])
   batch_stats = _timing.fresh_copy(variables.get("batch_stats", {}))
   return _timing.Loop(
@@ -98,10 +81,9 @@ def model_loops(
     warnings.simplefilter("ignore", optax_swr.NotAChainWarning)
     layers = optax_swr.layers_from_linen(module, variables, x[:1], train=True)
   swr = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
-  has_stats = bool(variables.get("batch_stats"))
   loops = {
-    "adam": train_loop(module, variables, optax.adam(1e-3), False, x, y),
-    "adam+swr": train_loop(module, variables, swr, has_stats, x, y),
+    "adam": train_loop(module, variables, optax.adam(1e-3), x, y),
+    "adam+swr": train_loop(module, variables, swr, x, y),
   }
   return loops, _timing.num_params(variables["params"])
 

@@ -1,7 +1,7 @@
 """Draws the documentation's figure: plasticity and weight norms, measured.
 
-The numbers are the measured random-label run in ``examples/results/`` (see
-``examples/RESULTS.md`` for the command); nothing is trained here.
+The numbers are the measured random-label run in ``examples/paper/results/``
+(see ``examples/paper/RESULTS.md`` for the command); nothing is trained here.
 
   python docs/make_figures.py  # writes docs/_static/weight_norms.png
 
@@ -83,7 +83,7 @@ def draw(results_dir: str, out: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
-    "--results-dir", default=os.path.join(ROOT, "examples", "results")
+    "--results-dir", default=os.path.join(ROOT, "examples", "paper", "results")
   )
   parser.add_argument(
     "--out", default=os.path.join(ROOT, "docs", "_static", "weight_norms.png")

@@ -12,7 +12,7 @@
 
 Images come as float32 NHWC arrays in [0, 1] (integer pixels are divided by
 their maximum, 255 or 16), the layout the image models of
-``examples/models_linen.py`` and ``examples/models_nnx.py`` take; models on
+``examples/models/linen.py`` and ``examples/models/nnx.py`` take; models on
 flat inputs reshape them.
 
 Example::

@@ -18,8 +18,8 @@ Both are run with plain Adam ("vanilla") and with Adam followed by
 ``optax_swr.swr`` ("SWR"), over several seeds. The data set is bundled with
 scikit-learn, so the demo runs offline::
 
-  python examples/digits_demo.py            # the full demo
-  python examples/digits_demo.py --quick    # a smoke test of a few seconds
+  python -m examples.digits_demo            # the full demo
+  python -m examples.digits_demo --quick    # a smoke test of a few seconds
 """
 
 from __future__ import annotations
@@ -28,17 +28,13 @@ import argparse
 from collections.abc import Callable, Sequence
 import dataclasses
 import os
-import sys
 import time
 from typing import Any
 
 # A tiny MLP runs fastest on the CPU; set JAX_PLATFORMS to override.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-import flax.linen as nn  # pylint: disable=g-import-not-at-top
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +42,7 @@ import optax
 from sklearn import model_selection
 
 from examples import data
-from examples import stats
+from examples.paper import stats
 import optax_swr
 
 Batch = data.Batch  # Images [B, 64] and labels [B].

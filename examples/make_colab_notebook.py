@@ -3,8 +3,8 @@
 The notebook is generated, so that its diff is reviewable here and it stays
 reproducible: edit the cells in this file, then run from the repository root::
 
-  python examples/make_colab_notebook.py          # rewrite the notebook
-  python examples/make_colab_notebook.py --check  # fail if it is stale
+  python -m examples.make_colab_notebook          # rewrite the notebook
+  python -m examples.make_colab_notebook --check  # fail if it is stale
 
 Cells are written without outputs and with fixed ids, so regenerating an
 unchanged notebook gives the same bytes. ``tests/test_notebook.py`` executes
@@ -255,7 +255,7 @@ markdown(
 
 Two 5x5 convolutions (16 channels, padding 1), each followed by ReLU and a
 2x2 max-pool, then a 100-unit ReLU layer and the classifier: the same network
-as `examples/models_linen.py`'s `CNN`, defined here so that the notebook needs
+as `examples/models/linen.py`'s `CNN`, defined here so that the notebook needs
 nothing but the package. It is a *chain* of layers joined by ReLU and
 max-pooling, so SWR does not change its predictions (Theorem 1 of the paper).
 
@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(args.out, encoding="utf-8") as file:
       if file.read() != text:
         print(
-          f"{args.out} is stale: run python examples/make_colab_notebook.py"
+          f"{args.out} is stale: run python -m examples.make_colab_notebook"
         )
         return 1
     return 0

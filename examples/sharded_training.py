@@ -9,8 +9,8 @@ places the arrays; XLA adds the communication.
 Without an accelerator, ``--devices N`` simulates N CPU devices (through
 ``XLA_FLAGS``, set before JAX starts)::
 
-  python examples/sharded_training.py                  # 8 devices: 4 x 2
-  python examples/sharded_training.py --devices 4 --fsdp 4 --steps 100
+  python -m examples.sharded_training                  # 8 devices: 4 x 2
+  python -m examples.sharded_training --devices 4 --fsdp 4 --steps 100
 
 The script prints the mesh, where each parameter lives, the loss and test
 accuracy as it trains, and at the end checks that SWR's state is the same on
@@ -90,8 +90,7 @@ def simulate_host_devices(count: int) -> None:
     ).strip()
 
 
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
+if __name__ == "__main__":  # Run as a script: set the device count first.
   simulate_host_devices(parse_args(sys.argv[1:]).devices)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -105,7 +104,7 @@ import numpy as np
 import optax
 
 from examples import data
-from examples import models_linen
+from examples.models import linen as models_linen
 import optax_swr
 
 DATA, FSDP = "data", "fsdp"
@@ -118,8 +117,9 @@ def make_mesh(count: int, fsdp: int) -> Mesh:
     devices = jax.devices("cpu")
   if len(devices) < count:
     raise SystemExit(
-      f"--devices {count}: only {len(devices)} devices. Run this file as a "
-      "script, so that it can set XLA_FLAGS before JAX starts."
+      f"--devices {count}: only {len(devices)} devices. Run it as python -m "
+      "examples.sharded_training, so that it can set XLA_FLAGS before JAX "
+      "starts."
     )
   return Mesh(
     np.array(devices[:count]).reshape(count // fsdp, fsdp), (DATA, FSDP)

@@ -3,16 +3,22 @@
 Timings are never asserted: numbers come from the scripts, run by hand
 (benchmarks/RESULTS.md). These tests only keep the scripts from rotting and
 check what does not depend on the machine: equal results of the rescalings,
-and that SWR keeps no param-sized buffer across steps.
+that SWR keeps no param-sized buffer across steps, and what SWR does to
+low-precision weights.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from benchmarks import eager_baseline
 from benchmarks import hlo_passes
+from benchmarks import low_precision
 from benchmarks import optimizer_step
+from benchmarks import train_step
 
 
 def test_optimizer_step_quick_writes_ratios(tmp_path):
@@ -49,3 +55,28 @@ def test_deep_compile_quick_measures_both_optimizers(tmp_path):
   rows = json.loads(out.read_text())["rows"]
   assert {r["optimizer"] for r in rows} == {"adam", "adam+swr"}
   assert all(r["compile_s"] > 0 and r["step_ms"] > 0 for r in rows)
+
+
+def test_train_step_quick_times_every_model(tmp_path):
+  out = tmp_path / "train.json"
+  train_step.main(["--quick", "--out", str(out)])
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["model"] for r in rows] == list(train_step.MODELS)
+  assert all(min(r["seconds"].values()) > 0 for r in rows)
+
+
+def test_low_precision_bfloat16_below_its_resolution_does_nothing(tmp_path):
+  """What LowPrecisionWarning says (test_hostile.py), measured."""
+  out = tmp_path / "low.json"
+  low_precision.main(["--out", str(out)])
+  rows = {r["coef"]: r for r in json.loads(out.read_text())["rows"]}
+  # exact: ||W|| / n = 1 + (1 - coef) ** 100 after 100 steps from 2n.
+  np.testing.assert_allclose(
+    rows[1e-3]["float32"], rows[1e-3]["exact"], rtol=1e-4
+  )
+  # coef 1e-3 is below bf16's resolution (3.9e-3): the norm stays at 2n.
+  assert rows[1e-3]["bfloat16"] == pytest.approx(2.0, abs=1e-3)
+  # Above it, bf16 follows the exact shrinkage.
+  np.testing.assert_allclose(
+    rows[1e-2]["bfloat16"], rows[1e-2]["exact"], rtol=0.02
+  )

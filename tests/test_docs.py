@@ -24,7 +24,7 @@ def linen_setup() -> dict:
   import jax
   import jax.numpy as jnp
 
-  from examples import models_linen
+  from examples.models import linen as models_linen
 
   model = models_linen.MLP(hidden=(16, 16), num_classes=3)
   x = jnp.ones((4, 8))
@@ -44,7 +44,7 @@ def nnx_setup() -> dict:
   from flax import nnx
   import jax.numpy as jnp
 
-  from examples import models_nnx
+  from examples.models import nnx as models_nnx
 
   model = models_nnx.MLP(8, hidden=(16, 16), num_classes=3, rngs=nnx.Rngs(0))
   x = jnp.ones((4, 8))

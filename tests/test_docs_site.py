@@ -109,7 +109,8 @@ def test_weight_norms_figure_is_drawn_from_the_results(tmp_path):
   make_figures = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(make_figures)
   out = make_figures.draw(
-    str(ROOT / "examples" / "results"), str(tmp_path / "weight_norms.png")
+    str(ROOT / "examples" / "paper" / "results"),
+    str(tmp_path / "weight_norms.png"),
   )
   assert pathlib.Path(out).stat().st_size > 10_000
   assert (DOCS / "_static" / "weight_norms.png").exists()

@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from examples import engine as engine_lib
-from examples import models_linen
-from examples import protocols
+from examples.models import linen as models_linen
+from examples.paper import engine as engine_lib
+from examples.paper import protocols
 import optax_swr
 
 LANES, STEPS, BATCH = 2, 6, 8

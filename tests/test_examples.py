@@ -1,4 +1,4 @@
-"""Smoke tests of the example training loops (examples/train_*.py) on digits."""
+"""Smoke tests of the example training loops (examples/train/) on digits."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ pytest.importorskip("tqdm", reason="the examples need the [examples] extra")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from examples import data
-from examples import train_linen
-from examples import train_nnx
-from examples import training
+from examples.train import common
+from examples.train import linen as train_linen
+from examples.train import nnx as train_nnx
 
 # Width 8 and lr 1e-2 learn digits within a few epochs. Over 4 seeds, both
 # loops, with and without SWR, the lowest test accuracy measured was 0.82
 # after 2 epochs and 0.92 after 4; chance is 0.1.
-QUICK = training.Config(width=8, lr=1e-2, progress=False)
+QUICK = common.Config(width=8, lr=1e-2, progress=False)
 # With 4 epochs the learning-rate drops (50% and 75% of the steps) fall at
 # the ends of epochs 2 and 3, where the history records the weight norms.
 RESET_EPOCHS = 4
@@ -81,12 +81,12 @@ def test_linen_baseline_learns_without_swr():
 
 def test_lr_drops_at_half_and_three_quarters_of_the_steps():
   dataset = data.load_digits()  # 1,257 training images: 19 batches of 64.
-  assert training.decay_steps(QUICK, dataset) == (95, 142)
+  assert common.decay_steps(QUICK, dataset) == (95, 142)
 
 
 def test_flags_map_to_the_config():
-  assert training.parse_config([], "") == training.Config()
-  config = training.parse_config(
+  assert common.parse_config([], "") == common.Config()
+  config = common.parse_config(
     [
       "--model",
       "mlp",

@@ -1,4 +1,4 @@
-"""Tests of examples/figure1.py: the paper's Figure 1 on digits, in seconds."""
+"""examples/paper/figure1.py: the paper's Figure 1 on digits, in seconds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("sklearn", reason="the examples need the [examples] extra")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from examples import figure1
+from examples.paper import figure1
 
 # After 2 epochs on digits (8 Adam steps) the MLP reaches about 0.5 test
 # accuracy (chance is 0.1). At c = 0.05 the weights-only network's logits are

@@ -17,7 +17,6 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks.low_precision import norm_ratio_after_shrinking
 import optax_swr
 from tests import helpers
 from tests import reference
@@ -150,7 +149,9 @@ def test_large_bfloat16_weights_get_a_float32_norm():
   np.testing.assert_allclose(state.reference_norms, [2400.0], rtol=1e-6)
 
 
-def test_bfloat16_below_resolution_warns_once_and_indeed_does_nothing():
+def test_bfloat16_below_resolution_warns_once():
+  # That such a step indeed does nothing is measured by
+  # benchmarks/low_precision.py, whose numbers test_benchmarks.py checks.
   params = {"Dense_0": {"kernel": jnp.ones((4, 4), jnp.bfloat16)}}
   tx = optax_swr.swr(coef=1e-3)
   with pytest.warns(
@@ -159,20 +160,6 @@ def test_bfloat16_below_resolution_warns_once_and_indeed_does_nothing():
     tx.init(params)
     tx.init(params)
   assert len(record) == 1
-
-  exact = 1 + (1 - 1e-3) ** 100
-  np.testing.assert_allclose(
-    norm_ratio_after_shrinking(jnp.float32, 1e-3), exact, rtol=1e-4
-  )
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optax_swr.LowPrecisionWarning)
-    assert norm_ratio_after_shrinking(jnp.bfloat16, 1e-3) == pytest.approx(
-      2.0, abs=1e-3
-    )
-  # Above the resolution (bf16: 3.9e-3), bf16 follows the exact shrinkage.
-  np.testing.assert_allclose(
-    norm_ratio_after_shrinking(jnp.bfloat16, 1e-2), 1 + 0.99**100, rtol=0.02
-  )
 
 
 @pytest.mark.parametrize(

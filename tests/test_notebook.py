@@ -53,7 +53,7 @@ print({RESULTS_MARKER!r} + json.dumps({{
 def test_notebook_is_generated_from_make_colab_notebook():
   assert NOTEBOOK.read_text(encoding="utf-8") == make_colab_notebook.render(), (
     "examples/colab_quickstart.ipynb is stale: run "
-    "python examples/make_colab_notebook.py"
+    "python -m examples.make_colab_notebook"
   )
 
 
@@ -68,11 +68,11 @@ def test_notebook_has_no_outputs_and_opens_on_colab():
 
 
 def test_notebook_cnn_is_the_papers():
-  """The inline CNN has the params of examples/models_linen.py's CNN."""
+  """The inline CNN has the params of examples/models/linen.py's CNN."""
   import jax
   import jax.numpy as jnp
 
-  from examples import models_linen
+  from examples.models import linen as models_linen
 
   (source,) = [
     s for _, cell_id, s in make_colab_notebook.CELLS if cell_id == "model"

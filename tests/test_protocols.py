@@ -9,12 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from examples import continual
 from examples import data
-from examples import generalization
-from examples import plot_results
-from examples import summarize_results
-from examples import warm_start
+from examples.paper import continual
+from examples.paper import generalization
+from examples.paper import plot_results
+from examples.paper import summarize_results
+from examples.paper import warm_start
 
 # One process: the worker processes (the default on a CPU) have a test of
 # their own.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from examples import data
-from examples.plasticity import random_labels
+from examples.paper import random_labels
 
 TINY = [
   "--data",

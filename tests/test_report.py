@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from examples import plot_results
-from examples import stats
-from examples import summarize_results
+from examples.paper import plot_results
+from examples.paper import stats
+from examples.paper import summarize_results
 
 VANILLA = [0.80, 0.82, 0.84]
 SWR = [0.83, 0.84, 0.88]

@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("sklearn", reason="the examples need the [examples] extra")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "sharded_training.py"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,8 @@ def printed() -> str:
   result = subprocess.run(
     [
       sys.executable,
-      str(SCRIPT),
+      "-m",
+      "examples.sharded_training",
       "--steps",
       "40",
       "--log-every",
@@ -37,6 +37,7 @@ def printed() -> str:
       "4",
     ],
     env=env,
+    cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=300,

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import optax
 import pytest
 
-from examples import models_linen
-from examples import models_nnx
+from examples.models import linen as models_linen
+from examples.models import nnx as models_nnx
 import optax_swr
 
 IN_SHAPE = (8, 8, 1)

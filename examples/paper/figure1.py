@@ -13,8 +13,8 @@ Every factor is evaluated by one jitted, vmapped function. The JSON holds both
 accuracy curves and, per factor, ``max |f_c(x) - C_L f(x)| / max |C_L f(x)|``
 over the test set for proportional scaling (about 1e-6 in float32).
 
-  python -m examples.figure1 --out-json fig1.json --out-png fig1.png
-  python -m examples.figure1 --data digits --model cnn --factors 0.1,1,10
+  python -m examples.paper.figure1 --out-json fig1.json --out-png fig1.png
+  python -m examples.paper.figure1 --data digits --model cnn --factors 0.1,1,10
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import numpy as np
 import optax
 
 from examples import data
-from examples import engine as engine_lib
-from examples import models_linen
-from examples import protocols
+from examples.models import linen as models_linen
+from examples.paper import engine as engine_lib
+from examples.paper import protocols
 import optax_swr
 
 MODELS = ("mlp", "cnn")  # Chains without normalization: Theorem 1 is exact.

@@ -1,24 +1,24 @@
-"""Writes the tables of examples/RESULTS.md from the experiments' JSON files.
+"""Writes the tables of examples/paper/RESULTS.md from the experiments' JSON.
 
 Takes any mix of the JSON files the experiment scripts write and generates
 these sections, each only when a file of its kind is given:
 
-* random-label tasks (``examples.plasticity.random_labels``) and the
+* random-label tasks (``examples.paper.random_labels``) and the
   calibration pilot (its ``--calibrate``);
 * the warm start trained to a training accuracy (``--until-train-acc``);
 * the fixed-epoch protocols (warm start, continual, generalization);
 * the paper's Tables 1 and 5 and best coefficients next to our closest runs;
-* Figure 1 (``examples.figure1``).
+* Figure 1 (``examples.paper.figure1``).
 
 Every ± is the sample standard deviation over seeds (``ddof=1``); a
 comparison of two methods is the mean of their per-seed differences with a
-95% t interval (``examples.stats``). A file named ``sweep_*`` (a run with
+95% t interval (``examples.paper.stats``). A file named ``sweep_*`` (a run with
 ``--methods swr --swr X --swr-classifier X``) becomes the row ``swr λ=X`` of
 its setting's table. With ``--write FILE`` the text between
 ``<!-- tables:begin -->`` and ``<!-- tables:end -->`` of FILE is replaced.
 
-  python -m examples.summarize_results examples/results/*.json \\
-      --write examples/RESULTS.md
+  python -m examples.paper.summarize_results examples/paper/results/*.json \\
+      --write examples/paper/RESULTS.md
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from examples import protocols
-from examples import stats
+from examples.paper import protocols
+from examples.paper import stats
 
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 METHOD_ORDER = protocols.METHODS
@@ -163,8 +163,8 @@ def kind_of(result: dict[str, Any], path: str) -> str:
   if "methods" in result and "tasks" in config:
     return "random_labels"
   raise ValueError(
-    f"{path}: not a JSON file of examples.warm_start / continual / "
-    "generalization, examples.plasticity.random_labels or examples.figure1; "
+    f"{path}: not a JSON file of examples.paper.warm_start / continual / "
+    "generalization, examples.paper.random_labels or examples.paper.figure1; "
     "pass the files those scripts write with --out / --out-json."
   )
 
@@ -581,8 +581,9 @@ def paper_section(results: Sequence[dict[str, Any]]) -> list[str]:
     "### The paper's numbers next to ours",
     "",
     "The paper's columns are its published values (PAPER.md), kept as "
-    "constants in `examples/summarize_results.py`; the columns marked ours "
-    "are generated from our generalization runs, on our data and budgets.",
+    "constants in `examples/paper/summarize_results.py`; the columns marked "
+    "ours are generated from our generalization runs, on our data and "
+    "budgets.",
     "",
     "Final test accuracy, constant learning rate (the paper's Table 1: 200 "
     "epochs, lr 1e-3, mean ± std):",

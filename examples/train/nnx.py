@@ -1,40 +1,34 @@
 """Trains an NNX model of the zoo on digits with Adam and SWR.
 
-The Flax NNX twin of ``train_linen.py``, with the same flags and results
+The Flax NNX twin of ``linen.py``, with the same flags and results
 format: ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` updates the model in
 place inside an ``nnx.jit`` step, which then calls
 ``optax_swr.sync_nnx_batch_stats`` so that the BatchNorm running statistics
 follow SWR's rescaling; ``model.train()`` / ``model.eval()`` switch BatchNorm
 between batch and running statistics. Try, from the repository root::
 
-  python examples/train_nnx.py --model cnn --epochs 20
-  python examples/train_nnx.py --coef 1e-4 --classifier-coef 1
+  python -m examples.train.nnx --model cnn --epochs 20
+  python -m examples.train.nnx --coef 1e-4 --classifier-coef 1
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-import os
-import sys
 from typing import Any
 
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top
 from flax import nnx
 import jax
 
 from examples import data
-from examples import models_nnx
-from examples import training
+from examples.models import nnx as models_nnx
+from examples.train import common
 import optax_swr
 
 
 @nnx.jit
 def train_step(
   model: nnx.Module, optimizer: nnx.Optimizer, batch: data.Batch
-) -> training.Metrics:
+) -> common.Metrics:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling.
 
   Updates ``model`` (params and BatchNorm statistics) and ``optimizer`` in
@@ -43,12 +37,12 @@ def train_step(
   images, labels = batch
 
   def loss_fn(model):
-    metrics = training.batch_metrics(model(images), labels)
+    metrics = common.batch_metrics(model(images), labels)
     return metrics["loss"], metrics
 
   grads, metrics = nnx.grad(loss_fn, has_aux=True)(model)
   optimizer.update(model, grads)
-  if training.has_swr(optimizer.opt_state):
+  if common.has_swr(optimizer.opt_state):
     # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
     optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state)
   return metrics
@@ -57,13 +51,13 @@ def train_step(
 @nnx.jit
 def eval_step(model: nnx.Module, images: jax.Array, labels: jax.Array):
   """Accuracy of ``model`` in its current mode (call ``model.eval()``)."""
-  return training.accuracy(model(images), labels)
+  return common.accuracy(model(images), labels)
 
 
-def train_and_evaluate(config: training.Config) -> dict[str, list[Any]]:
+def train_and_evaluate(config: common.Config) -> dict[str, list[Any]]:
   """Trains ``config.model`` on digits; returns the per-epoch history.
 
-  See ``training.History.as_dict`` for what the history holds.
+  See ``common.History.as_dict`` for what the history holds.
   """
   dataset = data.load_digits()
   model = models_nnx.create(
@@ -74,9 +68,9 @@ def train_and_evaluate(config: training.Config) -> dict[str, list[Any]]:
     seed=config.seed,
   )
   layers = optax_swr.layers_from_nnx(model, dataset.x_train[:1])
-  tx = training.make_optimizer(config, dataset, layers)
+  tx = common.make_optimizer(config, dataset, layers)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  history = training.History(config, layers)
+  history = common.History(config, layers)
   for batches in history.epochs(dataset):
     model.train()  # BatchNorm: batch statistics, running averages updated.
     for batch in batches:
@@ -89,7 +83,7 @@ def train_and_evaluate(config: training.Config) -> dict[str, list[Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  training.main(train_and_evaluate, argv, __doc__.split("\n")[0])
+  common.main(train_and_evaluate, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

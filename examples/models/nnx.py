@@ -1,7 +1,7 @@
 """The model zoo of the SWR paper (Oh et al., 2025), in Flax NNX.
 
 The same models, with the same names and the same parameters, as
-``examples/models_linen.py``: the paper's four *chain* networks (MLP, CNN,
+``examples/models/linen.py``: the paper's four *chain* networks (MLP, CNN,
 CNN-BN, VGG-16) and two networks that are not chains (ResNet-18, a small
 ViT-style transformer).
 
@@ -18,7 +18,7 @@ attributes (``convs``, ``blocks``), so their paths are ``("convs", 0)``, ...
 
 Example::
 
-  from examples import models_nnx
+  from examples.models import nnx as models_nnx
   model = models_nnx.create("cnn_bn", 10, (32, 32, 3))
   logits = model(images)  # Training mode.
   model.eval()
@@ -33,18 +33,18 @@ from flax import nnx
 import jax
 
 # Framework-independent pieces shared by both zoos.
-from examples.models_linen import ALL_MODELS  # noqa: F401 (the same names as the Linen zoo)
-from examples.models_linen import BN_EPSILON
-from examples.models_linen import BN_MOMENTUM
-from examples.models_linen import CHAIN_MODELS  # noqa: F401
-from examples.models_linen import POS_EMBEDDING_STDDEV
-from examples.models_linen import check_image_shape
-from examples.models_linen import max_pool_2x2
-from examples.models_linen import model_kwargs
-from examples.models_linen import num_patches
-from examples.models_linen import pooled_size
-from examples.models_linen import resnet18_blocks
-from examples.models_linen import vgg16_convs
+from examples.models.shapes import ALL_MODELS  # noqa: F401 (the same names as the Linen zoo)
+from examples.models.shapes import BN_EPSILON
+from examples.models.shapes import BN_MOMENTUM
+from examples.models.shapes import CHAIN_MODELS  # noqa: F401
+from examples.models.shapes import POS_EMBEDDING_STDDEV
+from examples.models.shapes import check_image_shape
+from examples.models.shapes import max_pool_2x2
+from examples.models.shapes import model_kwargs
+from examples.models.shapes import num_patches
+from examples.models.shapes import pooled_size
+from examples.models.shapes import resnet18_blocks
+from examples.models.shapes import vgg16_convs
 
 # flax < 0.12 has no nnx.List; a plain list of modules worked there.
 List = getattr(nnx, "List", list)
@@ -422,11 +422,12 @@ def create(
     in_shape: shape of one input, e.g. ``(32, 32, 3)``; image models need
       ``(height, width, channels)``.
     width: ``None`` for the paper's sizes, or a smaller width for tests; see
-      ``examples.models_linen.model_kwargs`` for what it means for each model.
+      ``examples.models.shapes.model_kwargs`` for what it means for each model.
     seed: seed of the initialisation.
 
   Returns:
-    The model, with the same parameter shapes as ``models_linen.create``.
+    The model, with the same parameter shapes as
+    ``examples.models.linen.create``.
   """
   kwargs = model_kwargs(name, in_shape, width)
   rngs = nnx.Rngs(seed)

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Re-runs every experiment of examples/RESULTS.md, then writes its tables and
-# figures: `make results`. Needs the [examples] and [plots] extras and, for
+# Re-runs every experiment of examples/paper/RESULTS.md, then writes its tables
+# and figures: `make results`. Needs the [examples] and [plots] extras and, for
 # Fashion-MNIST, the Debian package dataset-fashion-mnist. Each JSON records
 # its versions and wall time; this script prints the total at the end.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-OUT=examples/results
-FIGURES=examples/figures
+OUT=examples/paper/results
+FIGURES=examples/paper/figures
 mkdir -p "$OUT" "$FIGURES"
 # Every file of the report comes from this run: nothing stale stays behind.
 rm -f "$OUT"/*.json "$FIGURES"/*.png
@@ -16,12 +16,12 @@ run() { echo "+ python -m $*"; "$PY" -m "$@"; }
 
 # 1. Random-label tasks (defaults: Fashion-MNIST, 1,200 images, 20 tasks,
 #    5 seeds), and the pilot that calibrated --steps-per-task.
-run examples.plasticity.random_labels --calibrate --steps-per-task 4000 \
+run examples.paper.random_labels --calibrate --steps-per-task 4000 \
   --no-progress --out "$OUT/random_labels_calibration.json"
-run examples.plasticity.random_labels --no-progress --workers 2 \
+run examples.paper.random_labels --no-progress --workers 2 \
   --out "$OUT/random_labels_fashion_mnist.json"
 # The baselines get a sweep too, as SWR does (4 coefficients above).
-run examples.plasticity.random_labels --no-progress --workers 2 \
+run examples.paper.random_labels --no-progress --workers 2 \
   --methods l2,l2_init,snp --l2 1e-3 --l2-init 1e-3 --snp 0.5,0.8 \
   --out "$OUT/random_labels_baseline_sweep_fashion_mnist.json"
 
@@ -30,37 +30,37 @@ run examples.plasticity.random_labels --no-progress --workers 2 \
 #    then all, SWR's coefficient swept) and online (5 rounds).
 CONVERGED=(--data fashion_mnist --max-train 10000 --until-train-acc 0.99
   --epochs 300 --seeds 5 --workers 2 --no-progress)
-run examples.warm_start "${CONVERGED[@]}" --swr 1e-4,1e-3,1e-2 \
+run examples.paper.warm_start "${CONVERGED[@]}" --swr 1e-4,1e-3,1e-2 \
   --out "$OUT/warm_start_converged_fashion_mnist_mlp.json"
-run examples.warm_start "${CONVERGED[@]}" --online-rounds 5 \
+run examples.paper.warm_start "${CONVERGED[@]}" --online-rounds 5 \
   --out "$OUT/warm_start_online_fashion_mnist_mlp.json"
 
 # 3. The paper's Figure 1: proportional vs weights-only scaling.
-run examples.figure1 --out-json "$OUT/figure1_fashion_mnist_mlp.json" \
+run examples.paper.figure1 --out-json "$OUT/figure1_fashion_mnist_mlp.json" \
   --out-png "$FIGURES/figure1_fashion_mnist_mlp.png"
 
 # 4. The paper's protocols at fixed budgets, 5 seeds.
 FIXED=(--seeds 5 --workers 2 --no-progress)
-run examples.warm_start --data digits --model mlp --epochs 20 "${FIXED[@]}" \
+run examples.paper.warm_start --data digits --model mlp --epochs 20 "${FIXED[@]}" \
   --out "$OUT/warm_start_digits_mlp.json"
-run examples.warm_start --data digits --model cnn --epochs 20 "${FIXED[@]}" \
+run examples.paper.warm_start --data digits --model cnn --epochs 20 "${FIXED[@]}" \
   --out "$OUT/warm_start_digits_cnn.json"
 for access in full limited; do
   # 10 chunks of ~126 digits: batches of 64 (a chunk is never < a batch).
-  run examples.continual --data digits --access "$access" --epochs 10 \
+  run examples.paper.continual --data digits --access "$access" --epochs 10 \
     --batch-size 64 "${FIXED[@]}" --out "$OUT/continual_${access}_digits_mlp.json"
 done
-run examples.generalization --data digits --epochs 40 "${FIXED[@]}" \
+run examples.paper.generalization --data digits --epochs 40 "${FIXED[@]}" \
   --out "$OUT/generalization_digits_mlp.json"
-run examples.generalization --data digits --epochs 40 --lr-decay \
+run examples.paper.generalization --data digits --epochs 40 --lr-decay \
   "${FIXED[@]}" --out "$OUT/generalization_lr_decay_digits_mlp.json"
-run examples.generalization --data fashion_mnist --epochs 10 "${FIXED[@]}" \
+run examples.paper.generalization --data fashion_mnist --epochs 10 "${FIXED[@]}" \
   --out "$OUT/generalization_fashion_mnist_mlp.json"
-run examples.generalization --data fashion_mnist --epochs 10 --lr-decay \
+run examples.paper.generalization --data fashion_mnist --epochs 10 --lr-decay \
   "${FIXED[@]}" --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
 
-"$PY" -m examples.summarize_results "$OUT"/*.json --write examples/RESULTS.md
-"$PY" -m examples.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration) \
+"$PY" -m examples.paper.summarize_results "$OUT"/*.json --write examples/paper/RESULTS.md
+"$PY" -m examples.paper.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration) \
   --out-dir "$FIGURES"
 "$PY" docs/make_figures.py
 echo "make results: $((SECONDS - start)) s"

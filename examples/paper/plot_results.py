@@ -10,13 +10,13 @@
   norm, the fraction of dormant units and the effective rank; the mean over
   seeds with its 95% t interval.
 * A calibration pilot: vanilla's task-1 training accuracy per checkpoint.
-* A Figure-1 file: the figure of ``examples.figure1``.
+* A Figure-1 file: the figure of ``examples.paper.figure1``.
 
 Each PNG goes to ``--out-dir`` under its JSON file's name. Needs matplotlib
 (the [plots] extra).
 
-  python -m examples.plot_results examples/results/*.json \\
-      --out-dir examples/figures
+  python -m examples.paper.plot_results examples/paper/results/*.json \\
+      --out-dir examples/paper/figures
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from examples import figure1
-from examples import stats
-from examples import summarize_results
+from examples.paper import figure1
+from examples.paper import stats
+from examples.paper import summarize_results
 
 PROTOCOL_PANELS = (
   ("test_acc", "test accuracy"),
@@ -52,7 +52,8 @@ def pyplot() -> Any:
     import matplotlib  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise ImportError(
-      "examples.plot_results needs matplotlib: pip install 'optax-swr[plots]'."
+      "examples.paper.plot_results needs matplotlib: "
+      "pip install 'optax-swr[plots]'."
     ) from None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -243,7 +244,7 @@ def plot_calibration(plt: Any, results: dict[str, Any]) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("files", nargs="+", help="the experiments' JSON files")
-  parser.add_argument("--out-dir", default="examples/figures")
+  parser.add_argument("--out-dir", default="examples/paper/figures")
   args = parser.parse_args(argv)
   for path in args.files:
     print(plot_file(path, args.out_dir))

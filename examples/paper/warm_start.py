@@ -18,8 +18,8 @@ Two budgets:
 ``--online-rounds R`` is Ash & Adams' online variant: the data arrives in R
 equal rounds, and round k trains on the first k.
 
-  python -m examples.warm_start --data digits --model mlp --epochs 20
-  python -m examples.warm_start --data fashion_mnist --max-train 10000 \\
+  python -m examples.paper.warm_start --data digits --model mlp --epochs 20
+  python -m examples.paper.warm_start --data fashion_mnist --max-train 10000 \\
       --until-train-acc 0.99 --epochs 100 --seeds 5 --out ws.json
 """
 
@@ -28,16 +28,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import functools
-import os
-import sys
 
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top
 import numpy as np
 
-from examples import protocols
+from examples.paper import protocols
 
 
 def rounds(train: np.ndarray, seed: int, count: int) -> list[np.ndarray]:

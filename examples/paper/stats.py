@@ -7,7 +7,7 @@ distribution. A spread is the sample standard deviation (``ddof=1``).
 
 Example::
 
-  from examples import stats
+  from examples.paper import stats
   difference = stats.paired(swr_acc, vanilla_acc)
   print(difference)  # +0.0123 [+0.0050, +0.0196]
 """

@@ -5,22 +5,16 @@ Every method trains ``--epochs`` epochs on the full training set. With
 (the paper's Table 5) and the method ``swr_reinit`` ("SWR + re-init") resets
 SWR's reference norms at those steps.
 
-  python -m examples.generalization --data digits --epochs 40
-  python -m examples.generalization --data fashion_mnist --lr-decay --out g.json
+  python -m examples.paper.generalization --data digits --epochs 40
+  python -m examples.paper.generalization --data fashion_mnist --lr-decay --out g.json
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-import os
-import sys
 
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top
-from examples import protocols
+from examples.paper import protocols
 
 LR_DECAY_AT = (0.5, 0.75)
 

@@ -7,8 +7,8 @@ after every epoch; the data change (Shrink & Perturb, head reset) comes
 before every stage but the first. The split into chunks is drawn per seed;
 a chunk smaller than one batch is refused.
 
-  python -m examples.continual --data digits --access full --chunks 10
-  python -m examples.continual --data fashion_mnist --access limited --out cl.json
+  python -m examples.paper.continual --data digits --access full --chunks 10
+  python -m examples.paper.continual --data fashion_mnist --access limited --out cl.json
 """
 
 from __future__ import annotations
@@ -16,16 +16,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import functools
-import os
-import sys
 
-if __name__ == "__main__":  # Run as a script: make `examples` importable.
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir))
-
-# pylint: disable=g-import-not-at-top
 import numpy as np
 
-from examples import protocols
+from examples.paper import protocols
 
 
 def stages(

@@ -16,9 +16,9 @@ each coefficient flag takes a comma-separated list, and a method with several
 coefficients becomes one entry per coefficient (``swr_0.001``). SWR with
 coefficient 1 projects every layer back to its initial norm after each step.
 
-  python -m examples.plasticity.random_labels                 # the defaults
-  python -m examples.plasticity.random_labels --calibrate     # the pilot
-  python -m examples.plasticity.random_labels --data digits --tasks 5 \\
+  python -m examples.paper.random_labels                 # the defaults
+  python -m examples.paper.random_labels --calibrate     # the pilot
+  python -m examples.paper.random_labels --data digits --tasks 5 \\
       --steps-per-task 500 --seeds 2 --methods vanilla,swr --out rl.json
 """
 
@@ -36,10 +36,10 @@ import numpy as np
 import tqdm
 
 from examples import data
-from examples import engine as engine_lib
-from examples import models_linen
-from examples import protocols
-from examples import stats
+from examples.models import linen as models_linen
+from examples.paper import engine as engine_lib
+from examples.paper import protocols
+from examples.paper import stats
 import optax_swr
 from optax_swr import metrics
 

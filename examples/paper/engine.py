@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from examples import training
-import optax_swr
+from examples.train import linen as train_linen
 
 EVAL_CHUNK = 1000  # Examples per forward pass when evaluating.
 
@@ -67,28 +66,16 @@ Step = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Any]]
 def make_step(module: nn.Module, tx: optax.GradientTransformation) -> Step:
   """One training step on a batch; returns the new state and batch accuracy.
 
-  The accuracy is that of the batch's logits before the update (training
-  mode). BatchNorm statistics follow an SWR step (``sync_batch_stats``).
+  The step of ``examples/train/linen.py`` (``make_train_step``) on a
+  :class:`TrainState`: the accuracy is that of the batch's logits before the
+  update (training mode); BatchNorm statistics follow an SWR step
+  (``sync_batch_stats``).
   """
+  train_step = train_linen.make_train_step(module.apply, tx)
 
   def step(state: TrainState, x: jax.Array, y: jax.Array):
-    def loss_fn(params):
-      logits, mutated = module.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-      return loss, (logits, mutated.get("batch_stats", {}))
-
-    grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    if batch_stats and training.has_swr(opt_state):
-      batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state)
-    params = optax.apply_updates(state.params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-    return TrainState(params, batch_stats, opt_state), accuracy
+    *state, metrics = train_step(*state, x, y)
+    return TrainState(*state), metrics["accuracy"]
 
   return step
 
@@ -157,7 +144,7 @@ class Engine:
   """Trains and evaluates one model and optimizer over lanes of seeds.
 
   Args:
-    module: a Linen model of ``examples/models_linen.py`` (called with
+    module: a Linen model of ``examples/models/linen.py`` (called with
       ``train=``).
     tx: the optimizer.
   """

@@ -1,6 +1,6 @@
 """What the Linen and NNX training loops share: flags, optimizer, history.
 
-``examples/train_linen.py`` and ``examples/train_nnx.py`` train a model of the
+``examples/train/linen.py`` and ``examples/train/nnx.py`` train a model of the
 zoo on the digits of ``examples/data.py`` with Adam followed by
 ``optax_swr.swr``; this module holds their configuration (a frozen dataclass,
 filled from the command line), the optimizer with its learning-rate schedule,
@@ -28,7 +28,7 @@ import optax
 import tqdm
 
 from examples import data
-from examples import models_linen
+from examples.models import shapes
 import optax_swr
 from optax_swr import metrics
 
@@ -43,14 +43,14 @@ class Config:
   """The hyperparameters of one training run; the flags have the same names.
 
   Attributes:
-    model: a name of the zoo (``models_linen.ALL_MODELS``).
+    model: a name of the zoo (``shapes.ALL_MODELS``).
     epochs: passes over the training set.
     batch_size: examples per step; a last partial batch is dropped.
     lr: Adam's initial learning rate.
     coef: SWR's coefficient for every layer (the paper's lambda_f).
     classifier_coef: SWR's coefficient for the last layer (lambda_c); None
       uses ``coef`` everywhere.
-    width: the model's width (see ``models_linen.model_kwargs``); None for the
+    width: the model's width (see ``shapes.model_kwargs``); None for the
       paper's sizes.
     seed: seed of the initialisation and of the batch order; the train/test
       split is fixed.
@@ -74,7 +74,7 @@ def parse_config(argv: Sequence[str] | None, description: str) -> Config:
   """Parses the command-line flags into a ``Config``."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument(
-    "--model", default=Config.model, choices=models_linen.ALL_MODELS
+    "--model", default=Config.model, choices=shapes.ALL_MODELS
   )
   parser.add_argument("--epochs", type=int, default=Config.epochs)
   parser.add_argument("--batch-size", type=int, default=Config.batch_size)

@@ -34,8 +34,8 @@ import optax
 import tqdm
 
 from examples import data
-from examples import engine as engine_lib
-from examples import models_linen
+from examples.models import linen as models_linen
+from examples.paper import engine as engine_lib
 import optax_swr
 from optax_swr import baselines
 from optax_swr import metrics

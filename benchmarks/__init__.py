@@ -1,0 +1,1 @@
+"""Benchmarks of optax_swr; run each as ``python -m benchmarks.<name>``."""
