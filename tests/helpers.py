@@ -96,3 +96,22 @@ def relu_mlp_apply(params, names, x, eps=1e-12):
     if i < len(names) - 1:
       x = jax.nn.relu(x)
   return x
+
+
+def random_like(params, seed, scale=1.0):
+  """Normal noise shaped and typed like `params` (e.g. gradients)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+    lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params
+  )
+
+
+def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
+  """Same tree structure and leafwise close values, compared in float32."""
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(
+      np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=rtol, atol=atol
+    ),
+    a,
+    b,
+  )

@@ -1,7 +1,10 @@
 """swr inside JAX and optax machinery, and the errors for bad arguments.
 
-Modelled on optax's own contrib battery: jit without recompiles, vmap,
-inject_hyperparams, MultiSteps, masked, dtype and state stability.
+The optax battery that every public transform passes (jit, extra args,
+inject_hyperparams, MultiSteps, masked, dtypes, state stability,
+tree_map_params) is in test_optax_battery.py; this file keeps what is
+particular to swr: vmap over an ensemble, what injected coefficients of 0
+and 1 do, masking a layer, the dtypes of its state, nnx, and its errors.
 """
 
 from __future__ import annotations
@@ -25,67 +28,15 @@ WIDTHS = [5, 7, 6, 3]
 NAMES = ["Dense_0", "Dense_1", "Dense_2"]
 
 
-def random_like(params, seed, scale=1.0):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(
-    lambda p: jnp.asarray(scale * rng.normal(size=p.shape), p.dtype), params
-  )
-
-
-def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
-  jax.tree.map(
-    lambda x, y: np.testing.assert_allclose(
-      np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=rtol, atol=atol
-    ),
-    a,
-    b,
-  )
-
-
-# The battery below runs over each of these; add new public transforms here.
-CONFIGURATIONS = {
-  "plain": lambda: optax_swr.swr(coef=0.1),
-  "classifier": lambda: optax_swr.swr(
-    coef=0.1, classifier=1, classifier_coef=1.0
-  ),
-  "schedule": lambda: optax_swr.swr(
-    coef=optax.linear_schedule(0.5, 0.0, 4),
-    classifier=[("Dense_2",)],
-    classifier_coef=optax.constant_schedule(0.9),
-  ),
-  "reset": lambda: optax_swr.swr(coef=0.1, reset_norms_at=(1, 2)),
-  "explicit_layers": lambda: optax_swr.swr(
-    coef=0.1, layers=["Dense_0", "Dense_1", "Dense_2"]
-  ),
-}
-battery = pytest.mark.parametrize(
-  "make_swr", CONFIGURATIONS.values(), ids=CONFIGURATIONS.keys()
-)
-
-
 @pytest.fixture
 def params():
   return helpers.mlp_params(WIDTHS)
 
 
-@battery
-def test_jit_gives_the_eager_result_and_compiles_once(params, make_swr):
-  tx = optax.chain(optax.adam(1e-2), make_swr())
-  grads = random_like(params, 1)
-  eager = tx.update(grads, tx.init(params), params)
-
-  step = jax.jit(tx.update)
-  state = tx.init(params)
-  jitted = step(grads, state, params)
-  assert_trees_close(eager, jitted)
-  step(grads, jitted[1], params)
-  assert step._cache_size() == 1
-
-
 def test_vmap_over_an_ensemble_equals_one_member_at_a_time():
   members = [helpers.mlp_params(WIDTHS, seed=s) for s in range(3)]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
-  grads = [random_like(m, 10 + i) for i, m in enumerate(members)]
+  grads = [helpers.random_like(m, 10 + i) for i, m in enumerate(members)]
   stacked_grads = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
   tx = optax.chain(optax.adam(0.1), optax_swr.swr(coef=0.2))
 
@@ -94,29 +45,26 @@ def test_vmap_over_an_ensemble_equals_one_member_at_a_time():
 
   for i, member in enumerate(members):
     single, single_state = tx.update(grads[i], tx.init(member), member)
-    assert_trees_close(jax.tree.map(lambda x, i=i: x[i], updates), single)
+    helpers.assert_trees_close(
+      jax.tree.map(lambda x, i=i: x[i], updates), single
+    )
     np.testing.assert_allclose(
       state[1].layer_scales[i], single_state[1].layer_scales, rtol=1e-6
     )
 
 
-def test_inject_hyperparams_matches_and_coef_changes_at_run_time(params):
-  grads = random_like(params, 2, scale=3.0)
-  plain = optax_swr.swr(coef=0.1)
+def test_an_injected_coef_of_0_passes_through_and_1_pins_the_norms(params):
+  grads = helpers.random_like(params, 2, scale=3.0)
   injected = optax.inject_hyperparams(optax_swr.swr)(coef=0.1)
+  state = injected.init(params)
+  update = jax.jit(injected.update)
 
-  state = jax.jit(injected.init)(params)
-  updates, new_state = jax.jit(injected.update)(grads, state, params)
-  expected, _ = plain.update(grads, plain.init(params), params)
-  assert_trees_close(updates, expected)
-
-  # coef = 0 at run time: SWR must pass the updates through unchanged.
   state.hyperparams["coef"] = jnp.asarray(0.0)
-  updates, _ = jax.jit(injected.update)(grads, state, params)
-  assert_trees_close(updates, grads, rtol=0, atol=0)
+  updates, _ = update(grads, state, params)
+  helpers.assert_trees_close(updates, grads, rtol=0, atol=0)
   # coef = 1: every weight lands back on its reference norm.
   state.hyperparams["coef"] = jnp.asarray(1.0)
-  _, new_state = jax.jit(injected.update)(grads, state, params)
+  _, new_state = update(grads, state, params)
   np.testing.assert_allclose(
     new_state.inner_state.weight_norms,
     state.inner_state.reference_norms,
@@ -133,37 +81,6 @@ def test_inject_hyperparams_with_classifier_needs_static_args(params):
   ):
     jax.jit(injected.init)(params)
 
-  injected = optax.inject_hyperparams(optax_swr.swr, static_args="classifier")(
-    coef=0.1, classifier=1, classifier_coef=1.0
-  )
-  plain = optax_swr.swr(coef=0.1, classifier=1, classifier_coef=1.0)
-  grads = random_like(params, 3, scale=3.0)
-  updates, _ = jax.jit(injected.update)(grads, injected.init(params), params)
-  expected, _ = plain.update(grads, plain.init(params), params)
-  assert_trees_close(updates, expected)
-
-
-@battery
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_multisteps_accumulates_then_applies_one_swr_step(dtype, make_swr):
-  params = helpers.mlp_params(WIDTHS, dtype=dtype)
-  micro_grads = [random_like(params, 20 + i) for i in range(3)]
-  inner = optax.chain(optax.adam(0.1), make_swr())
-  multi = optax.MultiSteps(inner, every_k_schedule=3)
-
-  state = multi.init(params)
-  update = jax.jit(multi.update)
-  for i, grads in enumerate(micro_grads):
-    updates, state = update(grads, state, params)
-    if i < 2:
-      assert all((u == 0).all() for u in jax.tree.leaves(updates))
-      assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
-
-  mean_grads = jax.tree.map(lambda *g: sum(g) / 3, *micro_grads)
-  expected, _ = inner.update(mean_grads, inner.init(params), params)
-  tolerance = 1e-6 if dtype == jnp.float32 else 2e-2
-  assert_trees_close(updates, expected, rtol=tolerance, atol=tolerance)
-
 
 def test_masked_swr_only_sees_the_unmasked_layers():
   params = helpers.mlp_params([4, 5, 3], names=["Dense_0", "Dense_1"])
@@ -173,10 +90,10 @@ def test_masked_swr_only_sees_the_unmasked_layers():
     for name in params
   }
   tx = optax.masked(optax_swr.swr(coef=1.0), mask)
-  grads = random_like(params, 4, scale=2.0)
+  grads = helpers.random_like(params, 4, scale=2.0)
   updates, state = tx.update(grads, tx.init(params), params)
 
-  assert_trees_close(updates["head"], grads["head"], rtol=0, atol=0)
+  helpers.assert_trees_close(updates["head"], grads["head"], rtol=0, atol=0)
   new = optax.apply_updates(params, updates)
   np.testing.assert_allclose(
     [jnp.linalg.norm(new[n]["kernel"]) for n in ["Dense_0", "Dense_1"]],
@@ -215,57 +132,45 @@ def test_nnx_optimizer_with_state_params_matches_plain_dict_params():
   dict_grads = nnx.to_pure_dict(grads)
   updates, _ = tx.update(dict_grads, tx.init(as_dict), as_dict)
   expected = optax.apply_updates(as_dict, updates)
-  assert_trees_close(
+  helpers.assert_trees_close(
     nnx.to_pure_dict(nnx.state(model, nnx.Param)), expected, rtol=1e-5
   )
   scales = optax.tree.get(optimizer.opt_state, "layer_scales")
   assert scales.shape == (3,) and not np.allclose(scales, 1.0)
 
 
-@battery
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-def test_updates_keep_dtype_and_state_is_float32(dtype, make_swr):
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_params_get_updates_of_their_dtype_and_a_float32_state(
+  dtype,
+):
   params = helpers.mlp_params(WIDTHS, dtype=dtype)
-  tx = optax.chain(optax.adam(1e-2), make_swr())
+  tx = optax.chain(
+    optax.adam(1e-2),
+    optax_swr.swr(
+      coef=optax.linear_schedule(0.5, 0.0, 4),
+      classifier=1,
+      classifier_coef=0.9,
+    ),
+  )
+  initial = tx.init(params)
   updates, state = jax.jit(tx.update)(
-    random_like(params, 5), tx.init(params), params
+    helpers.random_like(params, 5), initial, params
   )
   for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert u.dtype == p.dtype
+  shapes_and_dtypes = lambda tree: jax.tree.map(
+    lambda x: (x.shape, x.dtype), tree
+  )
+  assert shapes_and_dtypes(state) == shapes_and_dtypes(initial)
   for name in [
     "reference_norms",
     "layer_scales",
     "cumulative_scales",
     "weight_norms",
+    "input_scales",
   ]:
     assert optax.tree.get(state, name).dtype == jnp.float32
   assert optax.tree.get(state, "step_count").dtype == jnp.int32
-
-
-@battery
-@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-def test_state_shape_dtype_and_sharding_are_stable_under_jit(dtype, make_swr):
-  params = helpers.mlp_params(WIDTHS, dtype=dtype)
-  tx = optax.chain(optax.adam(1e-2), make_swr())
-
-  @jax.jit
-  def step(params, state):
-    grads = jax.tree.map(
-      lambda p: p.astype(jnp.float32).astype(p.dtype), params
-    )
-    # lax.cond forces both branches to agree on the state's type exactly.
-    take = jax.random.randint(jax.random.key(0), (), 0, 2) == 0
-    updates, state = jax.lax.cond(
-      take, lambda: tx.update(grads, state, params), lambda: (params, state)
-    )
-    return optax.apply_updates(params, updates), state
-
-  state = tx.init(params)
-  before = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), state)
-  params, state = step(params, state)
-  params, state = step(params, state)
-  after = jax.tree.map(lambda x: (x.shape, x.dtype, x.sharding), state)
-  assert before == after
 
 
 def test_reset_reference_norms_on_demand_inside_nested_states(params):
@@ -289,7 +194,7 @@ def test_reset_reference_norms_on_demand_inside_nested_states(params):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_non_finite_update_does_not_spread_to_other_layers(params, bad):
-  grads = random_like(params, 7, scale=3.0)
+  grads = helpers.random_like(params, 7, scale=3.0)
   grads["Dense_1"]["kernel"] = grads["Dense_1"]["kernel"].at[0, 0].set(bad)
   tx = optax_swr.swr(coef=0.5)
   reference_state = tx.init(jax.tree.map(lambda p: 2 * p, params))
@@ -304,11 +209,11 @@ def test_a_non_finite_update_does_not_spread_to_other_layers(params, bad):
 
 
 def test_lam_zero_is_an_exact_no_op(params):
-  grads = random_like(params, 6)
+  grads = helpers.random_like(params, 6)
   updates, _ = optax_swr.swr(coef=0.0).update(
     grads, optax_swr.swr(coef=0.0).init(params), params
   )
-  assert_trees_close(updates, grads, rtol=0, atol=0)
+  helpers.assert_trees_close(updates, grads, rtol=0, atol=0)
 
 
 def error(text):
