@@ -165,7 +165,7 @@ def make_variants(
 ) -> dict[str, Variant]:
   """The three variants of one optimizer; each gets its own ``Engine``."""
   layers = optax_swr.layers_from_linen(module, variables[0], data.x[:1])
-  engine = lambda: engine_lib.Engine(module, OPTIMIZERS[name](layers))
+  engine = lambda: engine_lib.Engine(module, OPTIMIZERS[name](layers), layers)
   return {
     STEP_BY_STEP: step_by_step_variant(engine(), variables[0], data),
     ONE_LANE: engine_variant(engine(), variables[:1], data),
@@ -236,7 +236,7 @@ def old_protocol_loop(
   numpy batch and one jitted step; per epoch, the test accuracy in chunks of
   1,000 with a host sync per chunk, the layer norms and the balancedness.
   """
-  engine = engine_lib.Engine(module, tx)
+  engine = engine_lib.Engine(module, tx, layers)
   logits = jax.jit(lambda v, x: module.apply(v, x, train=False))
   x, y = dataset.x_train, dataset.y_train
   for seed, seed_variables in enumerate(variables):

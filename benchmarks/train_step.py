@@ -41,6 +41,7 @@ def train_loop(
   tx: optax.GradientTransformation,
   x: jax.Array,
   y: jax.Array,
+  layers: Sequence[optax_swr.Layer] | None = None,
 ) -> _timing.Loop:
   """A loop of training steps on a copy of ``variables``, on one batch.
 
@@ -55,8 +56,9 @@ def train_loop(
     tx: the optimizer.
     x: the images.
     y: the labels.
+    layers: the layers ``tx``'s SWR rescales.
   """
-  train_step = train_linen.make_train_step(module.apply, tx)
+  train_step = train_linen.make_train_step(module.apply, tx, layers)
   step = lambda *args: train_step(*args)[:3]
   params = _timing.fresh_copy(variables["params"])
   batch_stats = _timing.fresh_copy(variables.get("batch_stats", {}))
@@ -83,7 +85,7 @@ def model_loops(
   swr = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
   loops = {
     "adam": train_loop(module, variables, optax.adam(1e-3), x, y),
-    "adam+swr": train_loop(module, variables, swr, x, y),
+    "adam+swr": train_loop(module, variables, swr, x, y, layers),
   }
   return loops, _timing.num_params(variables["params"])
 

@@ -287,7 +287,7 @@ class CNN(nn.Module):
 model = CNN(num_classes=int(y_train.max()) + 1)
 variables = model.init(jax.random.key(SEED), jnp.zeros((1, *x_train.shape[1:])))
 layers = optax_swr.layers_from_linen(model, variables, x_train[:1])
-print("layers in forward order:", ["/".join(path) for path in layers])
+print("layers in forward order:", [layer.name for layer in layers])
 print("parameters:", sum(p.size for p in jax.tree.leaves(variables["params"])))
 """,
 )
@@ -412,7 +412,7 @@ plt.show()
 code(
   "table",
   """
-layer_names = ["/".join(path) for path in layers]
+layer_names = [layer.name for layer in layers]
 print(f"CNN on {DATA}, {EPOCHS} epochs, backend {BACKEND}\\n")
 print(f"{'':>12}  {'final acc':>9}  {'best acc':>8}  {'sum ||W||':>9}  "
       + "  ".join(f"{n:>7}" for n in layer_names) + f"  {'seconds':>7}")

@@ -138,25 +138,6 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
   return P()
 
 
-def opt_state_shardings(
-  tx: optax.GradientTransformation, params: Any, replicated: NamedSharding
-) -> Any:
-  """Adam's moments (sub-trees shaped like the params) split as the params.
-
-  Everything else (counts, SWR's per-layer scalars) is copied to every
-  device. (optax.tree_map_params does this too, but only for models without
-  normalization layers: its placeholder params hide which layers they are.)
-  """
-  params_def = jax.tree.structure(params)
-  like_params = lambda node: jax.tree.structure(node) == params_def
-  param_shardings = jax.tree.map(lambda a: a.sharding, params)
-  return jax.tree.map(
-    lambda node: param_shardings if like_params(node) else replicated,
-    jax.eval_shape(tx.init, params),
-    is_leaf=like_params,
-  )
-
-
 def print_placement(mesh: Mesh, params: Any) -> None:
   """One line per parameter, then the slice of one kernel on each device."""
   print(
@@ -259,10 +240,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     variables["params"],
   )
   params = jax.device_put(variables["params"], param_shardings)
-  state_shardings = opt_state_shardings(tx, params, replicated)
+  # Adam's moments split as the params; SWR's per-layer arrays replicated.
+  state_shardings = optax.tree_map_params(
+    tx,
+    lambda _, sharding: sharding,
+    jax.eval_shape(tx.init, params),
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+  )
   opt_state = jax.jit(tx.init, out_shardings=state_shardings)(params)
   print_placement(mesh, params)
-  print(f"SWR layers, in forward order: {[l[0] for l in layers]}")
+  print(f"SWR layers, in forward order: {[l.name for l in layers]}")
 
   step = make_step(model, tx, (param_shardings, state_shardings, replicated))
   accuracy = make_accuracy(model)

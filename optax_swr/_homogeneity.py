@@ -31,6 +31,7 @@ from typing import Any
 import jax
 from jax.extend import core as jex_core
 from jax.interpreters import batching
+import jax.numpy as jnp
 import numpy as np
 
 layer_marker_p = jex_core.Primitive("swr_layer_marker")
@@ -116,15 +117,28 @@ _CALLS = frozenset(
 
 
 def mark(tree: Any, kind: str, layer: int) -> Any:
-  """Marks every array in ``tree`` as the input or output of ``layer``."""
-  return jax.tree.map(
-    lambda x: (
-      layer_marker_p.bind(x, kind=kind, layer=layer)
-      if isinstance(x, jax.Array)
-      else x
-    ),
-    tree,
-  )
+  """Marks the arrays in ``tree`` as the input or output of ``layer``.
+
+  The first floating-point array is the layer's activation (``kind``);
+  other arrays (a BatchNorm's state, a PRNG key, a mask) are marked
+  ``"extra_" + kind``: an extra input must not be scaled, and an extra output
+  carries no scale.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  first = next((i for i, x in enumerate(leaves) if _is_activation(x)), None)
+  marked = [
+    layer_marker_p.bind(
+      x, kind=kind if i == first else f"extra_{kind}", layer=layer
+    )
+    if isinstance(x, jax.Array)
+    else x
+    for i, x in enumerate(leaves)
+  ]
+  return jax.tree.unflatten(treedef, marked)
+
+
+def _is_activation(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
 class _Inside:
@@ -210,14 +224,28 @@ class _Analysis:
     if name in _CALLS and sub_jaxpr is not None:
       jaxpr = getattr(sub_jaxpr, "jaxpr", sub_jaxpr)
       if len(jaxpr.invars) == len(operand_tags):
+        for outer, inner in zip(eqn.invars, jaxpr.invars):
+          if self.is_zero(outer):  # e.g. the 0 of jnp.where(x > 0, x, 0)
+            self.zeros.add(inner)
         return self.run(jaxpr, operand_tags)
     return [self.primitive(name, eqn, operand_tags, scaled)] * outputs
 
   def marker(self, params: dict[str, Any], tag: Any) -> Any:
-    layer = params["layer"]
-    if params["kind"] == "input":
+    layer, kind = params["layer"], params["kind"]
+    if kind == "input":
       self.layer_inputs.setdefault(layer, []).append(tag)
       return _Inside(layer)
+    if kind == "extra_input":
+      if tag is None:
+        return None
+      if not isinstance(tag, _Inside):
+        self.report(
+          f"the layer {self.layer_names[layer]} takes a second scaled input, "
+          f"from {self.describe(tag)}"
+        )
+      return _Inside(layer)
+    if kind == "extra_output":
+      return None
     return frozenset({layer})
 
   def primitive(self, name, eqn, operand_tags, scaled) -> Any:

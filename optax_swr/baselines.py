@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_swr import _layers
@@ -252,9 +253,17 @@ def reset_layers(
 def _check_coef(
   function: str, name: str, value: Any, upper: float | None
 ) -> None:
-  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+  is_scalar_array = isinstance(value, (jax.Array, np.ndarray, np.generic)) and (
+    np.ndim(value) == 0
+  )
+  if isinstance(value, bool) or not (
+    isinstance(value, numbers.Real) or is_scalar_array
+  ):
     raise ValueError(f"{function}: `{name}` must be a float; got {value!r}.")
-  number = float(value)
+  try:
+    number = float(value)
+  except jax.errors.ConcretizationTypeError:
+    return  # A traced value (inject_hyperparams under jit) can't be checked.
   if not (number >= 0 and (upper is None or number <= upper)):
     bounds = f"in [0, {upper:g}]" if upper is not None else ">= 0"
     raise ValueError(f"{function}: `{name}` must be {bounds}; got {value}.")

@@ -37,7 +37,7 @@ def setup(model: str, in_shape=(8, 8, 1), num=40):
       for s in range(LANES)
     ]
   )
-  return engine_lib.Engine(module, tx), variables, x, y, order
+  return engine_lib.Engine(module, tx, layers), variables, x, y, order
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn_bn"])

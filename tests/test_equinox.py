@@ -347,8 +347,7 @@ def batch_norm_apply(model, x, state):
 def test_batch_norm_with_state_is_traced_as_a_norm_layer():
   model, state = eqx.nn.make_with_state(ConvBN)(jax.random.key(0))
   with warnings.catch_warnings():
-    # The tracer's false alarm on eqx.nn.State: see the xfail test below.
-    warnings.simplefilter("ignore", optax_swr.NotAChainWarning)
+    warnings.simplefilter("error", optax_swr.NotAChainWarning)
     layers = optax_swr.layers_from_equinox(
       model, X_IMAGES, state, apply=batch_norm_apply
     )
@@ -386,32 +385,62 @@ def trace_batch_norm_with_state():
   optax_swr.layers_from_equinox(model, X_IMAGES, state, apply=batch_norm_apply)
 
 
-# Library bugs, found writing these tests: each network is a chain (its
-# proportionality checks pass), but the tracer warns. Strict, so that a fix
-# turns them into failures that ask for the marker to go.
-@pytest.mark.xfail(strict=True, raises=optax_swr.NotAChainWarning)
+# Chains the tracer once mistook for non-chains (their proportionality checks
+# pass): these must trace without a warning.
 @pytest.mark.parametrize(
   "trace",
   [
-    # Every array passed to a layer is marked as its input, so the
-    # eqx.nn.State of a BatchNorm ("bn is called 4 times (shared)") ...
+    # A layer's first floating-point argument is its activation; the
+    # eqx.nn.State of a BatchNorm ...
     trace_batch_norm_with_state,
-    # ... and the PRNG key that eqx.nn.Sequential hands each layer count as
-    # activations.
+    # ... and the PRNG key that eqx.nn.Sequential hands each layer are not.
     lambda: optax_swr.layers_from_equinox(
       sequential(), X_FLAT[0], key=jax.random.key(1)
     ),
     # jnp.where(h > 0, h, 0.0) (and eqx.nn.Dropout in training) passes the
-    # 0 into a nested jit, where it is no longer known to be zero:
-    # "`select_n` after first mixes in an unscaled value".
+    # 0 into a nested jit, where it must still be known to be zero.
     lambda: optax_swr.layers_from_equinox(
       HandWrittenRelu(jax.random.key(0)), X_FLAT[0]
     ),
   ],
   ids=["batch_norm_state", "prng_key_argument", "where_zero"],
 )
-def test_chains_the_tracer_mistakes_for_non_chains(trace, no_chain_warning):
+def test_chains_with_extra_arguments_or_nested_zeros_trace_cleanly(
+  trace, no_chain_warning
+):
   trace()
+
+
+class SkipLinear(eqx.Module):
+  """A layer with a second activation argument."""
+
+  weight: jax.Array
+
+  def __call__(self, x, skip):
+    return self.weight @ x + skip.sum()
+
+
+class TwoInputLayer(eqx.Module):
+  a: eqx.nn.Linear
+  b: eqx.nn.Linear
+  c: SkipLinear
+
+  def __init__(self, key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    self.a = eqx.nn.Linear(X_FLAT.shape[-1], 8, key=k1)
+    self.b = eqx.nn.Linear(8, 8, key=k2)
+    self.c = SkipLinear(jax.random.normal(k3, (2, 8)))
+
+  def __call__(self, x):
+    h = jax.nn.relu(self.a(x))
+    return self.c(jax.nn.relu(self.b(h)), skip=h)
+
+
+def test_a_scaled_second_argument_of_a_layer_is_reported():
+  with pytest.warns(
+    optax_swr.NotAChainWarning, match="the layer c takes a second scaled input"
+  ):
+    optax_swr.layers_from_equinox(TwoInputLayer(jax.random.key(0)), X_FLAT[0])
 
 
 def test_filter_jit_training_compiles_once_and_learns(no_chain_warning):

@@ -63,7 +63,11 @@ class TrainState(NamedTuple):
 Step = Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Any]]
 
 
-def make_step(module: nn.Module, tx: optax.GradientTransformation) -> Step:
+def make_step(
+  module: nn.Module,
+  tx: optax.GradientTransformation,
+  layers: Sequence[Any] | None = None,
+) -> Step:
   """One training step on a batch; returns the new state and batch accuracy.
 
   The step of ``examples/train/linen.py`` (``make_train_step``) on a
@@ -71,7 +75,7 @@ def make_step(module: nn.Module, tx: optax.GradientTransformation) -> Step:
   update (training mode); BatchNorm statistics follow an SWR step
   (``sync_batch_stats``).
   """
-  train_step = train_linen.make_train_step(module.apply, tx)
+  train_step = train_linen.make_train_step(module.apply, tx, layers)
 
   def step(state: TrainState, x: jax.Array, y: jax.Array):
     *state, metrics = train_step(*state, x, y)
@@ -147,13 +151,20 @@ class Engine:
     module: a Linen model of ``examples/models/linen.py`` (called with
       ``train=``).
     tx: the optimizer.
+    layers: the layers ``tx``'s SWR rescales (needed with BatchNorm, whose
+      statistics follow them).
   """
 
-  def __init__(self, module: nn.Module, tx: optax.GradientTransformation):
+  def __init__(
+    self,
+    module: nn.Module,
+    tx: optax.GradientTransformation,
+    layers: Sequence[Any] | None = None,
+  ):
     self.module = module
     self.tx = tx
-    self.step = jax.jit(make_step(module, tx))  # one lane, one batch
-    run = lambda *args: train_steps(make_step(module, tx), *args)
+    self.step = jax.jit(make_step(module, tx, layers))  # one lane, one batch
+    run = lambda *args: train_steps(make_step(module, tx, layers), *args)
     self._train = jax.jit(
       jax.vmap(run, in_axes=(0, None, 0, 0, 0)), donate_argnums=0
     )

@@ -260,9 +260,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   params, base_accuracy = train(
     model, variables, dataset, flags.epochs, flags.seed
   )
-  layers = optax_swr.layers_from_linen(
-    model, {"params": params}, dataset.x_train[:1]
-  )
+  layers = [
+    layer.path
+    for layer in optax_swr.layers_from_linen(
+      model, {"params": params}, dataset.x_train[:1]
+    )
+  ]
   results = {
     "config": {
       "data": flags.data,

@@ -488,7 +488,7 @@ def _run_method(
   lr = _learning_rate(settings.lr, boundaries)
   head = layers[-CLASSIFIER_LAYERS[settings.model] :]
   method = make_method(method_name, coefs, layers, head, lr, boundaries)
-  engine = Engine(module, method.tx)
+  engine = Engine(module, method.tx, layers)
   num_classes = int(pool.y.max()) + 1
   variables = variables_per_seed(settings, pool, num_classes)
   state = engine.init(variables)
@@ -623,13 +623,7 @@ def lane_metrics(layers: tuple[tuple[Any, ...], ...]) -> tuple[Any, Any]:
 
 def _has_normalization(params, layers) -> bool:
   """Balancedness is defined for chains without normalization layers."""
-  for path in layers:
-    node = params
-    for key in path:
-      node = node[key]
-    if "scale" in node:
-      return True
-  return False
+  return any(layer.norm for layer in optax_swr.find_layers(params, layers))
 
 
 def _config(settings, dataset, layers, lr_boundaries_at) -> dict[str, Any]:
@@ -639,7 +633,7 @@ def _config(settings, dataset, layers, lr_boundaries_at) -> dict[str, Any]:
     num_test=len(dataset.x_test),
     input_shape=list(dataset.x_train.shape[1:]),
     num_classes=dataset.num_classes,
-    layers=["/".join(map(str, p)) for p in layers],
+    layers=[layer.name for layer in layers],
     lr_decay_at=list(lr_boundaries_at),
     split_per_seed=settings.data in data.NO_FIXED_SPLIT,
   )

@@ -134,7 +134,7 @@ def make_optimizer(
 
 def has_swr(opt_state: Any) -> bool:
   """Whether ``opt_state`` holds an SWR state (static under ``jit``)."""
-  return optax.tree.get(opt_state, "norm_input_scales") is not None
+  return optax.tree.get(opt_state, "input_scales") is not None
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

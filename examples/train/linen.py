@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from flax import struct
 from flax.training import train_state
 import jax
 import optax
@@ -38,6 +39,7 @@ class TrainState(train_state.TrainState):
   """Flax's ``TrainState`` plus the BatchNorm running statistics."""
 
   batch_stats: Any  # {} for models without BatchNorm.
+  layers: Any = struct.field(pytree_node=False, default=None)  # SWR's layers
 
 
 def create_train_state(
@@ -62,13 +64,16 @@ def create_train_state(
     apply_fn=module.apply,
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
+    layers=layers,
     tx=common.make_optimizer(config, dataset, layers),
   )
   return state, layers
 
 
 def make_train_step(
-  apply_fn: Callable[..., Any], tx: optax.GradientTransformation
+  apply_fn: Callable[..., Any],
+  tx: optax.GradientTransformation,
+  layers: Sequence[optax_swr.Layer] | None = None,
 ) -> Step:
   """The Linen training step of the examples, not jitted.
 
@@ -88,6 +93,8 @@ def make_train_step(
       ``mutable=["batch_stats"]`` (``batch_stats`` is ``{}`` without
       BatchNorm).
     tx: the optimizer, e.g. Adam followed by ``optax_swr.swr``.
+    layers: the layers ``tx``'s SWR rescales, which ``sync_batch_stats``
+      needs for a model with BatchNorm.
   """
 
   def step(params, batch_stats, opt_state, images, labels):
@@ -105,7 +112,7 @@ def make_train_step(
     updates, opt_state = tx.update(grads, opt_state, params)
     if batch_stats and common.has_swr(opt_state):
       # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
-      batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state)
+      batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state, layers)
     params = optax.apply_updates(params, updates)
     return params, batch_stats, opt_state, metrics
 
@@ -117,7 +124,7 @@ def train_step(
   state: TrainState, batch: data.Batch
 ) -> tuple[TrainState, common.Metrics]:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling."""
-  step = make_train_step(state.apply_fn, state.tx)
+  step = make_train_step(state.apply_fn, state.tx, state.layers)
   params, batch_stats, opt_state, metrics = step(
     state.params, state.batch_stats, state.opt_state, *batch
   )

@@ -14,6 +14,7 @@ between batch and running statistics. Try, from the repository root::
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 from flax import nnx
@@ -25,14 +26,18 @@ from examples.train import common
 import optax_swr
 
 
-@nnx.jit
+@functools.partial(nnx.jit, static_argnames="layers")
 def train_step(
-  model: nnx.Module, optimizer: nnx.Optimizer, batch: data.Batch
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  batch: data.Batch,
+  layers: tuple[optax_swr.Layer, ...],
 ) -> common.Metrics:
   """One step of Adam and SWR; BatchNorm statistics follow the rescaling.
 
   Updates ``model`` (params and BatchNorm statistics) and ``optimizer`` in
-  place, and returns the batch's metrics.
+  place, and returns the batch's metrics. ``layers`` are SWR's layers, which
+  the BatchNorm statistics follow.
   """
   images, labels = batch
 
@@ -44,7 +49,7 @@ def train_step(
   optimizer.update(model, grads)
   if common.has_swr(optimizer.opt_state):
     # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
-    optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state)
+    optax_swr.sync_nnx_batch_stats(model, optimizer.opt_state, layers)
   return metrics
 
 
@@ -74,7 +79,7 @@ def train_and_evaluate(config: common.Config) -> dict[str, list[Any]]:
   for batches in history.epochs(dataset):
     model.train()  # BatchNorm: batch statistics, running averages updated.
     for batch in batches:
-      history.add_step(train_step(model, optimizer, batch))
+      history.add_step(train_step(model, optimizer, batch, layers))
     model.eval()  # BatchNorm: the running averages.
     test_accuracy = eval_step(model, dataset.x_test, dataset.y_test)
     params = nnx.state(model, nnx.Param)
