@@ -28,14 +28,11 @@ def linen_setup() -> dict:
 
   model = models_linen.MLP(hidden=(16, 16), num_classes=3)
   x = jnp.ones((4, 8))
-  variables = model.init(jax.random.key(0), x)
   return dict(
     jax=jax,
     train_state=train_state,
     model=model,
     x=x,
-    params=variables["params"],
-    layers=optax_swr.layers_from_linen(model, variables, x),
     loss_fn=lambda p: jnp.mean(model.apply({"params": p}, x) ** 2),
   )
 
@@ -51,37 +48,77 @@ def nnx_setup() -> dict:
   return dict(nnx=nnx, model=model, x=x, loss_fn=lambda m: jnp.mean(m(x) ** 2))
 
 
+def equinox_setup() -> dict:
+  eqx = pytest.importorskip("equinox", reason="the [equinox] extra")
+  import jax
+  import jax.numpy as jnp
+
+  model = eqx.nn.MLP(8, 3, 16, 2, key=jax.random.key(0))
+  x = jnp.ones(8)
+
+  def loss_fn(params, static):
+    return jnp.mean(eqx.combine(params, static)(x) ** 2)
+
+  return dict(eqx=eqx, jax=jax, model=model, x=x, loss_fn=loss_fn)
+
+
+def plain_setup() -> dict:
+  import jax.numpy as jnp
+
+  return dict(jnp=jnp)
+
+
 def setup_for(block: str) -> dict:
   namespace = {"optax": optax, "optax_swr": optax_swr}
   if "layers_from_nnx" in block:
     namespace.update(nnx_setup())
-  elif "layers_from_linen" in block or "check_proportional" in block:
+  elif "layers_from_equinox" in block:
+    namespace.update(equinox_setup())
+  elif "jnp." in block:
+    namespace.update(plain_setup())
+  else:
     namespace.update(linen_setup())
   return namespace
+
+
+def test_readme_is_short():
+  assert len((ROOT / "README.md").read_text().splitlines()) <= 150
 
 
 def test_readme_code_blocks_run(capsys):
   blocks = readme_python_blocks()
   assert len(blocks) >= 6
+  namespace: dict = {}
   for block in blocks:
-    namespace = setup_for(block)
-    exec(compile(block, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    fresh = setup_for(block)
+    if "check_proportional" in block:  # after the Linen block, as it reads
+      fresh = {**namespace, **fresh, "layers": namespace["linen_layers"]}
+    exec(compile(block, "README.md", "exec"), fresh)  # pylint: disable=exec-used
+    if "layers_from_linen" in block:
+      namespace.update(fresh, linen_layers=fresh["layers"])
     if "nnx.Optimizer" in block:
-      scales = optax.tree.get(namespace["optimizer"].opt_state, "layer_scales")
-      assert scales.shape == (3,)
-  printed = capsys.readouterr().out.split("\n")
-  # check_proportional's relative error, then the Linen loop's 3 norms.
-  assert float(printed[0]) < 1e-5
-  assert len(re.findall(r"\d+\.\d+", printed[1])) == 3
+      scales = optax.tree.get(fresh["optimizer"].opt_state, "layer_scales")
+      assert scales[...].shape == (3,)
+    if "eqx.apply_updates" in block:
+      swr_state = fresh["opt_state"][1]
+      assert int(swr_state.step_count) == 1
+      assert swr_state.reference_norms.shape == (3,)
+  printed = capsys.readouterr().out.strip().split("\n")
+  # The plain pytree's named reference norms, then check_proportional's error.
+  named = printed[0]
+  assert "'w1'" in named and "'w2'" in named
+  assert float(printed[-1]) < 1e-5
 
 
-def test_readme_checkpoint_code_is_what_the_checkpoint_test_runs():
-  (block,) = [b for b in readme_python_blocks() if "def save_checkpoint" in b]
-  functions = block[
-    block.index("def save_checkpoint") : block.index("\n\n\n# ")
-  ]
+def test_docs_checkpoint_code_is_what_the_checkpoint_test_runs():
+  """The checkpoint functions in docs/scaling_out.md are the tested ones."""
+  page = (ROOT / "docs" / "scaling_out.md").read_text()
+  blocks = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+  (block,) = [b for b in blocks if "def save_checkpoint" in b]
+  functions = block[block.index("def save_checkpoint") : block.index("\ntx = ")]
   worker = (ROOT / "tests" / "checkpoint_run.py").read_text()
-  assert functions in worker
+  assert functions.strip() in worker
+  assert "def with_shardings" in functions
 
 
 def test_demo_quick_run_prints_both_methods(capsys):
