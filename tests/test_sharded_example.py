@@ -75,7 +75,7 @@ def test_it_learns(printed):
 def test_state_placement_is_checked(printed):
   assert "Adam's moments split as the params: True" in printed
   assert re.search(
-    r"SWR state: 5 arrays, \d+ bytes, replicated, equal on 8 "
+    r"SWR state: 6 arrays, \d+ bytes, replicated, equal on 8 "
     r"devices",
     printed,
   )
