@@ -3,11 +3,12 @@
 Times one jitted training step, the one the examples train with
 (``make_train_step`` of ``examples/train/linen.py``: forward, backward, Adam
 update, BatchNorm statistics; with SWR also the BatchNorm sync), for the Linen
-zoo's CNN, CNN-BN, VGG-16 and ResNet-18 at batch 256 on random 32x32x3 images with 10 classes,
+zoo's CNN, CNN-BN, VGG-16, ResNet-18 and ViT at batch 256 on random 32x32x3 images with 10 classes,
 adam against adam + swr side by side, with the params, statistics and
 optimizer state donated. SWR's layers are traced with
-``optax_swr.layers_from_linen`` (ResNet-18 is not a chain; its warning is
-silenced). Prints the overhead in percent last and writes JSON. From the
+``optax_swr.layers_from_linen``; for ResNet-18 and the ViT, which are not
+chains, a third loop applies SWR without the traced equations, so that the
+cost of their projection shows apart ("projection %", of Adam's step). Prints the overhead in percent last and writes JSON. From the
 repository root::
 
   python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
@@ -29,7 +30,7 @@ from examples.models import linen as models_linen
 from examples.train import linen as train_linen
 import optax_swr
 
-MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18")
+MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18", "transformer")
 IN_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 QUICK_WIDTH, QUICK_BATCH = 8, 16
@@ -80,13 +81,20 @@ def model_loops(
   x = jax.random.normal(x_key, (batch, *IN_SHAPE))
   y = jax.random.randint(y_key, (batch,), 0, NUM_CLASSES)
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optax_swr.NotAChainWarning)
+    warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
     layers = optax_swr.layers_from_linen(module, variables, x[:1], train=True)
   swr = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
   loops = {
     "adam": train_loop(module, variables, optax.adam(1e-3), x, y),
     "adam+swr": train_loop(module, variables, swr, x, y, layers),
   }
+  if layers.graph is not None:  # the equations' projection, measured apart
+    chain_rule = optax.chain(
+      optax.adam(1e-3), optax_swr.swr(1e-3, layers=tuple(layers))
+    )
+    loops["adam+swr chain rule"] = train_loop(
+      module, variables, chain_rule, x, y, layers
+    )
   return loops, _timing.num_params(variables["params"])
 
 
@@ -119,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seconds": seconds,
         "round_medians": {v: t["round_medians"] for v, t in timings.items()},
         "overhead_percent": 100 * (seconds["adam+swr"] / seconds["adam"] - 1),
+        # What the projection (residual nets, attention) adds, in % of Adam.
+        "projection_percent": 100
+        * (seconds["adam+swr"] - seconds["adam+swr chain rule"])
+        / seconds["adam"]
+        if "adam+swr chain rule" in seconds
+        else None,
       }
     )
     del loops
@@ -138,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       ("adam ms", ".2f"),
       ("adam+swr ms", ".2f"),
       ("overhead %", "+.1f"),
+      ("projection %", "s"),
     ],
     [
       [
@@ -146,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         1e3 * r["seconds"]["adam"],
         1e3 * r["seconds"]["adam+swr"],
         r["overhead_percent"],
+        "-"
+        if r["projection_percent"] is None
+        else f"{r['projection_percent']:+.1f}",
       ]
       for r in rows
     ],

@@ -27,6 +27,7 @@ from optax_swr._flax import layers_from_linen
 from optax_swr._flax import layers_from_nnx
 from optax_swr._flax import sync_nnx_batch_stats
 from optax_swr._layers import Layer
+from optax_swr._layers import Layers
 from optax_swr._layers import by_layer
 from optax_swr._layers import find_layers
 from optax_swr._proportional import ProportionalityReport
@@ -35,12 +36,15 @@ from optax_swr._swr import LowPrecisionWarning
 from optax_swr._swr import SWRState
 from optax_swr._swr import reset_reference_norms
 from optax_swr._swr import swr
+from optax_swr._tracing import ConstrainedLayersWarning
 from optax_swr._tracing import NotAChainWarning
 
 __version__ = "0.1.0"
 
 __all__ = (
+  "ConstrainedLayersWarning",
   "Layer",
+  "Layers",
   "LowPrecisionWarning",
   "NotAChainWarning",
   "ProportionalityReport",

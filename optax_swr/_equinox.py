@@ -55,13 +55,17 @@ def layers_from_equinox(
       such as ``key=None`` go here).
 
   Returns:
-    The :class:`Layer` values, in forward order.
+    The :class:`Layers`, in forward order, with the network's log-scale
+    equations.
 
   Raises:
     ValueError: if a module owns a weight and also contains layers.
 
   Warns:
-    NotAChainWarning: if the traced network is not a chain.
+    NotAChainWarning: where the trace cannot follow how the layers' scales
+      reach the output (control flow), so SWR may change the function.
+    ConstrainedLayersWarning: where the network fixes some layers' factors
+      completely (SWR keeps the function but leaves those layers alone).
 
   Example:
     >>> import equinox as eqx

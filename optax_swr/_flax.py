@@ -59,16 +59,20 @@ def layers_from_linen(
     **kwargs: passed on to ``module.apply``.
 
   Returns:
-    The :class:`Layer` values, with paths relative to ``variables["params"]``,
-    in forward order.
+    The :class:`Layers`: :class:`Layer` values with paths relative to
+    ``variables["params"]``, in forward order, and the log-scale equations
+    of residual merges, attention and non-homogeneous operations, which
+    ``swr(layers=...)`` keeps.
 
   Raises:
     ValueError: if ``variables`` has no params, or a module owns a weight and
       also contains layers.
 
   Warns:
-    NotAChainWarning: if the traced network is not a chain (skip connections,
-      branches, attention, non-homogeneous activations, shared layers).
+    NotAChainWarning: where the trace cannot follow how the layers' scales
+      reach the output (control flow), so SWR may change the function.
+    ConstrainedLayersWarning: where the network fixes some layers' factors
+      completely (SWR keeps the function but leaves those layers alone).
 
   Example:
     >>> import jax
@@ -131,15 +135,18 @@ def layers_from_nnx(
     **kwargs: passed on to the model's ``__call__``.
 
   Returns:
-    The :class:`Layer` values, with paths relative to
-    ``nnx.state(model, nnx.Param)`` (as ``nnx.Optimizer(model, tx,
+    The :class:`Layers` (with the network's log-scale equations), paths
+    relative to ``nnx.state(model, nnx.Param)`` (as ``nnx.Optimizer(model, tx,
     wrt=nnx.Param)`` passes the params to ``swr``), in forward order.
 
   Raises:
     ValueError: if a module owns a weight and also contains layers.
 
   Warns:
-    NotAChainWarning: if the traced network is not a chain.
+    NotAChainWarning: where the trace cannot follow how the layers' scales
+      reach the output (control flow), so SWR may change the function.
+    ConstrainedLayersWarning: where the network fixes some layers' factors
+      completely (SWR keeps the function but leaves those layers alone).
 
   Example:
     >>> import jax.numpy as jnp

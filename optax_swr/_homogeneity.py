@@ -12,21 +12,26 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Whether a traced network is a chain that SWR rescales proportionally.
+"""The log-scale equations that keep a traced network's function under SWR.
 
-Theorem 1 of the paper holds for a chain of layers joined by positively
-homogeneous operations (ReLU, pooling, reshapes, scaling by constants). A
-forward pass traced with layer markers (see ``_tracing``) is checked here by
-data flow over its jaxpr: every value between layers carries the set of layers
-whose output scale it inherits. A chain needs each layer's input to carry
-exactly the previous layer, and the output exactly the last one. Anything the
-analysis does not know is reported, never assumed to be fine.
+Work in log space: layer l's weight gets the factor exp(a_l). A forward pass
+traced with layer markers (see ``_tracing``) is walked over its jaxpr; every
+value carries its log-scale as a linear form in the a's: a layer's output
+carries its input's form plus e_l (a normalization layer forgets its input:
+just e_l), ``mul`` and ``dot_general`` add the forms of their operands, a
+residual ``add`` or a ``concatenate`` needs its operands' forms equal, and a
+non-homogeneous operation (GELU, tanh, softmax's ``exp``, adding a non-zero
+constant) needs its input's form to be 0. Those needs are linear equations
+M a = 0. The network's function is kept, up to one positive output scale,
+exactly when they hold; each bias is multiplied by exp of its layer's output
+form. Operations the walk cannot see through (control flow) are reported,
+never assumed to be fine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jax.extend import core as jex_core
@@ -42,7 +47,7 @@ batching.primitive_batchers[layer_marker_p] = lambda args, dims, **params: (
   dims[0],
 )
 
-# y(c x) = c y(x) for c > 0, in the first operand; other operands unscaled.
+# y(c x) = c y(x) for c > 0 in the first operand; the others are indices.
 _HOMOGENEOUS = frozenset(
   {
     "abs",
@@ -58,6 +63,7 @@ _HOMOGENEOUS = frozenset(
     "gather",
     "neg",
     "optimization_barrier",
+    "real",
     "reduce_max",
     "reduce_min",
     "reduce_precision",
@@ -74,28 +80,21 @@ _HOMOGENEOUS = frozenset(
     "squeeze",
     "stop_gradient",
     "transpose",
+    "split",
   }
 )
-# Linear in each operand: fine while at most one operand is scaled.
+# y(c x) = c**k y(x): the log-scale is multiplied by k.
+_POWERS = {"square": 2.0, "sqrt": 0.5, "rsqrt": -0.5, "reciprocal": -1.0}
+# Linear in each operand: the log-scales add.
 _BILINEAR = frozenset({"mul", "dot_general", "conv_general_dilated"})
-# Combine operands elementwise: all scaled operands need the same scale and
-# unscaled ones must be zero (max(x, 0) is ReLU; x + 1 is not homogeneous).
-_ELEMENTWISE = frozenset({"add", "add_any", "sub", "max", "min", "pad"})
-# Outputs that do not change when the input is scaled by c > 0.
-_SCALE_INVARIANT = frozenset(
-  {
-    "argmax",
-    "argmin",
-    "eq",
-    "ge",
-    "gt",
-    "is_finite",
-    "le",
-    "lt",
-    "ne",
-    "sign",
-  }
+# Combine operands elementwise: their log-scales must be equal, and an
+# unscaled non-zero operand (x + 1) forces them to 0; max(x, 0) is ReLU.
+_ELEMENTWISE = frozenset(
+  {"add", "add_any", "sub", "max", "min", "pad", "concatenate", "select_n"}
 )
+_COMPARISONS = frozenset({"eq", "ge", "gt", "le", "lt", "ne"})
+# Outputs that do not change when the input is scaled by c > 0.
+_SCALE_INVARIANT = frozenset({"argmax", "argmin", "is_finite", "sign"})
 # Ops that keep a zero constant zero.
 _SHAPE_ONLY = frozenset({"broadcast_in_dim", "convert_element_type", "reshape"})
 _CONTROL_FLOW = frozenset({"cond", "scan", "while"})
@@ -148,51 +147,118 @@ class _Inside:
     self.layer = layer
 
 
-def non_chain_reasons(
-  closed_jaxpr: Any, layer_names: Sequence[str]
-) -> list[str]:
-  """Why the marked forward pass is not a proportional chain ([] if it is).
+class Graph(NamedTuple):
+  """What the traced forward pass says about rescaling its layers.
+
+  With ``a`` the log-factors of the layers' weights:
+
+  Attributes:
+    input_forms: ``[L, L]``; row l is the log-scale of layer l's input.
+    output_form: ``[L]``; the log-scale of the network's output.
+    constraints: ``[K, L]``; the function is kept iff ``constraints @ a = 0``.
+    notes: for each constraint row, the operation that imposes it.
+    reasons: what the walk could not see through; non-empty means the
+      equations may be incomplete.
+  """
+
+  input_forms: np.ndarray
+  output_form: np.ndarray
+  constraints: np.ndarray
+  notes: tuple[str, ...]
+  reasons: tuple[str, ...]
+
+  def output_forms(self, norms: Sequence[bool]) -> np.ndarray:
+    """Row l: the log-scale of layer l's output, which its bias gets."""
+    eye = np.eye(len(norms))
+    keep_input = 1.0 - np.asarray(norms, float)[:, None]
+    return eye + keep_input * self.input_forms
+
+  def is_chain(self, norms: Sequence[bool]) -> bool:
+    """No equations, and every layer reads the one before it (or nothing)."""
+    if len(self.constraints) or self.reasons:
+      return False
+    expected = np.zeros_like(self.input_forms)
+    outputs = self.output_forms(norms)
+    for l in range(1, len(norms)):
+      expected[l] = outputs[l - 1]
+      outputs[l] = np.eye(len(norms))[l] + (0 if norms[l] else expected[l])
+    return bool(np.array_equal(expected, self.input_forms))
+
+
+def analyze(
+  closed_jaxpr: Any, layer_names: Sequence[str], norms: Sequence[bool]
+) -> Graph:
+  """Walks the marked forward pass and collects its log-scale equations.
 
   Args:
     closed_jaxpr: the forward pass, traced with :func:`mark` around every
       layer call; its outputs are the network's outputs.
-    layer_names: printable names of the layers, indexed by marker id, in
-      forward (first call) order.
+    layer_names: printable names of the layers, indexed by marker id.
+    norms: whether each layer is a normalization layer.
 
   Returns:
-    Human-readable reasons, at most one per kind of problem and place.
+    The :class:`Graph`.
   """
-  analysis = _Analysis(layer_names)
+  analysis = _Analysis(layer_names, norms)
   outputs = analysis.run(
     closed_jaxpr.jaxpr, [None] * len(closed_jaxpr.in_avals)
   )
-  analysis.check_layer_inputs()
-  last = frozenset({len(layer_names) - 1})
-  for tag in outputs:
-    if isinstance(tag, frozenset) and tag != last:
-      analysis.report(
-        f"the output depends on {analysis.describe(tag)}, not only on the "
-        f"last layer {layer_names[-1]}"
-      )
-  return analysis.reasons
+  scaled = [f for f in outputs if f is not None and not isinstance(f, _Inside)]
+  for form in scaled[1:]:  # several outputs share one output scale
+    analysis.require(form - scaled[0], "the network's outputs")
+  for layer in range(len(layer_names)):
+    if layer not in analysis.input_forms:
+      analysis.input_forms[layer] = analysis.zero()
+  rows = np.array(analysis.rows).reshape(-1, len(layer_names))
+  return Graph(
+    input_forms=np.stack(
+      [analysis.input_forms[l] for l in range(len(layer_names))]
+    )
+    if len(layer_names)
+    else np.zeros((0, 0)),
+    output_form=scaled[0] if scaled else analysis.zero(),
+    constraints=rows,
+    notes=tuple(analysis.notes),
+    reasons=tuple(analysis.reasons),
+  )
 
 
 class _Analysis:
-  """Propagates scale tags through a jaxpr and collects the problems."""
+  """Propagates log-scale forms through a jaxpr and collects the equations.
 
-  def __init__(self, layer_names: Sequence[str]):
+  A form is a float vector over the layers, or ``None`` for an unscaled value
+  (the zero form); ``_Inside`` tags values computed inside a layer.
+  """
+
+  def __init__(self, layer_names: Sequence[str], norms: Sequence[bool]):
     self.layer_names = layer_names
-    self.layer_inputs: dict[int, list[Any]] = {}
+    self.norms = norms
+    self.input_forms: dict[int, np.ndarray] = {}
+    self.rows: list[np.ndarray] = []
+    self.notes: list[str] = []
     self.reasons: list[str] = []
     self.zeros: set[Any] = set()
+
+  def zero(self) -> np.ndarray:
+    return np.zeros(len(self.layer_names))
+
+  def form(self, tag: Any) -> np.ndarray:
+    return self.zero() if tag is None else tag
 
   def report(self, reason: str) -> None:
     if reason not in self.reasons:
       self.reasons.append(reason)
 
-  def describe(self, tag: frozenset) -> str:
-    names = sorted(self.layer_names[i] for i in tag)
-    return "the layers " + ", ".join(names) if len(names) > 1 else names[0]
+  def require(self, row: np.ndarray, note: str) -> None:
+    """Adds the equation row @ a = 0 (unless it is trivially true)."""
+    if not np.any(row):
+      return
+    self.rows.append(row)
+    self.notes.append(note)
+
+  def describe(self, form: np.ndarray) -> str:
+    names = [self.layer_names[int(i)] for i in np.flatnonzero(form)]
+    return ", ".join(names) if names else "the input"
 
   def run(self, jaxpr: Any, input_tags: list[Any]) -> list[Any]:
     tags: dict[Any, Any] = dict(zip(jaxpr.invars, input_tags))
@@ -217,8 +283,7 @@ class _Analysis:
     inside = [t for t in operand_tags if isinstance(t, _Inside)]
     if inside:  # Anything goes inside a layer.
       return [inside[0]] * outputs
-    scaled = [t for t in operand_tags if t is not None]
-    if not scaled:
+    if all(t is None for t in operand_tags):
       return [None] * outputs
     sub_jaxpr = _sub_jaxpr(eqn)
     if name in _CALLS and sub_jaxpr is not None:
@@ -228,88 +293,92 @@ class _Analysis:
           if self.is_zero(outer):  # e.g. the 0 of jnp.where(x > 0, x, 0)
             self.zeros.add(inner)
         return self.run(jaxpr, operand_tags)
-    return [self.primitive(name, eqn, operand_tags, scaled)] * outputs
+    return [self.primitive(name, eqn, operand_tags)] * outputs
 
   def marker(self, params: dict[str, Any], tag: Any) -> Any:
     layer, kind = params["layer"], params["kind"]
+    name = self.layer_names[layer]
     if kind == "input":
-      self.layer_inputs.setdefault(layer, []).append(tag)
+      form = self.form(tag)
+      if layer in self.input_forms:  # a shared layer: one factor, one input
+        self.require(
+          form - self.input_forms[layer], f"{name}, called more than once"
+        )
+      else:
+        self.input_forms[layer] = form
       return _Inside(layer)
     if kind == "extra_input":
-      if tag is None:
-        return None
-      if not isinstance(tag, _Inside):
-        self.report(
-          f"the layer {self.layer_names[layer]} takes a second scaled input, "
-          f"from {self.describe(tag)}"
-        )
+      if tag is not None:
+        self.require(self.form(tag), f"the second input of {name}")
       return _Inside(layer)
     if kind == "extra_output":
       return None
-    return frozenset({layer})
+    own = self.zero()
+    own[layer] = 1.0
+    if self.norms[layer]:
+      return own
+    return own + self.input_forms.get(layer, self.zero())
 
-  def primitive(self, name, eqn, operand_tags, scaled) -> Any:
-    after = self.describe(frozenset().union(*scaled))
+  def primitive(self, name: str, eqn: Any, tags: list[Any]) -> Any:
     if name in _SCALE_INVARIANT:
       return None
-    if name in _HOMOGENEOUS and operand_tags[0] is not None:
-      if any(t is not None for t in operand_tags[1:]):
-        self.report(f"`{name}` after {after} uses a scaled value as an index")
-      return operand_tags[0]
-    if name in _BILINEAR or name == "div":
-      if len(scaled) > 1 or (name == "div" and operand_tags[1] is not None):
-        self.report(
-          f"`{name}` multiplies or divides two activations after {after} "
-          "(as attention or gating do)"
-        )
-      return frozenset().union(*scaled)
-    if name in _ELEMENTWISE or name in ("concatenate", "select_n"):
-      return self.combine(name, eqn, operand_tags, scaled, after)
+    if name in _HOMOGENEOUS:
+      for tag in tags[1:]:
+        if tag is not None:
+          self.require(tag, f"`{name}` indexed by a scaled value")
+      return tags[0]
+    if name in _POWERS and tags[0] is not None:
+      return _POWERS[name] * tags[0]
+    if name == "integer_pow" and tags[0] is not None:
+      return float(eqn.params["y"]) * tags[0]
+    if name in _BILINEAR:
+      return sum(self.form(t) for t in tags)
+    if name == "div":
+      return self.form(tags[0]) - self.form(tags[1])
+    if name in _ELEMENTWISE:
+      return self.combine(name, eqn, tags)
+    if name in _COMPARISONS:
+      self.combine(name, eqn, tags)
+      return None
     if name in _CONTROL_FLOW:
+      scaled = [t for t in tags if t is not None]
       self.report(
-        f"`{name}` after {after}: data flow through control flow is not checked"
+        f"`{name}` after {self.describe(sum(scaled))}: data flow through "
+        "control flow is not followed"
       )
-      return frozenset().union(*scaled)
-    self.report(
-      f"`{name}` after {after} is not positively homogeneous (Theorem 1 "
-      "needs ReLU-like activations)"
-    )
-    return frozenset().union(*scaled)
+      return scaled[0]
+    # Not positively homogeneous (exp, tanh, erf, logistic, log, pow, ...):
+    # its scaled inputs must not be scaled at all.
+    for tag in tags:
+      if tag is not None:
+        self.require(tag, f"`{name}` (not positively homogeneous)")
+    return None
 
-  def combine(self, name, eqn, operand_tags, scaled, after) -> Any:
-    if len(set(scaled)) > 1:
-      self.report(
-        f"`{name}` combines the outputs of {after} (a skip connection or "
-        "branch)"
-      )
+  def combine(self, name: str, eqn: Any, tags: list[Any]) -> Any:
     values = eqn.invars[1:] if name == "select_n" else eqn.invars
-    tags = operand_tags[1:] if name == "select_n" else operand_tags
-    for var, tag in zip(values, tags):
+    value_tags = tags[1:] if name == "select_n" else tags
+    if name == "select_n" and tags[0] is not None:
+      self.require(tags[0], "`select_n` chosen by a scaled value")
+    scaled = [t for t in value_tags if t is not None]
+    if not scaled:
+      return None
+    note = (
+      "a residual merge"
+      if name in ("add", "add_any", "sub")
+      else "a concatenation"
+      if name == "concatenate"
+      else f"`{name}`"
+    )
+    for tag in scaled[1:]:
+      self.require(tag - scaled[0], f"{note} of {self.describe(tag)}")
+    for var, tag in zip(values, value_tags):
       if tag is None and not self.is_zero(var):
-        self.report(
-          f"`{name}` after {after} mixes in an unscaled value (a constant "
-          "or an input of the network)"
+        self.require(
+          scaled[0],
+          f"`{name}` with an unscaled value (a constant, a param outside "
+          "the layers or the network's input)",
         )
-    return frozenset().union(*scaled)
-
-  def check_layer_inputs(self) -> None:
-    for layer, tags in sorted(self.layer_inputs.items()):
-      expected = frozenset({layer - 1}) if layer else None
-      name = self.layer_names[layer]
-      if len(tags) > 1:
-        self.report(f"the layer {name} is called {len(tags)} times (shared)")
-      for tag in tags:
-        if tag == expected or isinstance(tag, _Inside):
-          continue
-        source = "the network input" if tag is None else self.describe(tag)
-        wanted = (
-          "the network input"
-          if expected is None
-          else self.layer_names[layer - 1]
-        )
-        self.report(
-          f"the input of {name} comes from {source}, not from {wanted}"
-        )
+    return scaled[0]
 
 
 def _sub_jaxpr(eqn: Any) -> Any:
@@ -317,3 +386,20 @@ def _sub_jaxpr(eqn: Any) -> Any:
     if param in eqn.params:
       return eqn.params[param]
   return None
+
+
+def projection(constraints: np.ndarray, size: int) -> np.ndarray:
+  """The orthogonal projection onto {a : constraints @ a = 0}, float64.
+
+  Least squares in log space: ``projection @ a_star`` is the solution of the
+  equations nearest to the paper's log-factors ``a_star``.
+  """
+  if not len(constraints):
+    return np.eye(size)
+  m = np.asarray(constraints, np.float64)
+  return np.eye(size) - np.linalg.pinv(m) @ m
+
+
+def pinned(constraints: np.ndarray, size: int, tol: float = 1e-9) -> np.ndarray:
+  """Which layers the equations fix completely (their log-factor is 0)."""
+  return np.abs(np.diag(projection(constraints, size))) < tol

@@ -137,6 +137,23 @@ class Layer:
     return "/".join(map(str, self.path or ()))
 
 
+class Layers(tuple):
+  """Layers in forward order, as a tracer returns them.
+
+  A tuple of :class:`Layer` values that also carries what the trace found
+  about the network (``graph``: the log-scale equations that keep its
+  function, see ``_homogeneity``), so that ``swr(layers=...)`` keeps residual
+  nets and transformers exact. ``graph`` is ``None`` for a plain chain.
+  """
+
+  graph: Any
+
+  def __new__(cls, layers: Sequence[Any] = (), graph: Any = None):
+    instance = super().__new__(cls, layers)
+    instance.graph = graph
+    return instance
+
+
 LayerSpec = Layer | Path | str
 LayersArg = Sequence[LayerSpec] | Callable[[Any], Sequence[LayerSpec]] | None
 
@@ -224,7 +241,8 @@ def normalize_layers_arg(
     )
   entries = tuple(_as_entry(entry, name, caller) for entry in layers)
   _check_unique([entry_path(e) for e in entries], name, caller)
-  return entries
+  graph = getattr(layers, "graph", None)
+  return entries if graph is None else Layers(entries, graph)
 
 
 def _as_entry(entry: Any, name: str, caller: str) -> Layer | Path:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _homogeneity
 from optax_swr import _layers
 from optax_swr import _swr
 
@@ -38,16 +39,23 @@ class ProportionalityReport(NamedTuple):
       outputs, with ``s`` the least-squares common scale. About 1e-6 for a
       chain in float32; BatchNorm's epsilon adds up to about 1e-5.
     fitted_scale: that least-squares common scale ``s``.
-    predicted_scale: the output scale Theorem 1 predicts for a chain: the
-      cumulative scale C of the last layer.
+    predicted_scale: the output scale SWR predicts: for a chain, the
+      cumulative scale C of the last layer (Theorem 1); for traced layers,
+      exp of the output's log-scale form.
     argmax_agreement: the fraction of rows (of the first output, along its
       last axis) whose argmax did not change.
+    constrained_layers: the layers whose factor the traced equations tie to
+      others' (residual merges, attention, non-homogeneous operations).
+    pinned_layers: those whose factor they fix completely: SWR leaves them
+      unscaled.
   """
 
   relative_error: float
   fitted_scale: float
   predicted_scale: float
   argmax_agreement: float
+  constrained_layers: tuple[str, ...] = ()
+  pinned_layers: tuple[str, ...] = ()
 
 
 def check_proportional(
@@ -101,6 +109,7 @@ def check_proportional(
     >>> report.relative_error < 1e-6
     True
   """
+  graph = getattr(tx_or_layers, "graph", None)
   if isinstance(tx_or_layers, optax.GradientTransformation):
     tx = tx_or_layers
     biases = _bias_leaves_by_name(params)
@@ -123,15 +132,27 @@ def check_proportional(
   flat_after = np.concatenate([np.ravel(x).astype(np.float64) for x in after])
   scale = flat_after @ flat_before / max(flat_before @ flat_before, 1e-300)
   error = np.abs(flat_after - scale * flat_before).max()
+  predicted = float(optax.tree.get(state, "cumulative_scales")[-1])
+  constrained: tuple[str, ...] = ()
+  pinned: tuple[str, ...] = ()
+  if graph is not None:
+    log_c = np.log(np.asarray(optax.tree.get(state, "layer_scales")))
+    predicted = float(np.exp(graph.output_form @ log_c))
+    names = ["/".join(map(str, item.path)) for item in found]
+    free = np.diag(_homogeneity.projection(graph.constraints, len(names)))
+    constrained = tuple(n for n, f in zip(names, free) if f < 1 - 1e-9)
+    pinned = tuple(n for n, f in zip(names, free) if abs(f) < 1e-9)
   return ProportionalityReport(
     relative_error=float(
       error / max(np.abs(scale * flat_before).max(), 1e-300)
     ),
     fitted_scale=float(scale),
-    predicted_scale=float(optax.tree.get(state, "cumulative_scales")[-1]),
+    predicted_scale=predicted,
     argmax_agreement=float(
       np.mean(np.argmax(before[0], -1) == np.argmax(after[0], -1))
     ),
+    constrained_layers=constrained,
+    pinned_layers=pinned,
   )
 
 

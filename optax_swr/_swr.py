@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _homogeneity
 from optax_swr import _layers
 from optax_swr import _norms
 
@@ -129,7 +130,11 @@ def swr(
       the params that returns them. ``None`` infers the layers and their
       order from numbered names (``Dense_0`` ... ``Dense_11``, Haiku's
       ``linear``, ``linear_1``, ...) and raises ``ValueError`` where the tree
-      does not settle the order (see :func:`find_layers`).
+      does not settle the order (see :func:`find_layers`). The
+      :class:`Layers` a tracer returns also carry the network's log-scale
+      equations (residual merges, attention, GELU, ...); ``swr`` then takes,
+      each step, the factors nearest to the paper's (least squares in log
+      space) that keep the function up to one output scale.
     classifier: the classifier layers, which use ``classifier_coef``: an int
       ``k`` (the last ``k`` layers) or a sequence of paths.
     classifier_coef: :math:`\lambda_c \in [0, 1]` or a schedule, for the
@@ -191,6 +196,8 @@ def swr(
         _check_coef(f"Layer({entry.name!r}).coef", entry.coef)
   classifier = _normalize_classifier(classifier, classifier_coef)
   reset_steps = _normalize_reset_steps(reset_norms_at)
+  # The equations a tracer found for residual nets and transformers.
+  graph = getattr(layer_spec, "graph", None)
 
   def resolve(
     params: Any,
@@ -275,7 +282,13 @@ def swr(
     norms = _norms.weight_norms(moved, found)
     coefs = layer_coefs(state.step_count, coef_per_layer)
     layer_scales = _layer_scales(norms, reference_norms, coefs)
-    cumulative_scales = _cumulative_scales(layer_scales, found)
+    if graph is None:
+      cumulative_scales = _cumulative_scales(layer_scales, found)
+      input_scales = _input_scales(cumulative_scales)
+    else:
+      layer_scales, cumulative_scales, input_scales = _project(
+        layer_scales, _projection_matrices(graph, found)
+      )
 
     for index, layer in enumerate(found):
       for leaf, factor in (
@@ -293,7 +306,7 @@ def swr(
       layer_scales=layer_scales,
       cumulative_scales=cumulative_scales,
       weight_norms=layer_scales * norms,
-      input_scales=_input_scales(cumulative_scales),
+      input_scales=input_scales,
     )
     return jax.tree.unflatten(treedef, update_leaves), new_state
 
@@ -621,6 +634,47 @@ def _cumulative_scales(
   segments = np.split(np.arange(len(found)), starts)
   return jnp.concatenate(
     [jnp.cumprod(layer_scales[segment]) for segment in segments]
+  )
+
+
+class _Projection(NamedTuple):
+  """Log-space maps from the paper's factors to function-keeping ones."""
+
+  weights: np.ndarray  # log c = weights @ log c*
+  biases: np.ndarray  # log C = biases @ log c*
+  inputs: np.ndarray  # log s_in = inputs @ log c*
+
+
+def _projection_matrices(
+  graph: Any, found: tuple[_layers.ResolvedLayer, ...]
+) -> _Projection:
+  """Computed once per trace, in float64: a small matrix per model."""
+  size = len(found)
+  if graph.input_forms.shape != (size, size):
+    raise ValueError(
+      f"swr: the traced layers describe {graph.input_forms.shape[0]} layers "
+      f"but {size} were found in the params; pass the layers the tracer "
+      "returned, unchanged, or plain paths."
+    )
+  project = _homogeneity.projection(graph.constraints, size)
+  outputs = graph.output_forms([layer.is_norm for layer in found])
+  return _Projection(project, outputs @ project, graph.input_forms @ project)
+
+
+def _project(
+  layer_scales: jax.Array, projection: _Projection
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The factors nearest (in log space) to the paper's that keep the function.
+
+  Returns the weights' factors c, the biases' factors C and the inputs'
+  scales, as exp of linear maps of log c*.
+  """
+  log_star = jnp.log(layer_scales)
+  apply = lambda matrix: jnp.exp(jnp.asarray(matrix, jnp.float32) @ log_star)
+  return (
+    apply(projection.weights),
+    apply(projection.biases),
+    apply(projection.inputs),
   )
 
 

@@ -48,6 +48,16 @@ class NotAChainWarning(UserWarning):
   """
 
 
+class ConstrainedLayersWarning(UserWarning):
+  """SWR keeps the network's function, but cannot rescale some layers.
+
+  Non-homogeneous operations (GELU, tanh, softmax, adding a constant) fix the
+  scale of what feeds them; where they fix a layer's factor completely, SWR
+  leaves that layer's norm alone. Filter it with
+  ``warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)``.
+  """
+
+
 class CallRecorder:
   """Marks and records the calls of layers during one trace.
 
@@ -111,23 +121,45 @@ class CallRecorder:
         stacklevel=3,
       )
     names = ["/".join(map(str, path)) for path in order]
-    reasons = (
-      _homogeneity.non_chain_reasons(closed_jaxpr, names) if order else []
-    )
-    if reasons:
+    norms = [path in self.norms for path in order]
+    layers = tuple(self._layer(path) for path in order)
+    if not order:
+      return _layers.Layers(layers)
+    graph = _homogeneity.analyze(closed_jaxpr, names, norms)
+    if graph.reasons:
       warnings.warn(
         NotAChainWarning(
-          "This network is not a chain of layers joined by ReLU-like "
-          "operations, so an SWR step does not scale its output by one "
-          "constant (Theorem 1); it still bounds the weights (Theorem 2). "
-          "Measure the effect with optax_swr.check_proportional. Found: "
-          + "; ".join(reasons[:6])
-          + ("; ..." if len(reasons) > 6 else "")
+          "SWR cannot keep this network's function exactly: the trace "
+          "does not show how the layers' scales reach its output, so an "
+          "SWR step may change it (it still bounds the weights, Theorem "
+          "2). Measure the effect with optax_swr.check_proportional. "
+          "Found: "
+          + "; ".join(graph.reasons[:6])
+          + ("; ..." if len(graph.reasons) > 6 else "")
           + "."
         ),
         stacklevel=3,
       )
-    return tuple(self._layer(path) for path in order)
+    if graph.is_chain(norms):
+      return _layers.Layers(layers)
+    self._warn_pinned(graph, names)
+    return _layers.Layers(layers, graph)
+
+  def _warn_pinned(self, graph: Any, names: list[str]) -> None:
+    pinned = _homogeneity.pinned(graph.constraints, len(names))
+    if not pinned.any():
+      return
+    why = sorted(set(graph.notes))
+    warnings.warn(
+      ConstrainedLayersWarning(
+        f"{self.caller}: SWR keeps this network's function exactly, but "
+        "the network fixes the scale of some layers, so SWR cannot "
+        f"rescale them (Theorem 2 does not bound them): "
+        f"{[n for n, p in zip(names, pinned) if p]}. Their scale is fixed "
+        f"by: {'; '.join(why[:6])}{'; ...' if len(why) > 6 else ''}."
+      ),
+      stacklevel=3,
+    )
 
   def _layer(self, path: Path) -> _layers.Layer:
     group = self.groups.get(path, {})

@@ -129,12 +129,17 @@ class Shared(nn.Module):
     return nn.Dense(3)(dense(nn.relu(dense(x))))
 
 
-def test_shared_module_warns_and_counts_once():
-  with pytest.warns(
-    optax_swr.NotAChainWarning, match="Dense_0 is called 2 times"
-  ):
-    order = linen_layers(Shared())
-  assert order == (("Dense_0",), ("Dense_1",))
+def test_shared_module_counts_once_and_its_inputs_share_a_scale():
+  module = Shared()
+  variables = module.init(jax.random.key(0), X)
+  with pytest.warns(optax_swr.ConstrainedLayersWarning, match="Dense_0"):
+    layers = optax_swr.layers_from_linen(module, variables, X)
+  assert paths(layers) == (("Dense_0",), ("Dense_1",))
+  assert "Dense_0, called more than once" in layers.graph.notes
+  report = optax_swr.check_proportional(
+    lambda p, x: module.apply({"params": p}, x), variables["params"], layers, X
+  )
+  assert report.relative_error < 1e-5
 
 
 class AuxHead(nn.Module):
@@ -184,18 +189,31 @@ class Shifted(nn.Module):
 
 
 @pytest.mark.parametrize(
-  "module, reason",
+  "module, note",
   [
-    (Residual(), "`add` combines the outputs of the layers Conv_0, Conv_1"),
-    (Tanh(), "`tanh` after Dense_1 is not positively homogeneous"),
-    (Attention(), "`dot_general` multiplies or divides two activations"),
-    (Shifted(), "`add` after Dense_0 mixes in an unscaled value"),
+    (Residual(), "a residual merge of Conv_0, Conv_1"),
+    (Tanh(), "`tanh` (not positively homogeneous)"),
+    (Attention(), "`exp` (not positively homogeneous)"),
+    (Shifted(), "`add` with an unscaled value"),
   ],
   ids=["residual", "tanh", "attention", "constant_shift"],
 )
-def test_non_chain_networks_warn_with_the_reason(module, reason):
-  with pytest.warns(optax_swr.NotAChainWarning, match=re.escape(reason)):
-    linen_layers(module)
+def test_non_chain_networks_keep_their_function_exactly(module, note):
+  """Each equation the trace finds is kept; the chain rule alone is not."""
+  variables = module.init(jax.random.key(0), X)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", optax_swr.NotAChainWarning)
+    warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
+    layers = optax_swr.layers_from_linen(module, variables, X)
+  assert any(note in found for found in layers.graph.notes), layers.graph.notes
+  apply_fn = lambda p, x: module.apply({"params": p}, x)
+  exact = optax_swr.check_proportional(apply_fn, variables["params"], layers, X)
+  chain_rule = optax_swr.check_proportional(
+    apply_fn, variables["params"], tuple(layers), X
+  )
+  assert exact.relative_error < 1e-5, exact
+  assert abs(exact.fitted_scale / exact.predicted_scale - 1) < 1e-5
+  assert chain_rule.relative_error > 1e-3, chain_rule
 
 
 def test_no_params_collection_is_an_error():
@@ -261,9 +279,17 @@ class NnxResidual(nnx.Module):
     return self.b(nnx.relu(h)) + h
 
 
-def test_nnx_residual_warns():
-  with pytest.warns(optax_swr.NotAChainWarning, match="skip connection"):
-    optax_swr.layers_from_nnx(NnxResidual(nnx.Rngs(0)), jnp.ones((2, 4)))
+def test_nnx_residual_keeps_its_function():
+  model = NnxResidual(nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (16, 4))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", optax_swr.NotAChainWarning)
+    layers = optax_swr.layers_from_nnx(model, x)
+  graphdef, params = nnx.split(model, nnx.Param)
+  report = optax_swr.check_proportional(
+    lambda p, x: nnx.merge(graphdef, p)(x), params, layers, x
+  )
+  assert report.relative_error < 1e-5
 
 
 class SetupLayers(nn.Module):
@@ -304,7 +330,7 @@ class Scanned(nn.Module):
 
 def test_control_flow_is_reported_not_assumed_fine():
   with pytest.warns(
-    optax_swr.NotAChainWarning, match="control flow is not checked"
+    optax_swr.NotAChainWarning, match="control flow is not followed"
   ):
     linen_layers(Scanned())
 

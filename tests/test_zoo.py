@@ -80,10 +80,21 @@ def test_chain_models_trace_without_warning_and_stay_proportional(api, name):
 
 @pytest.mark.parametrize("api", BUILDERS)
 @pytest.mark.parametrize("name", NON_CHAIN_MODELS)
-def test_non_chain_models_warn(api, name):
-  _, _, trace = BUILDERS[api](name)
-  with pytest.warns(optax_swr.NotAChainWarning):
-    trace()
+def test_residual_and_attention_models_keep_their_function(api, name):
+  """ResNet-18 (BatchNorm, projection shortcuts) and the ViT (pre-LN, GELU)."""
+  params, apply_fn, trace = BUILDERS[api](name)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", optax_swr.NotAChainWarning)
+    warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
+    layers = trace()
+  assert layers.graph is not None and len(layers.graph.constraints)
+  x = jax.random.normal(jax.random.key(2), (64, *IN_SHAPE))
+  report = optax_swr.check_proportional(apply_fn, params, layers, x, coef=0.5)
+  assert report.relative_error <= 1e-4, report
+  assert abs(report.fitted_scale / report.predicted_scale - 1) <= 1e-4
+  # The chain rule alone (the layers without their equations) is not exact.
+  plain = optax_swr.check_proportional(apply_fn, params, tuple(layers), x)
+  assert plain.relative_error > 1e-3, plain
 
 
 def _train_norms(apply_fn, params, layers, coef, steps):
