@@ -110,6 +110,7 @@ _CALLS = frozenset(
     "custom_vjp_call",
     "custom_vjp_call_jaxpr",
     "remat",
+    "remat2",
     "checkpoint",
   }
 )
@@ -182,11 +183,17 @@ class Graph(NamedTuple):
     for l in range(1, len(norms)):
       expected[l] = outputs[l - 1]
       outputs[l] = np.eye(len(norms))[l] + (0 if norms[l] else expected[l])
-    return bool(np.array_equal(expected, self.input_forms))
+    return bool(
+      np.array_equal(expected, self.input_forms)
+      and np.array_equal(self.output_form, outputs[-1])
+    )
 
 
 def analyze(
-  closed_jaxpr: Any, layer_names: Sequence[str], norms: Sequence[bool]
+  closed_jaxpr: Any,
+  layer_names: Sequence[str],
+  norms: Sequence[bool],
+  biases: Sequence[bool] | None = None,
 ) -> Graph:
   """Walks the marked forward pass and collects its log-scale equations.
 
@@ -195,11 +202,16 @@ def analyze(
       layer call; its outputs are the network's outputs.
     layer_names: printable names of the layers, indexed by marker id.
     norms: whether each layer is a normalization layer.
+    biases: whether each layer has a bias; a layer called more than once
+      (shared, or a tied embedding's ``attend``) needs the same input scale
+      at every call only if its one bias factor must serve them all.
 
   Returns:
     The :class:`Graph`.
   """
-  analysis = _Analysis(layer_names, norms)
+  if biases is None:
+    biases = [True] * len(layer_names)
+  analysis = _Analysis(layer_names, norms, biases)
   outputs = analysis.run(
     closed_jaxpr.jaxpr, [None] * len(closed_jaxpr.in_avals)
   )
@@ -230,10 +242,17 @@ class _Analysis:
   (the zero form); ``_Inside`` tags values computed inside a layer.
   """
 
-  def __init__(self, layer_names: Sequence[str], norms: Sequence[bool]):
+  def __init__(
+    self,
+    layer_names: Sequence[str],
+    norms: Sequence[bool],
+    biases: Sequence[bool],
+  ):
     self.layer_names = layer_names
     self.norms = norms
-    self.input_forms: dict[int, np.ndarray] = {}
+    self.biases = biases
+    self.input_forms: dict[int, np.ndarray] = {}  # at the first call
+    self.current_input: dict[int, np.ndarray] = {}  # at the latest call
     self.rows: list[np.ndarray] = []
     self.notes: list[str] = []
     self.reasons: list[str] = []
@@ -283,16 +302,17 @@ class _Analysis:
     inside = [t for t in operand_tags if isinstance(t, _Inside)]
     if inside:  # Anything goes inside a layer.
       return [inside[0]] * outputs
-    if all(t is None for t in operand_tags):
-      return [None] * outputs
     sub_jaxpr = _sub_jaxpr(eqn)
     if name in _CALLS and sub_jaxpr is not None:
+      # Even with unscaled operands: layers may be called inside (remat).
       jaxpr = getattr(sub_jaxpr, "jaxpr", sub_jaxpr)
       if len(jaxpr.invars) == len(operand_tags):
         for outer, inner in zip(eqn.invars, jaxpr.invars):
           if self.is_zero(outer):  # e.g. the 0 of jnp.where(x > 0, x, 0)
             self.zeros.add(inner)
         return self.run(jaxpr, operand_tags)
+    if all(t is None for t in operand_tags):
+      return [None] * outputs
     return [self.primitive(name, eqn, operand_tags)] * outputs
 
   def marker(self, params: dict[str, Any], tag: Any) -> Any:
@@ -300,12 +320,14 @@ class _Analysis:
     name = self.layer_names[layer]
     if kind == "input":
       form = self.form(tag)
-      if layer in self.input_forms:  # a shared layer: one factor, one input
+      if layer not in self.input_forms:
+        self.input_forms[layer] = form
+      elif self.biases[layer] and not self.norms[layer]:
+        # One bias factor for every call: the inputs must share a scale.
         self.require(
           form - self.input_forms[layer], f"{name}, called more than once"
         )
-      else:
-        self.input_forms[layer] = form
+      self.current_input[layer] = form
       return _Inside(layer)
     if kind == "extra_input":
       if tag is not None:
@@ -317,7 +339,7 @@ class _Analysis:
     own[layer] = 1.0
     if self.norms[layer]:
       return own
-    return own + self.input_forms.get(layer, self.zero())
+    return own + self.current_input.get(layer, self.zero())
 
   def primitive(self, name: str, eqn: Any, tags: list[Any]) -> Any:
     if name in _SCALE_INVARIANT:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _batch_stats
 from optax_swr import _homogeneity
 from optax_swr import _layers
 from optax_swr import _swr
@@ -66,6 +67,7 @@ def check_proportional(
   coef: float = 0.5,
   seed: int = 0,
   bias_noise: float = 0.5,
+  batch_stats: Any = None,
 ) -> ProportionalityReport:
   """Applies one SWR step with zero updates and measures the output change.
 
@@ -90,6 +92,10 @@ def check_proportional(
     seed: seed of the random reference-norm factors and bias noise.
     bias_noise: standard deviation of the noise added to every bias; 0
       checks the params as they are.
+    batch_stats: BatchNorm running statistics, to check a model in eval
+      mode: ``apply_fn(params, batch_stats, *inputs)`` is then called, after
+      the step with the statistics synced by :func:`sync_batch_stats`
+      (needs ``tx_or_layers`` to be layers).
 
   Returns:
     A :class:`ProportionalityReport`.
@@ -109,6 +115,12 @@ def check_proportional(
     >>> report.relative_error < 1e-6
     True
   """
+  is_tx = isinstance(tx_or_layers, optax.GradientTransformation)
+  if batch_stats is not None and is_tx:
+    raise ValueError(
+      "check_proportional: `batch_stats` needs the layers, to sync the "
+      "statistics; pass `tx_or_layers` as the layers, not a transformation."
+    )
   graph = getattr(tx_or_layers, "graph", None)
   if isinstance(tx_or_layers, optax.GradientTransformation):
     tx = tx_or_layers
@@ -126,8 +138,15 @@ def check_proportional(
   updates, state = tx.update(zeros, state, params)
   rescaled = optax.apply_updates(params, updates)
 
-  before = jax.tree.leaves(apply_fn(params, *inputs))
-  after = jax.tree.leaves(apply_fn(rescaled, *inputs))
+  if batch_stats is None:
+    before = jax.tree.leaves(apply_fn(params, *inputs))
+    after = jax.tree.leaves(apply_fn(rescaled, *inputs))
+  else:
+    synced = _batch_stats.sync_batch_stats(
+      batch_stats, state, [item.layer for item in found]
+    )
+    before = jax.tree.leaves(apply_fn(params, batch_stats, *inputs))
+    after = jax.tree.leaves(apply_fn(rescaled, synced, *inputs))
   flat_before = np.concatenate([np.ravel(x).astype(np.float64) for x in before])
   flat_after = np.concatenate([np.ravel(x).astype(np.float64) for x in after])
   scale = flat_after @ flat_before / max(flat_before @ flat_before, 1e-300)

@@ -125,7 +125,8 @@ class CallRecorder:
     layers = tuple(self._layer(path) for path in order)
     if not order:
       return _layers.Layers(layers)
-    graph = _homogeneity.analyze(closed_jaxpr, names, norms)
+    biases = [layer.bias is not None for layer in layers]
+    graph = _homogeneity.analyze(closed_jaxpr, names, norms, biases)
     if graph.reasons:
       warnings.warn(
         NotAChainWarning(
@@ -190,6 +191,10 @@ def _check_no_nested_layers(layers: set[Path], caller: str) -> None:
       )
 
 
+# ``attend``: a tied embedding's output projection (``nnx.Embed.attend``).
+_RECORDED_METHODS = ("__call__", "attend")
+
+
 @contextlib.contextmanager
 def recording_calls(
   modules: dict[Path, Any],
@@ -211,17 +216,23 @@ def recording_calls(
   path_of = {id(module): path for path, module in modules.items()}
   originals = {}
   for cls in {type(module) for module in modules.values()}:
-    originals[cls] = cls.__dict__.get("__call__")
     is_norm = issubclass(cls, norm_types)
-    cls.__call__ = _recording_call(cls.__call__, path_of, is_norm, recorder)
+    for method in _RECORDED_METHODS:
+      if not callable(getattr(cls, method, None)):
+        continue
+      originals[cls, method] = cls.__dict__.get(method)
+      wrapped = _recording_call(
+        getattr(cls, method), path_of, is_norm, recorder
+      )
+      setattr(cls, method, wrapped)
   try:
     yield
   finally:
-    for cls, original in originals.items():
+    for (cls, method), original in originals.items():
       if original is None:
-        del cls.__call__
+        delattr(cls, method)
       else:
-        cls.__call__ = original
+        setattr(cls, method, original)
 
 
 def _recording_call(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import warnings
 
+from flax import nnx
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +183,88 @@ def test_beyond_chains_script_pins_free_layers_at_coef_one(tmp_path):
     np.testing.assert_allclose(chain_rule, 1.0, rtol=1e-4)  # coef 1 pins all
     np.testing.assert_allclose(swr[classes == "free"], 1.0, rtol=1e-4)
     assert len(model["variants"]["adam"]["distance"]) == 4
+
+
+class RematChain(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    dense = nn.remat(nn.Dense)
+    return dense(3)(nn.relu(dense(16)(nn.relu(dense(16)(x)))))
+
+
+class TiedLinen(nn.Module):
+  @nn.compact
+  def __call__(self, tokens):
+    embed = nn.Embed(11, 8)
+    h = nn.relu(nn.Dense(8)(embed(tokens)))
+    return embed.attend(h)
+
+
+class TiedNnx(nnx.Module):
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(11, 8, rngs=rngs)
+    self.dense = nnx.Linear(8, 8, rngs=rngs)
+
+  def __call__(self, tokens):
+    return self.embed.attend(nnx.relu(self.dense(self.embed(tokens))))
+
+
+def exact_report(layers, apply_fn, params, x):
+  report = optax_swr.check_proportional(apply_fn, params, layers, x)
+  assert report.relative_error < 1e-5, report
+  assert abs(report.fitted_scale / report.predicted_scale - 1) < 1e-5, report
+  return report
+
+
+def test_remat_layers_are_a_chain():
+  module, x = RematChain(), jax.random.normal(jax.random.key(0), (8, 4))
+  variables = module.init(jax.random.key(1), x)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    layers = optax_swr.layers_from_linen(module, variables, x)
+  assert layers.graph is None and len(layers) == 3
+  exact_report(
+    layers, lambda p, x: module.apply({"params": p}, x), variables["params"], x
+  )
+
+
+def test_tied_embedding_attend_is_traced_in_linen_and_nnx():
+  tokens = jax.random.randint(jax.random.key(0), (6, 5), 0, 11)
+  module = TiedLinen()
+  variables = module.init(jax.random.key(1), tokens)
+  layers = optax_swr.layers_from_linen(module, variables, tokens)
+  exact_report(
+    layers,
+    lambda p, t: module.apply({"params": p}, t),
+    variables["params"],
+    tokens,
+  )
+  model = TiedNnx(nnx.Rngs(0))
+  layers = optax_swr.layers_from_nnx(model, tokens)
+  assert [layer.name for layer in layers] == ["embed", "dense"]
+  graphdef, params = nnx.split(model, nnx.Param)
+  exact_report(layers, lambda p, t: nnx.merge(graphdef, p)(t), params, tokens)
+
+
+def test_eval_mode_batch_norm_is_checked_with_synced_statistics():
+  module, _ = models_linen.create("cnn_bn", 3, (8, 8, 1), width=4)
+  x = jax.random.normal(jax.random.key(0), (32, 8, 8, 1))
+  variables = module.init(jax.random.key(1), x, train=False)
+  _, mutated = module.apply(variables, x, train=True, mutable=["batch_stats"])
+  stats = mutated["batch_stats"]  # away from their (0, 1) initial values
+  layers = optax_swr.layers_from_linen(module, variables, x, train=True)
+  apply_fn = lambda p, s, x: module.apply(
+    {"params": p, "batch_stats": s}, x, train=False
+  )
+  report = optax_swr.check_proportional(
+    apply_fn, variables["params"], layers, x, batch_stats=stats
+  )
+  assert report.relative_error < 1e-4, report
+  stale = optax_swr.check_proportional(
+    lambda p, x: apply_fn(p, stats, x), variables["params"], layers, x
+  )
+  assert stale.relative_error > 1e-2, stale
+  with pytest.raises(ValueError, match="`batch_stats` needs the layers"):
+    optax_swr.check_proportional(
+      apply_fn, variables["params"], optax_swr.swr(0.5), x, batch_stats=stats
+    )
