@@ -3,12 +3,13 @@
 Times one jitted training step, the one the examples train with
 (``make_train_step`` of ``examples/train/linen.py``: forward, backward, Adam
 update, BatchNorm statistics; with SWR also the BatchNorm sync), for the Linen
-zoo's CNN, CNN-BN, VGG-16, ResNet-18 and ViT at batch 256 on random 32x32x3 images with 10 classes,
+zoo's CNN, CNN-BN, VGG-16 and ResNet-18 (and, with ``--models``, the ViT) at batch 256 on random 32x32x3 images with 10 classes,
 adam against adam + swr side by side, with the params, statistics and
 optimizer state donated. SWR's layers are traced with
 ``optax_swr.layers_from_linen``; for ResNet-18 and the ViT, which are not
-chains, a third loop applies SWR without the traced equations, so that the
-cost of their projection shows apart ("projection %", of Adam's step). Prints the overhead in percent last and writes JSON. From the
+chains, ``--projection`` adds a loop that applies SWR without the traced
+equations, so that the cost of their projection shows apart ("projection %",
+of Adam's step). Prints the overhead in percent last and writes JSON. From the
 repository root::
 
   python -m benchmarks.train_step --out benchmarks/results/train_step_cpu.json
@@ -30,7 +31,8 @@ from examples.models import linen as models_linen
 from examples.train import linen as train_linen
 import optax_swr
 
-MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18", "transformer")
+# The default set; any zoo model runs with --models (e.g. transformer, a ViT).
+MODELS = ("cnn", "cnn_bn", "vgg16", "resnet18")
 IN_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 QUICK_WIDTH, QUICK_BATCH = 8, 16
@@ -71,7 +73,7 @@ def train_loop(
 
 
 def model_loops(
-  name: str, width: int | None, batch: int
+  name: str, width: int | None, batch: int, projection: bool = False
 ) -> tuple[dict[str, _timing.Loop], int]:
   """The adam and adam + swr loops of one zoo model, and its param count."""
   module, variables = models_linen.create(
@@ -88,7 +90,7 @@ def model_loops(
     "adam": train_loop(module, variables, optax.adam(1e-3), x, y),
     "adam+swr": train_loop(module, variables, swr, x, y, layers),
   }
-  if layers.graph is not None:  # the equations' projection, measured apart
+  if projection and layers.graph is not None:  # the equations' projection
     chain_rule = optax.chain(
       optax.adam(1e-3), optax_swr.swr(1e-3, layers=tuple(layers))
     )
@@ -110,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     default=None,
     help="models_linen.create's width; default: the paper's",
   )
+  parser.add_argument(
+    "--projection",
+    action="store_true",
+    help="also time SWR without the traced equations of non-chain models",
+  )
   _timing.add_flags(parser, repeats=10, rounds=3)
   args = parser.parse_args(argv)
   _timing.quick_counts(args)
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.width, args.batch = QUICK_WIDTH, QUICK_BATCH
   rows = []
   for name in args.models.split(","):
-    loops, size = model_loops(name, args.width, args.batch)
+    loops, size = model_loops(name, args.width, args.batch, args.projection)
     timings = _timing.compare(loops, args.repeats, args.rounds)
     seconds = {variant: t["seconds"] for variant, t in timings.items()}
     rows.append(
