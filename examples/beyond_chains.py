@@ -57,17 +57,10 @@ def models() -> dict[str, tuple[Any, tuple[int, ...], bool]]:
 
 
 def layer_classes(layers: optax_swr.Layers) -> list[str]:
-  """free, constrained or pinned, from the diagonal of the projection."""
+  """free, constrained or pinned: how the traced equations tie each layer."""
   if layers.graph is None:
     return ["free"] * len(layers)
-  constraints = layers.graph.constraints
-  size = len(layers)
-  m = np.asarray(constraints, np.float64)
-  diagonal = np.diag(np.eye(size) - np.linalg.pinv(m) @ m)
-  return [
-    "pinned" if d < 1e-9 else "constrained" if d < 1 - 1e-9 else "free"
-    for d in diagonal
-  ]
+  return layers.graph.classes()
 
 
 def run_model(name: str, steps: int, coef: float, lr: float, seed: int):

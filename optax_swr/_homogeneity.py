@@ -174,6 +174,17 @@ class Graph(NamedTuple):
     keep_input = 1.0 - np.asarray(norms, float)[:, None]
     return eye + keep_input * self.input_forms
 
+  def freedom(self) -> np.ndarray:
+    """Per layer, the projection's diagonal: 1 free, 0 pinned (fixed)."""
+    return np.diag(projection(self.constraints, len(self.input_forms)))
+
+  def classes(self, tol: float = 1e-9) -> list[str]:
+    """Per layer: "free", "constrained" (tied to others) or "pinned"."""
+    return [
+      "pinned" if f < tol else "constrained" if f < 1 - tol else "free"
+      for f in self.freedom()
+    ]
+
   def is_chain(self, norms: Sequence[bool]) -> bool:
     """No equations, and every layer reads the one before it (or nothing)."""
     if len(self.constraints) or self.reasons:
@@ -420,8 +431,3 @@ def projection(constraints: np.ndarray, size: int) -> np.ndarray:
     return np.eye(size)
   m = np.asarray(constraints, np.float64)
   return np.eye(size) - np.linalg.pinv(m) @ m
-
-
-def pinned(constraints: np.ndarray, size: int, tol: float = 1e-9) -> np.ndarray:
-  """Which layers the equations fix completely (their log-factor is 0)."""
-  return np.abs(np.diag(projection(constraints, size))) < tol

@@ -25,7 +25,6 @@ import numpy as np
 import optax
 
 from optax_swr import _batch_stats
-from optax_swr import _homogeneity
 from optax_swr import _layers
 from optax_swr import _swr
 
@@ -158,9 +157,9 @@ def check_proportional(
     log_c = np.log(np.asarray(optax.tree.get(state, "layer_scales")))
     predicted = float(np.exp(graph.output_form @ log_c))
     names = ["/".join(map(str, item.path)) for item in found]
-    free = np.diag(_homogeneity.projection(graph.constraints, len(names)))
-    constrained = tuple(n for n, f in zip(names, free) if f < 1 - 1e-9)
-    pinned = tuple(n for n, f in zip(names, free) if abs(f) < 1e-9)
+    classes = graph.classes()
+    constrained = tuple(n for n, c in zip(names, classes) if c != "free")
+    pinned = tuple(n for n, c in zip(names, classes) if c == "pinned")
   return ProportionalityReport(
     relative_error=float(
       error / max(np.abs(scale * flat_before).max(), 1e-300)

@@ -147,8 +147,8 @@ class CallRecorder:
     return _layers.Layers(layers, graph)
 
   def _warn_pinned(self, graph: Any, names: list[str]) -> None:
-    pinned = _homogeneity.pinned(graph.constraints, len(names))
-    if not pinned.any():
+    pinned = [c == "pinned" for c in graph.classes()]
+    if not any(pinned):
       return
     why = sorted(set(graph.notes))
     warnings.warn(
