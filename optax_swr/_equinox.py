@@ -91,7 +91,7 @@ def layers_from_equinox(
 
   params, static = eqx.partition(model, eqx.is_inexact_array)
   recorder = _tracing.CallRecorder(params, "layers_from_equinox")
-  norm_types = _norm_types(eqx.nn)
+  norm_types = _tracing.norm_types(eqx.nn)
 
   def forward(params, *args):
     copy = eqx.combine(params, static)
@@ -106,11 +106,6 @@ def layers_from_equinox(
       return copy(*args, **kwargs)
 
   return recorder.finish(jax.make_jaxpr(forward)(params, *example_args))
-
-
-def _norm_types(nn: Any) -> tuple[type, ...]:
-  names = ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm")
-  return tuple(getattr(nn, name) for name in names if hasattr(nn, name))
 
 
 def _submodules(node: Any, module_type: type) -> Iterator[tuple[Path, Any]]:

@@ -31,14 +31,6 @@ from optax_swr import _tracing
 Path = _layers.Path
 
 
-def _norm_types(namespace: Any) -> tuple[type, ...]:
-  """The normalization module classes of ``flax.linen`` or ``flax.nnx``."""
-  names = ("BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm", "InstanceNorm")
-  return tuple(
-    getattr(namespace, name) for name in names if hasattr(namespace, name)
-  )
-
-
 def layers_from_linen(
   module: Any, variables: Any, *example_args: Any, **kwargs: Any
 ) -> tuple[_layers.Layer, ...]:
@@ -101,7 +93,7 @@ def layers_from_linen(
       "whole dict returned by module.init(...)."
     )
   recorder = _tracing.CallRecorder(variables["params"], "layers_from_linen")
-  norm_types = _norm_types(nn)
+  norm_types = _tracing.norm_types(nn)
 
   def interceptor(next_fun, args, call_kwargs, context):
     if context.method_name == "setup":  # runs lazily, not in forward order
@@ -167,7 +159,7 @@ def layers_from_nnx(
   recorder = _tracing.CallRecorder(
     nnx.state(model, nnx.Param), "layers_from_nnx"
   )
-  norm_types = _norm_types(nnx)
+  norm_types = _tracing.norm_types(nnx)
   graphdef, state = nnx.split(model)
 
   def forward(state, *args):

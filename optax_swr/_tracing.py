@@ -58,6 +58,27 @@ class ConstrainedLayersWarning(UserWarning):
   """
 
 
+_NORM_CLASS_NAMES = (
+  "BatchNorm",
+  "LayerNorm",
+  "RMSNorm",
+  "GroupNorm",
+  "InstanceNorm",
+)
+
+
+def norm_types(namespace: Any) -> tuple[type, ...]:
+  """The normalization module classes that ``namespace`` defines.
+
+  ``namespace`` is ``flax.linen``, ``flax.nnx`` or ``equinox.nn``.
+  """
+  return tuple(
+    getattr(namespace, name)
+    for name in _NORM_CLASS_NAMES
+    if hasattr(namespace, name)
+  )
+
+
 class CallRecorder:
   """Marks and records the calls of layers during one trace.
 
