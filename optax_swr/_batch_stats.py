@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_swr import _layers
@@ -83,18 +85,23 @@ def sync_batch_stats(
   """
   scales = _input_scales(opt_state)
   entries = _layer_entries(layers, len(scales))
-  index_of = {_layers.entry_path(entry): i for i, entry in enumerate(entries)}
+  # A stack's slices share a path: its statistics get one factor per slice.
+  slices_of: dict[Any, list[int]] = {}
+  for i, entry in enumerate(entries):
+    slices_of.setdefault(_layers.entry_path(entry), []).append(i)
   leaves, treedef = jax.tree.flatten(batch_stats)
   rescaled = []
   for path, leaf in zip(_layers.leaf_paths(batch_stats), leaves):
     *owner, stat = path
-    index = index_of.get(tuple(owner))
-    entry = None if index is None else entries[index]
-    if entry is None or (isinstance(entry, _layers.Layer) and not entry.norm):
+    indices = slices_of.get(tuple(owner), [])
+    if not indices or any(
+      isinstance(entries[i], _layers.Layer) and not entries[i].norm
+      for i in indices
+    ):
       raise ValueError(
         f"sync_batch_stats: the statistic {path!r} belongs to "
         f"{tuple(owner)!r}, which is not a normalization layer of `layers` "
-        f"({[_layers.entry_path(e) for e in entries]}). Pass the "
+        f"({list(slices_of)}). Pass the "
         "statistics keyed like the params, and the layers swr rescales "
         "with every BatchNorm among them."
       )
@@ -103,9 +110,25 @@ def sync_batch_stats(
         f"sync_batch_stats: unknown statistic {path!r}; expected 'mean' "
         "or 'var' leaves under each BatchNorm."
       )
-    factor = scales[index] ** _STAT_POWERS[stat]
+    factor = _stat_scale(scales, entries, indices, leaf) ** _STAT_POWERS[stat]
     rescaled.append((leaf * factor).astype(leaf.dtype))
   return jax.tree.unflatten(treedef, rescaled)
+
+
+def _stat_scale(
+  scales: jax.Array, entries: tuple[Any, ...], indices: list[int], leaf: Any
+) -> jax.Array:
+  """The input scale of one BatchNorm, or per slice of a stacked one."""
+  slices = [
+    entries[i].index if isinstance(entries[i], _layers.Layer) else ()
+    for i in indices
+  ]
+  if slices == [()]:
+    return scales[indices[0]]
+  shape = jnp.shape(leaf)[: len(slices[0])]
+  where = tuple(np.array(axis) for axis in zip(*slices))
+  stacked = jnp.ones(shape, scales.dtype).at[where].set(scales[indices])
+  return stacked.reshape(shape + (1,) * (jnp.ndim(leaf) - len(shape)))
 
 
 def _layer_entries(layers: Any, num_layers: int) -> tuple[Any, ...]:

@@ -104,12 +104,16 @@ def layers_from_linen(
 
   apply_kwargs = {"mutable": True, **kwargs}
 
-  def forward(variables, *args):
+  def forward(params, others, *args):  # the params' leaves come first
     with nn.intercept_methods(interceptor):
-      out = module.apply(variables, *args, **apply_kwargs)
+      out = module.apply({**others, "params": params}, *args, **apply_kwargs)
     return out if apply_kwargs["mutable"] is False else out[0]
 
-  return recorder.finish(jax.make_jaxpr(forward)(variables, *example_args))
+  others = {k: v for k, v in variables.items() if k != "params"}
+  closed_jaxpr = jax.make_jaxpr(forward)(
+    variables["params"], others, *example_args
+  )
+  return recorder.finish(closed_jaxpr)
 
 
 def layers_from_nnx(
@@ -160,20 +164,23 @@ def layers_from_nnx(
     nnx.state(model, nnx.Param), "layers_from_nnx"
   )
   norm_types = _tracing.norm_types(nnx)
-  graphdef, state = nnx.split(model)
+  graphdef, params, others = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
-  def forward(state, *args):
-    copy = nnx.merge(graphdef, state)
+  def forward(params, others, *args):  # the params' leaves come first
+    copy = nnx.merge(graphdef, params, others)
     modules: dict[Path, Any] = {
       tuple(path): node
       for path, node in nnx.iter_graph(copy)
       if isinstance(node, nnx.Module)
       and recorder.is_layer(tuple(path), isinstance(node, norm_types))
     }
+    for path, node in modules.items():  # found again in nnx.scan's copies
+      setattr(node, _tracing.PATH_ATTRIBUTE, path)
     with _tracing.recording_calls(modules, norm_types, recorder):
       return copy(*args, **kwargs)
 
-  return recorder.finish(jax.make_jaxpr(forward)(state, *example_args))
+  closed_jaxpr = jax.make_jaxpr(forward)(params, others, *example_args)
+  return recorder.finish(closed_jaxpr)
 
 
 def sync_nnx_batch_stats(model: Any, opt_state: Any, layers: Any) -> None:

@@ -26,6 +26,11 @@ M a = 0. The network's function is kept, up to one positive output scale,
 exactly when they hold; each bias is multiplied by exp of its layer's output
 form. Operations the walk cannot see through (control flow) are reported,
 never assumed to be fine.
+
+A ``scan`` whose scanned operands include a layer's stacked params (``nn.scan``,
+``nnx.scan`` over ``nnx.vmap``-built blocks) is walked once per iteration:
+iteration i of layer l is its own layer, the slice i of l's leaves. Other
+scans are walked until their carried forms repeat.
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ _COMPARISONS = frozenset({"eq", "ge", "gt", "le", "lt", "ne"})
 _SCALE_INVARIANT = frozenset({"argmax", "argmin", "is_finite", "sign"})
 # Ops that keep a zero constant zero.
 _SHAPE_ONLY = frozenset({"broadcast_in_dim", "convert_element_type", "reshape"})
-_CONTROL_FLOW = frozenset({"cond", "scan", "while"})
+_CONTROL_FLOW = frozenset({"cond", "while"})
 # Call-like primitives whose sub-jaxpr maps operands to results one to one.
 _CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _CALLS = frozenset(
@@ -160,6 +165,8 @@ class Graph(NamedTuple):
     notes: for each constraint row, the operation that imposes it.
     reasons: what the walk could not see through; non-empty means the
       equations may be incomplete.
+    slices: for each of the L layers, the traced layer it is a slice of and
+      the slice's index in its stacked leaves (``()``: the whole leaves).
   """
 
   input_forms: np.ndarray
@@ -167,6 +174,7 @@ class Graph(NamedTuple):
   constraints: np.ndarray
   notes: tuple[str, ...]
   reasons: tuple[str, ...]
+  slices: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
   def output_forms(self, norms: Sequence[bool]) -> np.ndarray:
     """Row l: the log-scale of layer l's output, which its bias gets."""
@@ -205,6 +213,7 @@ def analyze(
   layer_names: Sequence[str],
   norms: Sequence[bool],
   biases: Sequence[bool] | None = None,
+  layer_leaves: Sequence[int | None] | None = None,
 ) -> Graph:
   """Walks the marked forward pass and collects its log-scale equations.
 
@@ -216,34 +225,29 @@ def analyze(
     biases: whether each layer has a bias; a layer called more than once
       (shared, or a tied embedding's ``attend``) needs the same input scale
       at every call only if its one bias factor must serve them all.
+    layer_leaves: for each layer, the position among the jaxpr's inputs of
+      one of its param leaves (``None``: none); a ``scan`` over that input
+      makes each of its iterations a slice of the layer.
 
   Returns:
-    The :class:`Graph`.
+    The :class:`Graph`. Without stacked layers its layers are the marked
+    ones, in marker order; with them, every slice is a layer, in the order
+    the forward pass runs them (``Graph.slices``).
   """
+  size = len(layer_names)
   if biases is None:
-    biases = [True] * len(layer_names)
-  analysis = _Analysis(layer_names, norms, biases)
-  outputs = analysis.run(
-    closed_jaxpr.jaxpr, [None] * len(closed_jaxpr.in_avals)
-  )
-  scaled = [f for f in outputs if f is not None and not isinstance(f, _Inside)]
-  for form in scaled[1:]:  # several outputs share one output scale
-    analysis.require(form - scaled[0], "the network's outputs")
-  for layer in range(len(layer_names)):
-    if layer not in analysis.input_forms:
-      analysis.input_forms[layer] = analysis.zero()
-  rows = np.array(analysis.rows).reshape(-1, len(layer_names))
-  return Graph(
-    input_forms=np.stack(
-      [analysis.input_forms[l] for l in range(len(layer_names))]
-    )
-    if len(layer_names)
-    else np.zeros((0, 0)),
-    output_form=scaled[0] if scaled else analysis.zero(),
-    constraints=rows,
-    notes=tuple(analysis.notes),
-    reasons=tuple(analysis.reasons),
-  )
+    biases = [True] * size
+  if layer_leaves is None:
+    layer_leaves = [None] * size
+  keys: list[tuple[int, tuple[int, ...]]] = [(l, ()) for l in range(size)]
+  traced = _Analysis(layer_names, norms, biases, layer_leaves, keys)
+  graph = traced.graph(closed_jaxpr)
+  if all(not index for _, index in traced.seen):
+    return graph
+  # Stacked layers: the same walk, with one layer per slice.
+  keys = list(traced.seen) + [k for k in keys if k[0] not in traced.seen_base]
+  sliced = _Analysis(layer_names, norms, biases, layer_leaves, keys)
+  return sliced.graph(closed_jaxpr)
 
 
 class _Analysis:
@@ -255,19 +259,56 @@ class _Analysis:
 
   def __init__(
     self,
-    layer_names: Sequence[str],
-    norms: Sequence[bool],
-    biases: Sequence[bool],
+    base_names: Sequence[str],
+    base_norms: Sequence[bool],
+    base_biases: Sequence[bool],
+    layer_leaves: Sequence[int | None],
+    keys: Sequence[tuple[int, tuple[int, ...]]],
   ):
-    self.layer_names = layer_names
-    self.norms = norms
-    self.biases = biases
+    self.keys = list(keys)
+    self.id_of = {key: i for i, key in enumerate(self.keys)}
+    self.layer_names = [
+      base_names[b] + "".join(f"[{i}]" for i in index) for b, index in keys
+    ]
+    self.norms = [base_norms[b] for b, _ in keys]
+    self.biases = [base_biases[b] for b, _ in keys]
+    self.layer_leaves = layer_leaves
+    self.stacked_leaves = {leaf for leaf in layer_leaves if leaf is not None}
+    self.seen: dict[tuple[int, tuple[int, ...]], None] = {}  # marker order
+    self.seen_base: set[int] = set()
     self.input_forms: dict[int, np.ndarray] = {}  # at the first call
     self.current_input: dict[int, np.ndarray] = {}  # at the latest call
     self.rows: list[np.ndarray] = []
     self.notes: list[str] = []
     self.reasons: list[str] = []
     self.zeros: set[Any] = set()
+    self.leaf_of: dict[Any, int] = {}  # jaxpr variable -> param leaf
+    # The enclosing scans that slice params: (iteration, leaves sliced).
+    self.scans: list[tuple[int, frozenset[int]]] = []
+
+  def graph(self, closed_jaxpr: Any) -> Graph:
+    invars = closed_jaxpr.jaxpr.invars
+    self.leaf_of = dict(zip(invars, range(len(invars))))
+    outputs = self.run(closed_jaxpr.jaxpr, [None] * len(invars))
+    scaled = [
+      f for f in outputs if f is not None and not isinstance(f, _Inside)
+    ]
+    for form in scaled[1:]:  # several outputs share one output scale
+      self.require(form - scaled[0], "the network's outputs")
+    size = len(self.keys)
+    for layer in range(size):
+      if layer not in self.input_forms:
+        self.input_forms[layer] = self.zero()
+    return Graph(
+      input_forms=np.stack([self.input_forms[l] for l in range(size)])
+      if size
+      else np.zeros((0, 0)),
+      output_form=scaled[0] if scaled else self.zero(),
+      constraints=np.array(self.rows).reshape(-1, size),
+      notes=tuple(self.notes),
+      reasons=tuple(self.reasons),
+      slices=tuple(self.keys),
+    )
 
   def zero(self) -> np.ndarray:
     return np.zeros(len(self.layer_names))
@@ -313,6 +354,8 @@ class _Analysis:
     inside = [t for t in operand_tags if isinstance(t, _Inside)]
     if inside:  # Anything goes inside a layer.
       return [inside[0]] * outputs
+    if name == "scan":
+      return self.scan(eqn, operand_tags)
     sub_jaxpr = _sub_jaxpr(eqn)
     if name in _CALLS and sub_jaxpr is not None:
       # Even with unscaled operands: layers may be called inside (remat).
@@ -321,13 +364,68 @@ class _Analysis:
         for outer, inner in zip(eqn.invars, jaxpr.invars):
           if self.is_zero(outer):  # e.g. the 0 of jnp.where(x > 0, x, 0)
             self.zeros.add(inner)
+          self.pass_leaf(outer, inner)
         return self.run(jaxpr, operand_tags)
     if all(t is None for t in operand_tags):
       return [None] * outputs
     return [self.primitive(name, eqn, operand_tags)] * outputs
 
+  def pass_leaf(self, outer: Any, inner: Any) -> None:
+    if not hasattr(outer, "val") and outer in self.leaf_of:
+      self.leaf_of[inner] = self.leaf_of[outer]
+
+  def scan(self, eqn: Any, tags: list[Any]) -> list[Any]:
+    """Walks a scan: per iteration where it slices a layer's params."""
+    params = eqn.params
+    body = params["jaxpr"].jaxpr
+    num_consts, num_carry = params["num_consts"], params["num_carry"]
+    for outer, inner in zip(eqn.invars, body.invars):
+      self.pass_leaf(outer, inner)
+    scanned = eqn.invars[num_consts + num_carry :]
+    sliced = frozenset(
+      self.leaf_of[v]
+      for v in scanned
+      if not hasattr(v, "val") and v in self.leaf_of
+    )
+    per_slice = bool(sliced & self.stacked_leaves)
+    consts, carry = tags[:num_consts], tags[num_consts : num_consts + num_carry]
+    xs = tags[num_consts + num_carry :]
+    ys: list[Any] | None = None
+    for step in range(params["length"]):
+      index = params["length"] - 1 - step if params["reverse"] else step
+      self.scans.append((index, sliced if per_slice else frozenset()))
+      try:
+        outputs = self.run(body, [*consts, *carry, *xs])
+      finally:
+        self.scans.pop()
+      new_carry, step_ys = outputs[:num_carry], outputs[num_carry:]
+      if ys is None:
+        ys = step_ys
+      for first, later in zip(ys, step_ys):
+        if _is_form(first) and _is_form(later):
+          self.require(
+            self.form(later) - self.form(first),
+            "the stacked outputs of a `scan`",
+          )
+      repeats = all(map(_same_tag, carry, new_carry))
+      carry = new_carry
+      if repeats and not per_slice:
+        break
+    return [*carry, *(ys or [None] * (len(eqn.outvars) - num_carry))]
+
+  def layer_id(self, base: int) -> int:
+    """The layer (a slice, inside scans over its params) a marker stands for."""
+    leaf = self.layer_leaves[base]
+    index = tuple(i for i, leaves in self.scans if leaf in leaves)
+    key = (base, index)
+    self.seen.setdefault(key, None)
+    self.seen_base.add(base)
+    if key not in self.id_of:  # The first walk: slices are not known yet.
+      return base
+    return self.id_of[key]
+
   def marker(self, params: dict[str, Any], tag: Any) -> Any:
-    layer, kind = params["layer"], params["kind"]
+    layer, kind = self.layer_id(params["layer"]), params["kind"]
     name = self.layer_names[layer]
     if kind == "input":
       form = self.form(tag)
@@ -412,6 +510,16 @@ class _Analysis:
           "the layers or the network's input)",
         )
     return scaled[0]
+
+
+def _is_form(tag: Any) -> bool:
+  return tag is None or isinstance(tag, np.ndarray)
+
+
+def _same_tag(a: Any, b: Any) -> bool:
+  if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+    return bool(np.array_equal(a, b))
+  return a is b
 
 
 def _sub_jaxpr(eqn: Any) -> Any:

@@ -90,6 +90,11 @@ class Layer:
     coef: this layer's coefficient (a float in [0, 1] or a schedule), in
       place of ``swr``'s ``coef`` / ``classifier_coef``; ``0.0`` excludes the
       layer while keeping the network's function (unlike ``optax.masked``).
+    index: for one slice of a stack of layers (``nn.scan``, or ``nnx.scan``
+      over ``nnx.vmap``-built blocks), whose leaves carry the stack on their
+      leading axes: the slice's index on those axes, e.g. ``(2,)`` for the
+      third block. Each slice is its own layer, with its own norm and
+      factor. ``()`` (the default): the whole leaves.
 
   Example:
     >>> import jax.numpy as jnp
@@ -108,9 +113,20 @@ class Layer:
   norm: bool = False
   path: Path | None = None
   coef: Any = None
+  index: tuple[int, ...] = ()
 
   def __post_init__(self):
     weight, bias = _as_path(self.weight), _as_path(self.bias)
+    index = (self.index,) if isinstance(self.index, int) else self.index
+    if not isinstance(index, (tuple, list)) or not all(
+      isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in index
+    ):
+      raise ValueError(
+        f"optax_swr.Layer({_as_path(self.path) or weight or bias!r}): "
+        "`index` must be a tuple of non-negative ints, the slice of a "
+        f"stack of layers (e.g. (2,)), or () for whole leaves; got "
+        f"{self.index!r}."
+      )
     if weight is None and not self.norm:
       raise ValueError(
         f"optax_swr.Layer(bias={bias!r}): only a normalization layer "
@@ -130,11 +146,22 @@ class Layer:
     object.__setattr__(self, "bias", bias)
     object.__setattr__(self, "norm", bool(self.norm))
     object.__setattr__(self, "path", path)
+    object.__setattr__(self, "index", tuple(index))
 
   @property
   def name(self) -> str:
-    """The layer's path joined with "/", e.g. ``"encoder/Dense_0"``."""
-    return "/".join(map(str, self.path or ()))
+    """The layer's path joined with "/", e.g. ``"encoder/Dense_0"``.
+
+    A slice of a stack adds its index: ``"blocks/Dense_0[2]"``.
+    """
+    return "/".join(map(str, self.path or ())) + "".join(
+      f"[{i}]" for i in self.index
+    )
+
+  @property
+  def key(self) -> tuple[Path | None, tuple[int, ...]]:
+    """What identifies the layer: its path and its slice of a stack."""
+    return self.path, self.index
 
 
 class Layers(tuple):
@@ -180,6 +207,11 @@ class ResolvedLayer(NamedTuple):
   @property
   def is_norm(self) -> bool:
     return self.layer.norm
+
+  @property
+  def stack_index(self) -> tuple[int, ...]:
+    """The slice of a stack this layer is (``()``: the whole leaves)."""
+    return self.layer.index
 
 
 def _key_name(key: Any) -> Hashable:
@@ -240,7 +272,7 @@ def normalize_layers_arg(
       f"`{name}` as None."
     )
   entries = tuple(_as_entry(entry, name, caller) for entry in layers)
-  _check_unique([entry_path(e) for e in entries], name, caller)
+  _check_unique([entry_key(e) for e in entries], name, caller)
   graph = getattr(layers, "graph", None)
   return entries if graph is None else Layers(entries, graph)
 
@@ -263,15 +295,21 @@ def entry_path(entry: Layer | Path) -> Path:
   return entry.path if isinstance(entry, Layer) else entry  # type: ignore[return-value]
 
 
-def _check_unique(paths: Sequence[Path], name: str, caller: str) -> None:
+def entry_key(entry: Layer | Path) -> Any:
+  """A layer's path and slice index (``()`` for a plain path)."""
+  return entry.key if isinstance(entry, Layer) else (entry, ())
+
+
+def _check_unique(keys: Sequence[Any], name: str, caller: str) -> None:
   seen = set()
-  for path in paths:
-    if path in seen:
+  for path, index in keys:
+    if (path, index) in seen:
+      where = f" (slice {index})" if index else ""
       raise ValueError(
-        f"{caller}: `{name}` lists the layer {path!r} more than once. Each "
-        "layer must appear exactly once, in forward order."
+        f"{caller}: `{name}` lists the layer {path!r}{where} more than once. "
+        "Each layer must appear exactly once, in forward order."
       )
-    seen.add(path)
+    seen.add((path, index))
 
 
 def find_layers(params: Any, layers: LayersArg = None) -> tuple[Layer, ...]:
@@ -378,6 +416,7 @@ def resolve(
   )
   _check_no_shared_leaves(resolved, caller)
   _check_floating(leaves, resolved, caller)
+  _check_indices(leaves, resolved, caller)
   return resolved
 
 
@@ -505,18 +544,48 @@ def _check_leaf_path(
 def _check_no_shared_leaves(
   resolved: Sequence[ResolvedLayer], caller: str
 ) -> None:
-  owner: dict[int, str] = {}
+  """Slices of one stacked leaf may be different layers; nothing else."""
+  owners: dict[int, list[ResolvedLayer]] = {}
   for item in resolved:
-    for index in (item.weight_index, item.bias_index):
-      if index is None:
+    for leaf in (item.weight_index, item.bias_index):
+      if leaf is None:
         continue
-      if index in owner:
+      for other in owners.setdefault(leaf, []):
+        if not (other.stack_index and item.stack_index) or (
+          other.stack_index == item.stack_index
+        ):
+          raise ValueError(
+            f"{caller}: the layers {other.layer.name!r} and "
+            f"{item.layer.name!r} share a leaf; each weight or bias (or "
+            "each slice of a stacked one) must belong to one layer "
+            "(rescaling it twice would square its factor)."
+          )
+      owners[leaf].append(item)
+
+
+def _check_indices(
+  leaves: list[Any], resolved: Sequence[ResolvedLayer], caller: str
+) -> None:
+  """A slice index must fit the leaf's leading axes, as deep as its peers."""
+  depth: dict[int, int] = {}
+  for item in resolved:
+    for leaf in (item.weight_index, item.bias_index):
+      if leaf is None or not item.stack_index:
+        continue
+      shape = jnp.shape(leaves[leaf])
+      index = item.stack_index
+      if len(index) >= len(shape) or any(i >= n for i, n in zip(index, shape)):
         raise ValueError(
-          f"{caller}: the layers {owner[index]!r} and {item.layer.name!r} "
-          "share a leaf; each weight or bias must belong to one layer "
-          "(rescaling it twice would square its factor)."
+          f"{caller}: the layer {item.layer.name!r} is slice {index} of a "
+          f"stack, but its leaf has shape {shape}; the index must address "
+          "leading (stacked) axes and leave the layer's own axes."
         )
-      owner[index] = item.layer.name
+      if depth.setdefault(leaf, len(index)) != len(index):
+        raise ValueError(
+          f"{caller}: the slices of one stacked leaf in layer "
+          f"{item.layer.name!r} have indices of different lengths; give "
+          "every slice of the stack an index of the same length."
+        )
 
 
 def _check_floating(

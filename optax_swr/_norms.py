@@ -46,15 +46,31 @@ def weight_norms(
   """Float32 Frobenius norm of every layer's weight, in layer order.
 
   A layer without a weight (a normalization layer without a scale) has norm 0,
-  which :func:`swr` leaves unscaled.
+  which :func:`swr` leaves unscaled. The slices of a stacked weight get their
+  norms from one reduction over the leaf's trailing axes.
   """
   if not found:
     return jnp.zeros([0], jnp.float32)
-  return jnp.stack(
-    [
-      jnp.zeros([], jnp.float32)
-      if layer.weight_index is None
-      else frobenius_norm(leaves[layer.weight_index])
-      for layer in found
-    ]
+  per_slice: dict[int, jax.Array] = {}
+  norms = []
+  for layer in found:
+    if layer.weight_index is None:
+      norms.append(jnp.zeros([], jnp.float32))
+    elif not layer.stack_index:
+      norms.append(frobenius_norm(leaves[layer.weight_index]))
+    else:
+      if layer.weight_index not in per_slice:
+        per_slice[layer.weight_index] = slice_norms(
+          leaves[layer.weight_index], len(layer.stack_index)
+        )
+      norms.append(per_slice[layer.weight_index][layer.stack_index])
+  return jnp.stack(norms)
+
+
+def slice_norms(weight: jax.Array, depth: int) -> jax.Array:
+  """Float32 norms of the slices of a weight stacked on ``depth`` axes."""
+  weight = weight.astype(compute_dtype(weight))
+  own_axes = tuple(range(depth, weight.ndim))
+  return jnp.sqrt(jnp.sum(jnp.square(weight), axis=own_axes)).astype(
+    jnp.float32
   )

@@ -156,7 +156,7 @@ def check_proportional(
   if graph is not None:
     log_c = np.log(np.asarray(optax.tree.get(state, "layer_scales")))
     predicted = float(np.exp(graph.output_form @ log_c))
-    names = ["/".join(map(str, item.path)) for item in found]
+    names = [item.layer.name for item in found]
     classes = graph.classes()
     constrained = tuple(n for n, c in zip(names, classes) if c != "free")
     pinned = tuple(n for n, c in zip(names, classes) if c == "pinned")

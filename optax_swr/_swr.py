@@ -290,15 +290,13 @@ def swr(
         layer_scales, _projection_matrices(graph, found)
       )
 
-    for index, layer in enumerate(found):
-      for leaf, factor in (
-        (layer.weight_index, layer_scales[index]),
-        (layer.bias_index, cumulative_scales[index]),
-      ):
-        if leaf is not None:
-          update_leaves[leaf] = _rescaled_update(
-            update_leaves[leaf], param_leaves[leaf], factor
-          )
+    factors = _leaf_factors(
+      found, layer_scales, cumulative_scales, param_leaves
+    )
+    for leaf, factor in factors.items():
+      update_leaves[leaf] = _rescaled_update(
+        update_leaves[leaf], param_leaves[leaf], factor
+      )
 
     new_state = SWRState(
       step_count=optax.safe_increment(state.step_count),
@@ -456,14 +454,14 @@ def _classifier_mask(
       )
     mask[len(found) - classifier :] = True
     return mask
-  index_of = {layer.path: index for index, layer in enumerate(found)}
+  paths = [layer.path for layer in found]  # a stack's slices share a path
   for path in classifier:
-    if path not in index_of:
+    if path not in paths:
       raise ValueError(
         f"swr: the `classifier` path {path!r} is not one of the rescaled "
-        f"layers {list(index_of)}."
+        f"layers {list(dict.fromkeys(paths))}."
       )
-    mask[index_of[path]] = True
+    mask[[i for i, p in enumerate(paths) if p == path]] = True
   return mask
 
 
@@ -676,6 +674,40 @@ def _project(
     apply(projection.biases),
     apply(projection.inputs),
   )
+
+
+def _leaf_factors(
+  found: tuple[_layers.ResolvedLayer, ...],
+  layer_scales: jax.Array,
+  cumulative_scales: jax.Array,
+  leaves: list[Any],
+) -> dict[int, jax.Array]:
+  """Each rescaled leaf's factor: a scalar, or one per slice of a stack.
+
+  A stacked leaf's factors are shaped to broadcast over its own axes; a
+  slice that no layer names keeps the factor 1.
+  """
+  factors: dict[int, jax.Array] = {}
+  slices: dict[int, list[tuple[tuple[int, ...], jax.Array]]] = {}
+  for i, layer in enumerate(found):
+    for leaf, factor in (
+      (layer.weight_index, layer_scales[i]),
+      (layer.bias_index, cumulative_scales[i]),
+    ):
+      if leaf is None:
+        continue
+      if layer.stack_index:
+        slices.setdefault(leaf, []).append((layer.stack_index, factor))
+      else:
+        factors[leaf] = factor
+  for leaf, entries in slices.items():
+    shape = jnp.shape(leaves[leaf])
+    depth = len(entries[0][0])
+    where = tuple(np.array(axis) for axis in zip(*(i for i, _ in entries)))
+    stacked = jnp.ones(shape[:depth], jnp.float32)
+    stacked = stacked.at[where].set(jnp.stack([f for _, f in entries]))
+    factors[leaf] = stacked.reshape(shape[:depth] + (1,) * (len(shape) - depth))
+  return factors
 
 
 def _input_scales(cumulative_scales: jax.Array) -> jax.Array:

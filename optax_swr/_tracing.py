@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import contextlib
+import dataclasses
 import functools
 from typing import Any
 import warnings
@@ -86,6 +87,9 @@ class CallRecorder:
   ``_layers``) or a normalization module, which the tracer recognizes by its
   type, with or without params.
 
+  The traced forward pass must take the params' leaves as its first inputs,
+  so that a ``scan`` over stacked params is recognized.
+
   Args:
     params: the params tree the layers' paths are relative to.
     caller: the public function named in errors and warnings.
@@ -94,7 +98,8 @@ class CallRecorder:
   def __init__(self, params: Any, caller: str):
     self.caller = caller
     self.leaves = jax.tree.leaves(params)
-    self.groups = _layers.group_by_layer(_layers.leaf_paths(params))
+    self.paths = _layers.leaf_paths(params)
+    self.groups = _layers.group_by_layer(self.paths)
     self.weighted = {
       path
       for path, group in self.groups.items()
@@ -147,7 +152,16 @@ class CallRecorder:
     if not order:
       return _layers.Layers(layers)
     biases = [layer.bias is not None for layer in layers]
-    graph = _homogeneity.analyze(closed_jaxpr, names, norms, biases)
+    graph = _homogeneity.analyze(
+      closed_jaxpr, names, norms, biases, self._param_positions(layers)
+    )
+    if graph.slices and any(index for _, index in graph.slices):
+      layers = tuple(
+        dataclasses.replace(layers[base], index=index)
+        for base, index in graph.slices
+      )
+      names = [layer.name for layer in layers]
+      norms = [layer.norm for layer in layers]
     if graph.reasons:
       warnings.warn(
         NotAChainWarning(
@@ -183,6 +197,15 @@ class CallRecorder:
       stacklevel=3,
     )
 
+  def _param_positions(
+    self, layers: tuple[_layers.Layer, ...]
+  ) -> list[int | None]:
+    """Each layer's weight (or bias) leaf: its position among the inputs of
+    the traced forward pass, whose first inputs are the params' leaves."""
+    position = {path: i for i, path in enumerate(self.paths)}
+    leaves = [layer.weight or layer.bias for layer in layers]
+    return [None if leaf is None else position[leaf] for leaf in leaves]
+
   def _layer(self, path: Path) -> _layers.Layer:
     group = self.groups.get(path, {})
     if path not in self.norms:
@@ -212,6 +235,10 @@ def _check_no_nested_layers(layers: set[Path], caller: str) -> None:
       )
 
 
+# Where a framework rebuilds modules inside a transform (``nnx.scan`` merges
+# fresh copies from sliced state), the copies find their path here: NNX keeps
+# the attribute in the module's static structure.
+PATH_ATTRIBUTE = "_optax_swr_path"
 # ``attend``: a tied embedding's output projection (``nnx.Embed.attend``).
 _RECORDED_METHODS = ("__call__", "attend")
 
@@ -265,7 +292,7 @@ def _recording_call(
   @functools.wraps(original)
   def call(self, *args, **kwargs):
     bound = functools.partial(original, self)
-    path = path_of.get(id(self))
+    path = path_of.get(id(self), getattr(self, PATH_ATTRIBUTE, None))
     if path is None:
       return bound(*args, **kwargs)
     return recorder.call(path, is_norm, bound, args, kwargs)

@@ -223,8 +223,8 @@ def reset_layers(
       f"reset_layers: `layers` is {layers!r}; list the layers to reset, "
       "e.g. [('head',)]."
     )
-  targets = [
-    path
+  targets = [  # (path, slice of a stack: () for the whole leaves)
+    (path, entry.index if isinstance(entry, _layers.Layer) else ())
     for entry in entries
     for path in (
       [p for p in (entry.weight, entry.bias) if p is not None]
@@ -232,22 +232,32 @@ def reset_layers(
       else [entry]
     )
   ]
-  for target in targets:
+  for target, _ in targets:
     if not any(path[: len(target)] == target for path in paths):
       raise ValueError(
         f"reset_layers: the path {target!r} in `layers` matches no leaf of "
         "the params."
       )
-  reset = [any(p[: len(t)] == t for t in targets) for p in paths]
   leaves, treedef = jax.tree.flatten(params)
   fresh_leaves = jax.tree.leaves(fresh_params)
   return jax.tree.unflatten(
     treedef,
     [
-      fresh if chosen else leaf
-      for leaf, fresh, chosen in zip(leaves, fresh_leaves, reset)
+      _reset_leaf(leaf, fresh, [i for t, i in targets if path[: len(t)] == t])
+      for path, leaf, fresh in zip(paths, leaves, fresh_leaves)
     ],
   )
+
+
+def _reset_leaf(leaf: Any, fresh: Any, indices: list[tuple[int, ...]]) -> Any:
+  """``fresh`` where a layer covers the whole leaf, else its slices."""
+  if not indices:
+    return leaf
+  if () in indices:
+    return fresh
+  for index in indices:
+    leaf = leaf.at[index].set(fresh[index])
+  return leaf
 
 
 def _check_coef(

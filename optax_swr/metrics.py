@@ -294,7 +294,10 @@ def _chain_weights(
         "layers. Measure such a network with metrics.layer_norms instead."
       )
   leaves = jax.tree.leaves(params)
-  weights = [jnp.asarray(leaves[layer.weight_index]) for layer in found]  # type: ignore[index]
+  weights = [
+    jnp.asarray(leaves[layer.weight_index])[layer.stack_index]  # type: ignore[index]
+    for layer in found
+  ]
   _check_chain(found, weights, function)
   return weights
 
