@@ -127,7 +127,9 @@ def _stat_scale(
     return scales[indices[0]]
   shape = jnp.shape(leaf)[: len(slices[0])]
   where = tuple(np.array(axis) for axis in zip(*slices))
-  stacked = jnp.ones(shape, scales.dtype).at[where].set(scales[indices])
+  stacked = (
+    jnp.ones(shape, scales.dtype).at[where].set(scales[np.array(indices)])
+  )
   return stacked.reshape(shape + (1,) * (jnp.ndim(leaf) - len(shape)))
 
 
