@@ -182,6 +182,13 @@ def test_beyond_chains_script_pins_free_layers_at_coef_one(tmp_path):
     chain_rule = np.array(model["variants"]["swr_chain_rule"]["final_ratio"])
     np.testing.assert_allclose(chain_rule, 1.0, rtol=1e-4)  # coef 1 pins all
     np.testing.assert_allclose(swr[classes == "free"], 1.0, rtol=1e-4)
+    # Absorbing: every layer but the absorbing ones keeps the paper's factor.
+    absorb = np.array(model["variants"]["swr_absorb"]["final_ratio"])
+    kept = ~np.isin(model["layers"], model["absorbing_layers"])
+    assert 0 < kept.sum() < len(kept)
+    np.testing.assert_allclose(absorb[kept], 1.0, rtol=1e-4)
+    for variant in ("swr", "swr_absorb"):  # both keep the function
+      assert model["variants"][variant]["one_step_error"] < 1e-5
     assert len(model["variants"]["adam"]["distance"]) == 4
 
 
