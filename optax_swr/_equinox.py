@@ -100,12 +100,30 @@ def layers_from_equinox(
       for path, module in _submodules(copy, eqx.Module)
       if recorder.is_layer(path, isinstance(module, norm_types))
     }
+    for path, module in modules.items():
+      _carry_path(module, path)
     with _tracing.recording_calls(modules, norm_types, recorder):
       if apply is not None:
         return apply(copy, *args)
       return copy(*args, **kwargs)
 
   return recorder.finish(jax.make_jaxpr(forward)(params, *example_args))
+
+
+def _carry_path(module: Any, path: Path) -> None:
+  """Gives the module (a copy, made for the trace) a class that knows ``path``.
+
+  Blocks stacked with ``eqx.filter_vmap`` and run by ``jax.lax.scan`` are
+  rebuilt inside the scan (``eqx.combine``) as new objects; a pytree keeps
+  its class, so a subclass that carries the path finds them again.
+  """
+  cls = type(module)
+  tagged = type(
+    cls.__name__,
+    (cls,),
+    {_tracing.PATH_ATTRIBUTE: path, "__module__": cls.__module__},
+  )
+  object.__setattr__(module, "__class__", tagged)
 
 
 def _submodules(node: Any, module_type: type) -> Iterator[tuple[Path, Any]]:

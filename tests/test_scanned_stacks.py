@@ -20,6 +20,8 @@ import numpy as np
 import optax
 import pytest
 
+eqx = pytest.importorskip("equinox")
+
 import optax_swr
 
 STEPS = 30
@@ -87,11 +89,55 @@ class NnxStack(nnx.Module):
     return self.head(nnx.relu(run(self.embed(x), self.blocks)))
 
 
+class EqxBlock(eqx.Module):
+  norm: eqx.nn.LayerNorm
+  up: eqx.nn.Linear
+  down: eqx.nn.Linear
+
+  def __init__(self, key):
+    up, down = jax.random.split(key)
+    self.norm = eqx.nn.LayerNorm(8)
+    self.up = eqx.nn.Linear(8, 16, key=up)
+    self.down = eqx.nn.Linear(16, 8, key=down)
+
+  def __call__(self, x):
+    return x + self.down(jax.nn.relu(self.up(self.norm(x))))
+
+
+class EqxStack(eqx.Module):
+  """The Equinox way: blocks built by filter_vmap, run by lax.scan."""
+
+  embed: eqx.nn.Linear
+  blocks: EqxBlock
+  head: eqx.nn.Linear
+
+  def __init__(self, key):
+    embed, blocks, head = jax.random.split(key, 3)
+    self.embed = eqx.nn.Linear(5, 8, key=embed)
+    self.blocks = eqx.filter_vmap(EqxBlock)(jax.random.split(blocks, DEPTH))
+    self.head = eqx.nn.Linear(8, 4, key=head)
+
+  def __call__(self, x):
+    dynamic, static = eqx.partition(self.blocks, eqx.is_array)
+
+    def run(h, block_params):
+      return eqx.combine(block_params, static)(h), None
+
+    h, _ = jax.lax.scan(run, self.embed(x), dynamic)
+    return self.head(jax.nn.relu(h))
+
+
 def traced(name):
   """(params, apply_fn, layers, x) of a scanned model, traced quietly."""
   x = jax.random.normal(jax.random.key(0), (12, 5))
   with warnings.catch_warnings():
     warnings.simplefilter("error", optax_swr.NotAChainWarning)
+    if name == "equinox":
+      model = EqxStack(jax.random.key(1))
+      batched = lambda m, x: jax.vmap(m)(x)
+      layers = optax_swr.layers_from_equinox(model, x, apply=batched)
+      params, static = eqx.partition(model, eqx.is_inexact_array)
+      return params, lambda p, x: batched(eqx.combine(p, static), x), layers, x
     if name == "nnx":
       model = NnxStack(nnx.Rngs(1))
       layers = optax_swr.layers_from_nnx(model, x)
@@ -184,7 +230,10 @@ def max_relative_error(before, after):
   return np.abs(after - scale * before).max() / np.abs(scale * before).max()
 
 
-@pytest.mark.parametrize("name", ["linen", "nnx"])
+FRAMEWORKS = ["linen", "nnx", "equinox"]
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
 def test_each_slice_is_a_layer_in_forward_order(name):
   _, _, layers, _ = traced(name)
   blocks = [layer for layer in layers if layer.index]
@@ -198,7 +247,7 @@ def test_each_slice_is_a_layer_in_forward_order(name):
   assert layers.graph is not None  # the residual merges tie the slices
 
 
-@pytest.mark.parametrize("name", ["linen", "nnx"])
+@pytest.mark.parametrize("name", FRAMEWORKS)
 def test_30_steps_keep_the_function_and_reach_half_the_best_rescaling(name):
   initial, apply_fn, layers, x = traced(name)
   tx = optax_swr.swr(0.5, layers=layers)
