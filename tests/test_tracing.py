@@ -392,3 +392,36 @@ def test_nnx_norm_layers_without_scale_restart_the_factor():
     lambda p, x: nnx.merge(graphdef, p, rest)(x), params, layers, x
   )
   assert report.relative_error <= 1e-4, report
+
+
+class Conflicting(nn.Module):
+  """Dense_0 feeds a softmax and, unscaled by it, a residual merge."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(4)(x.reshape(x.shape[0], -1))
+    return nn.Dense(2)(nn.relu(jax.nn.softmax(h) + h))
+
+
+def test_conflicting_uses_pin_the_layer_and_name_it_and_the_operations():
+  """The equations always have a solution (all factors 1); where they force
+  a layer's factor to 1, the warning says which layer and which operations,
+  and SWR leaves exactly that layer alone while keeping the function."""
+  module = Conflicting()
+  variables = module.init(jax.random.key(0), X)
+  with pytest.warns(optax_swr.ConstrainedLayersWarning) as record:
+    layers = optax_swr.layers_from_linen(module, variables, X)
+  message = str(record[0].message)
+  assert "['Dense_0']" in message, message
+  assert "`exp` (not positively homogeneous)" in message, message
+  assert "`add` with an unscaled value" in message, message
+  params = jax.tree.map(lambda p: 3.0 * p + 0.1, variables["params"])
+  tx = optax_swr.swr(0.5, layers=layers)
+  _, state = tx.update(
+    jax.tree.map(jnp.zeros_like, params), tx.init(variables["params"]), params
+  )
+  assert state.layer_scales[0] == 1.0 and state.layer_scales[1] < 0.9
+  report = optax_swr.check_proportional(
+    lambda p, x: module.apply({"params": p}, x), params, layers, X
+  )
+  assert report.relative_error < 1e-5 and report.pinned_layers == ("Dense_0",)
