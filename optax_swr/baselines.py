@@ -32,6 +32,12 @@ Two act on the params once, at each change of the data:
 * :func:`reset_layers`: the listed layers (the classifier head) take their
   fresh initialisation; everything else, optimizer state included, is kept.
 
+One acts on the params and the optimizer state every few updates:
+
+* :func:`redo`: ReDo (Sokar et al., 2023): the units whose activations are
+  near zero get fresh incoming weights, zero outgoing weights and zero
+  optimizer moments.
+
 Example:
   >>> import jax.numpy as jnp
   >>> import optax
@@ -41,7 +47,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import numbers
 from typing import Any, NamedTuple
 
@@ -51,6 +57,7 @@ import numpy as np
 import optax
 
 from optax_swr import _layers
+from optax_swr import metrics
 
 Path = _layers.Path
 
@@ -258,6 +265,318 @@ def _reset_leaf(leaf: Any, fresh: Any, indices: list[tuple[int, ...]]) -> Any:
   for index in indices:
     leaf = leaf.at[index].set(fresh[index])
   return leaf
+
+
+def redo(
+  params: Any,
+  opt_state: Any,
+  activations: Any,
+  layers: _layers.LayersArg,
+  fresh_params: Any,
+  *,
+  optimizer: optax.GradientTransformation | Callable[[Any], Any],
+  tau: float = 0.1,
+) -> tuple[Any, Any, tuple[jax.Array, ...]]:
+  r"""ReDo: recycles the dormant units of a chain of layers.
+
+  Call it every ``K`` updates (Sokar et al., 2023). A unit :math:`i` of a
+  layer with :math:`H` units is dormant when its normalized activation
+
+  .. math::
+    s_i = \frac{\mathbb{E}_x |h_i(x)|}{\frac{1}{H} \sum_k \mathbb{E}_x
+    |h_k(x)|} \le \tau,
+
+  the same definition (and code) as :func:`optax_swr.metrics.dormant_fraction`,
+  the mean running over the batch and every axis before the units. Each
+  dormant unit then gets
+
+  * its incoming weights ``W_l[..., i]`` and bias ``b_l[i]`` from
+    ``fresh_params`` (the authors' code sets the bias to 0, Flax's default
+    initial bias);
+  * zero outgoing weights: the rows of the next kernel it feeds, ``W[i, :]``
+    of a dense layer, ``W[..., i, :]`` of a conv, and rows ``r`` with
+    ``r % H == i`` of a dense layer that reads the flattened channels-last
+    output of a conv. A weight from one dormant unit into another is zeroed,
+    as in the authors' code;
+  * zero optimizer state at all of those entries, in every tree of
+    ``opt_state`` shaped like the params (Adam's ``mu`` and ``nu``, ...);
+    counts and other leaves, SWR's state included, are kept.
+
+  Zero outgoing weights keep the network's function at the reset; the fresh
+  incoming weights give the units gradients again. Units of the last layer
+  (the network's outputs) are never reset. Shapes decide what to reset and
+  ``jnp.where`` does it, so ``redo`` runs under ``jax.jit`` and inside
+  ``jax.lax.cond(step % K == 0, ...)``.
+
+  The activations come from the model, e.g. Flax Linen's
+  ``capture_intermediates`` (for modules that end with their activation
+  function) or ``self.sow("intermediates", "relu_0", x)`` after each
+  activation, collected with ``mutable="intermediates"`` on a batch.
+
+  Args:
+    params: the current params.
+    opt_state: the optimizer's state for ``params``.
+    activations: the output of every layer but the last, after its
+      activation function: arrays ``[batch, ..., units]`` as a list in
+      forward order (one array for two layers), or a dict, e.g. Flax's
+      ``intermediates`` collection, whose arrays are put in forward order by
+      the numbers in their names (``relu_0``, ``relu_1``, ... or
+      ``Block_0/__call__``, ...), as :func:`optax_swr.find_layers` orders
+      layers. If your names do not follow the forward order, pass a list.
+    layers: the dense/conv layers, consecutive and in forward order, as
+      :func:`optax_swr.find_layers` accepts them: :class:`optax_swr.Layer`
+      values, paths such as ``[("Dense_0",), ("Dense_1",)]``, or ``None`` to
+      infer them from numbered names. No normalization layers or slices of
+      stacks.
+    fresh_params: a fresh initialisation of the same model, e.g.
+      ``model.init(new_key, x)["params"]``; draw a new key at every call.
+    optimizer: the optimizer that made ``opt_state`` (or its ``init``), used
+      by ``optax.tree_map_params`` to find its param-shaped trees.
+    tau: the threshold, ``>= 0``. Sokar et al. use 0 to 0.1; with 0, only
+      units that are exactly 0 on the whole batch are reset.
+
+  Returns:
+    ``(params, opt_state, dormant)``: the params and optimizer state with the
+    dormant units reset, and a tuple of boolean masks ``[units]``, one per
+    layer but the last, of the units that were reset (e.g. log
+    ``sum(d.sum() for d in dormant)``).
+
+  Raises:
+    ValueError: if the number of activations is not one fewer than the
+      layers, an activation's units do not match its layer's width, a layer
+      is not dense/conv, or the next kernel cannot read the layer's units.
+
+  Example:
+    >>> import flax.linen as nn
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from optax_swr import baselines
+    >>> class Block(nn.Module):  # a dense layer and its activation
+    ...   width: int
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.relu(nn.Dense(self.width)(x))
+    >>> class MLP(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = Block(8)(x)
+    ...     x = Block(8)(x)
+    ...     return nn.Dense(2)(x)
+    >>> model, x = MLP(), jnp.ones((16, 3))
+    >>> params = model.init(jax.random.key(0), x)["params"]
+    >>> tx = optax.adam(1e-3)
+    >>> opt_state = tx.init(params)
+    >>> _, state = model.apply(
+    ...     {"params": params}, x, mutable="intermediates",
+    ...     capture_intermediates=lambda module, _: isinstance(module, Block))
+    >>> layers = [("Block_0", "Dense_0"), ("Block_1", "Dense_0"), ("Dense_0",)]
+    >>> fresh = model.init(jax.random.key(1), x)["params"]
+    >>> params, opt_state, dormant = baselines.redo(
+    ...     params, opt_state, state["intermediates"], layers, fresh,
+    ...     optimizer=tx, tau=0.1)
+    >>> [mask.shape for mask in dormant]
+    [(8,), (8,)]
+
+  References:
+    Sokar, Agarwal, Castro and Evci, `The dormant neuron phenomenon in deep
+    reinforcement learning <https://arxiv.org/abs/2302.12902>`_, ICML 2023.
+  """
+  _check_coef("redo", "tau", tau, upper=None)
+  _check_same_structure("redo", params, fresh_params)
+  leaves, treedef = jax.tree.flatten(params)
+  found = _redo_layers(params, layers)
+  hidden = _redo_activations(activations, len(found) - 1)
+  _check_redo_shapes(leaves, found, hidden)
+  dormant = tuple(metrics._dormant_units(h, tau) for h in hidden)
+  fresh_masks, zero_masks = _redo_masks(leaves, found, dormant)
+  fresh_leaves = jax.tree.leaves(fresh_params)
+  new_leaves = [
+    _recycled(leaf, fresh, fresh_masks.get(k), zero_masks.get(k))
+    for k, (leaf, fresh) in enumerate(zip(leaves, fresh_leaves))
+  ]
+  reset_masks = {
+    k: _union(fresh_masks.get(k), zero_masks.get(k))
+    for k in {*fresh_masks, *zero_masks}
+  }
+  opt_state = optax.tree_map_params(
+    optimizer,
+    lambda moment, k: _zero_at(moment, reset_masks.get(k)),
+    opt_state,
+    jax.tree.unflatten(treedef, range(len(leaves))),
+  )
+  return jax.tree.unflatten(treedef, new_leaves), opt_state, dormant
+
+
+def _redo_layers(
+  params: Any, layers: _layers.LayersArg
+) -> tuple[_layers.ResolvedLayer, ...]:
+  """The layers, checked to be two or more whole dense/conv layers."""
+  spec = _layers.normalize_layers_arg(layers, caller="redo")
+  found = _layers.resolve(params, spec, caller="redo")
+  if len(found) < 2:
+    raise ValueError(
+      f"redo: `layers` gives {len(found)} layer(s); ReDo resets the units "
+      "of a layer and the weights of the next one that read them, so list "
+      "two or more consecutive dense/conv layers in forward order."
+    )
+  for layer in found:
+    if layer.is_norm or layer.weight_index is None:
+      raise ValueError(
+        f"redo: the layer {layer.path!r} in `layers` is a normalization "
+        "layer; ReDo resets the units of dense/conv layers. Leave "
+        "normalization layers out of `layers`."
+      )
+    if layer.stack_index:
+      raise ValueError(
+        f"redo: the layer {layer.layer.name!r} in `layers` is a slice of a "
+        "stacked leaf (Layer.index), which redo does not support; list "
+        "layers with leaves of their own."
+      )
+  return found
+
+
+def _redo_activations(activations: Any, expected: int) -> list[jax.Array]:
+  """The activations as a list in forward order, one per hidden layer."""
+  if isinstance(activations, Mapping):
+    hidden = _ordered_by_name(activations)
+  elif isinstance(activations, (list, tuple)):
+    hidden = list(activations)
+  else:
+    hidden = [activations]
+  if len(hidden) != expected:
+    raise ValueError(
+      f"redo: `activations` has {len(hidden)} array(s) but `layers` has "
+      f"{expected + 1} layers; pass the output (after its activation "
+      "function) of every layer but the last, in forward order. The last "
+      "layer's outputs are the network's and are never reset."
+    )
+  for index, h in enumerate(hidden):
+    if jnp.ndim(h) < 2:
+      raise ValueError(
+        f"redo: `activations[{index}]` has shape {jnp.shape(h)}; each "
+        "layer's activations must be [batch, ..., units] (at least 2 axes). "
+        "Add a units axis with h[:, None]."
+      )
+  return hidden
+
+
+def _ordered_by_name(activations: Mapping[Any, Any]) -> list[jax.Array]:
+  """The arrays of a dict, ordered by the numbers in their names."""
+  paths = _layers.leaf_paths(activations)
+  by_path = dict(zip(paths, jax.tree.leaves(activations)))
+  try:
+    order = _layers.infer_layer_order(paths, caller="redo")
+  except ValueError:
+    raise ValueError(
+      "redo: the names in the `activations` dict do not tell the forward "
+      f"order: its arrays are at {sorted(map(str, paths))}, not one name "
+      "with distinct numbers at each level (relu_0, relu_1, ...). Pass a "
+      "list in forward order instead, e.g. [intermediates['relu_0'][0], "
+      "...]."
+    ) from None
+  return [by_path[path] for path in order]
+
+
+def _check_redo_shapes(
+  leaves: list[Any],
+  found: tuple[_layers.ResolvedLayer, ...],
+  hidden: list[jax.Array],
+) -> None:
+  """Each activation fits its layer, and the next layer reads its units."""
+  for layer, after, h in zip(found, found[1:], hidden):
+    units = jnp.shape(h)[-1]
+    kernel = _kernel_shape(leaves, layer)
+    bias = (
+      None if layer.bias_index is None else jnp.shape(leaves[layer.bias_index])
+    )
+    if len(kernel) < 2 or kernel[-1] != units or bias not in (None, (units,)):
+      raise ValueError(
+        f"redo: the activations of layer {layer.path!r} have {units} units "
+        f"(shape {jnp.shape(h)}), but its kernel has shape {kernel} and its "
+        f"bias {bias}; a dense/conv layer with {units} units has a kernel "
+        f"[..., {units}] and a bias [{units}]. Pass each layer's own "
+        "activations, in the order of `layers`."
+      )
+    next_kernel = _kernel_shape(leaves, after)
+    if not _reads_units(next_kernel, units):
+      raise ValueError(
+        f"redo: the layer {after.path!r} (kernel shape {next_kernel}) "
+        f"cannot read the {units} units of {layer.path!r}: a conv kernel "
+        f"must be [..., {units}, out] and a dense one [k * {units}, out] "
+        "(k = 1, or the spatial size of a flattened channels-last conv "
+        "output). List consecutive dense/conv layers in forward order."
+      )
+
+
+def _kernel_shape(
+  leaves: list[Any], layer: _layers.ResolvedLayer
+) -> tuple[int, ...]:
+  assert layer.weight_index is not None  # _redo_layers rejects norm layers.
+  return jnp.shape(leaves[layer.weight_index])
+
+
+def _reads_units(kernel: tuple[int, ...], units: int) -> bool:
+  """Whether a dense/conv kernel reads ``units`` channels-last features."""
+  if len(kernel) == 2:  # Dense; a multiple of units after flattening a conv.
+    return kernel[0] % units == 0
+  return len(kernel) > 2 and kernel[-2] == units
+
+
+def _redo_masks(
+  leaves: list[Any],
+  found: tuple[_layers.ResolvedLayer, ...],
+  dormant: tuple[jax.Array, ...],
+) -> tuple[dict[int, jax.Array], dict[int, jax.Array]]:
+  """By leaf index: the entries that take fresh values, and those zeroed."""
+  fresh: dict[int, jax.Array] = {}
+  zero: dict[int, jax.Array] = {}
+  for layer, after, is_dormant in zip(found, found[1:], dormant):
+    assert layer.weight_index is not None and after.weight_index is not None
+    kernel = _kernel_shape(leaves, layer)
+    fresh[layer.weight_index] = jnp.broadcast_to(is_dormant, kernel)
+    if layer.bias_index is not None:
+      fresh[layer.bias_index] = is_dormant
+    next_kernel = _kernel_shape(leaves, after)
+    # Row r of the next kernel reads unit r % units: the identity for a conv
+    # or dense layer, and channels-last flattening for a dense after a conv.
+    rows = is_dormant[np.arange(next_kernel[-2]) % is_dormant.size]
+    zero[after.weight_index] = jnp.broadcast_to(rows[:, None], next_kernel)
+  return fresh, zero
+
+
+def _recycled(leaf: Any, fresh: Any, fresh_mask: Any, zero_mask: Any) -> Any:
+  if fresh_mask is not None and jnp.shape(fresh) != jnp.shape(leaf):
+    raise ValueError(
+      f"redo: `fresh_params` has a leaf of shape {jnp.shape(fresh)} where "
+      f"`params` has {jnp.shape(leaf)}; pass a fresh initialisation of the "
+      "same model."
+    )
+  if fresh_mask is not None:
+    leaf = jnp.where(fresh_mask, fresh, leaf).astype(leaf.dtype)
+  if zero_mask is not None:
+    leaf = jnp.where(zero_mask, jnp.zeros((), leaf.dtype), leaf)
+  return leaf
+
+
+def _union(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+  if a is None:
+    return b
+  return a if b is None else a | b
+
+
+def _zero_at(moment: Any, mask: jax.Array | None) -> Any:
+  """Zeroes an optimizer-state leaf at the reset entries of its param."""
+  if mask is None:
+    return moment
+  if jnp.shape(moment) != mask.shape:
+    raise ValueError(
+      f"redo: `opt_state` has a leaf of shape {jnp.shape(moment)} where "
+      f"`optimizer` keeps a copy of a param of shape {mask.shape}; redo "
+      "resets optimizer state entry by entry, so it needs an optimizer "
+      "whose state has the params' shapes (e.g. Adam, not Adafactor)."
+    )
+  return jnp.where(mask, jnp.zeros((), moment.dtype), moment)
 
 
 def _check_coef(
