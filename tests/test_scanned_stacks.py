@@ -20,9 +20,9 @@ import numpy as np
 import optax
 import pytest
 
-eqx = pytest.importorskip("equinox")
-
 import optax_swr
+
+eqx = pytest.importorskip("equinox")  # installed by `make test`
 
 STEPS = 30
 DEPTH = 3
