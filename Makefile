@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
+# pytest-xdist workers: CI has 2 cores; the tests are independent processes.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test docs results clean
 
@@ -30,7 +32,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Every number of examples/paper/RESULTS.md, its tables and figures (about
 # 30 min).
