@@ -22,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 
 # Every extra includes the demo's, so this stamps both.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint,equinox,docs,notebook,dev]"
+	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint,equinox,rl,docs,notebook,dev]"
 	touch $(DEMO_STAMP) $@
 
 demo: $(DEMO_STAMP)
