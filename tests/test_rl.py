@@ -169,3 +169,41 @@ def test_continuous_actions_are_refused():
   env, env_params = ppo.make_env("Pendulum-v1")
   with pytest.raises(ValueError, match="Discrete action space"):
     ppo.make_agent(CONFIG, env, env_params, "vanilla")
+
+
+def test_minatar_games_share_one_padded_interface():
+  from examples.rl import continual  # pylint: disable=g-import-not-at-top
+
+  for game in ("Breakout", "Seaquest"):
+    env = continual.PaddedMinAtar(game)
+    obs, _ = env.reset(jax.random.key(0), env.params)
+    assert obs.shape == (10, 10, continual.CHANNELS)
+    assert ppo.num_actions(env, env.params) == continual.ACTIONS
+  with pytest.raises(ValueError, match="choose from: SpaceInvaders, Asterix"):
+    continual.PaddedMinAtar("Pong")
+
+
+def test_continual_first_visit_is_the_fresh_run_and_the_agent_carries_on(
+  tmp_path,
+):
+  """The invariant the protocol's pairing rests on, on a tiny budget."""
+  from examples.rl import continual  # pylint: disable=g-import-not-at-top
+
+  results = continual.main(
+    [
+      "--games=Breakout,Freeway",
+      "--cycles=1",
+      "--steps-per-visit=512",
+      "--num-envs=4",
+      "--seeds=2",
+      "--methods=vanilla",
+      f"--out={tmp_path / 'c.json'}",
+    ]
+  )
+  run = results["methods"]["vanilla"]
+  first, second = run["visits"]
+  assert first["returns"] == run["fresh"]["Breakout"]["returns"]
+  assert second["weight_norms"] != run["fresh"]["Freeway"]["weight_norms"]
+  breakout, freeway = results["summary"]["vanilla"]
+  assert breakout["gap_mean"] == 0.0 and freeway["game"] == "Freeway"
+  assert (tmp_path / "c.json").exists()

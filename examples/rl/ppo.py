@@ -455,15 +455,6 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
   reset_envs = jax.vmap(env.reset, in_axes=(0, None))
   step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-  def init_agent(key: jax.Array) -> TrainState:
-    params = network.init(key, jnp.zeros((1, *obs_shape)))["params"]
-    return TrainState(
-      params=params,
-      opt_state=tx.init(params),
-      initial_params=params,
-      updates=jnp.zeros((), jnp.int32),
-    )
-
   def with_new_envs(runner_state: RunnerState) -> RunnerState:
     key, reset_key = jax.random.split(runner_state.key)
     obs, env_state = reset_envs(
@@ -618,13 +609,35 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
     if isinstance(start, RunnerState):
       runner_state = start
     else:
-      agent_key, key = jax.random.split(start)
-      runner_state = RunnerState(init_agent(agent_key), None, None, None, key)
+      runner_state = new_agent(network, tx, obs_shape, start)
     if runner_state.env_state is None:
       runner_state = with_new_envs(runner_state)
     return jax.lax.scan(update, runner_state, None, num_updates)
 
   return train
+
+
+def new_agent(
+  network: ActorCritic,
+  tx: optax.GradientTransformation,
+  obs_shape: Sequence[int],
+  key: jax.Array,
+) -> RunnerState:
+  """A new agent without environments (``train`` resets them), from ``key``.
+
+  ``train(key, n)`` starts from ``new_agent(..., key)``; passing the runner
+  state instead lets every call of a jitted ``train`` take the same input
+  structure (one compilation).
+  """
+  agent_key, key = jax.random.split(key)
+  params = network.init(agent_key, jnp.zeros((1, *obs_shape)))["params"]
+  train_state = TrainState(
+    params=params,
+    opt_state=tx.init(params),
+    initial_params=params,
+    updates=jnp.zeros((), jnp.int32),
+  )
+  return RunnerState(train_state, None, None, None, key)
 
 
 def _step_outputs(outputs: tuple[Any, ...]) -> tuple[Any, Any, Any, Any]:
