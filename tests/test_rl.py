@@ -8,6 +8,7 @@ costs four compilations (one more each for the orbax and ReDo tests).
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import numpy as np
@@ -206,4 +207,17 @@ def test_continual_first_visit_is_the_fresh_run_and_the_agent_carries_on(
   assert second["weight_norms"] != run["fresh"]["Freeway"]["weight_norms"]
   breakout, freeway = results["summary"]["vanilla"]
   assert breakout["gap_mean"] == 0.0 and freeway["game"] == "Freeway"
-  assert (tmp_path / "c.json").exists()
+  from examples.rl import continual_report  # pylint: disable=g-import-not-at-top
+
+  figure = tmp_path / "c.png"
+  report = continual_report.main(
+    [str(tmp_path / "c.json"), f"--figure={figure}"]
+  )
+  # Freeway's episodes last 2,500 steps: none ends here, its scores are NaN.
+  assert json.dumps(report["summary"]) == json.dumps(results["summary"])
+  assert (
+    continual_report.table(report)
+    .splitlines()[2]
+    .startswith("| Breakout | 1 | ")
+  )
+  assert figure.stat().st_size > 0

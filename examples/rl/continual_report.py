@@ -1,0 +1,163 @@
+"""Tables and a figure from runs of ``examples.rl.continual``.
+
+Merges the JSON files of several runs (one method each, or several), prints a
+Markdown table per game and visit: each method's score, the fresh agent's,
+and their paired per-seed gap with its 95% t interval; and draws one panel per
+game (the gap against the visit) and one of the summed weight norm over the
+whole sequence. Needs matplotlib (the [plots] extra) and scipy.
+
+  python -m examples.rl.continual_report examples/rl/results/continual_*.json \\
+      --figure examples/rl/figures/continual.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import json
+from typing import Any
+
+import numpy as np
+
+from examples.rl import continual
+from examples.rl import plot as rl_plot
+
+
+def merge(paths: Sequence[str]) -> dict[str, Any]:
+  """The runs' methods in one results dict; their configs must agree."""
+  merged: dict[str, Any] = {}
+  for path in paths:
+    with open(path) as file:
+      run = json.load(file)
+    if not merged:
+      merged = {**run, "methods": {}}
+    elif _protocol(run["config"]) != _protocol(merged["config"]):
+      raise ValueError(
+        f"{path}: its protocol ({_protocol(run['config'])}) differs from "
+        f"the first file's ({_protocol(merged['config'])}); merge runs of "
+        "one protocol only."
+      )
+    merged["methods"].update(run["methods"])
+  merged["summary"] = continual.summarize(merged)
+  return merged
+
+
+def _protocol(config: dict[str, Any]) -> tuple[Any, ...]:
+  keys = ("games", "cycles", "steps_per_visit", "seeds", "seed", "num_envs")
+  return tuple(str(config[k]) for k in keys)
+
+
+def table(results: dict[str, Any]) -> str:
+  """Markdown: per game and visit, score / fresh / gap ± CI per method."""
+  methods = list(results["summary"])
+  header = "| game | visit | " + " | ".join(
+    f"{m}: score (fresh), gap ± 95% CI" for m in methods
+  )
+  lines = [header + " |", "|---|---|" + "---|" * len(methods)]
+  rows = zip(*(results["summary"][m] for m in methods))
+  for cells in rows:
+    game, cycle = cells[0]["game"], cells[0]["cycle"]
+    values = [
+      f"{c['score_mean']:.2f} ({c['fresh_mean']:.2f}), "
+      f"{c['gap_mean']:+.2f} ± {c['gap_ci95']:.2f}"
+      for c in cells
+    ]
+    lines.append(f"| {game} | {cycle + 1} | " + " | ".join(values) + " |")
+  return "\n".join(lines)
+
+
+def later_visits(results: dict[str, Any]) -> str:
+  """Markdown: per method, the gap over every visit after the first cycle.
+
+  Per seed, the mean gap over the later visits of all games; then the mean
+  and 95% t interval over seeds, and the paired difference to vanilla.
+  """
+  if results["config"]["cycles"] < 2:
+    return "(one cycle: no later visits to compare)"
+  per_seed = {m: _later_gaps(results, m) for m in results["methods"]}
+  lines = [
+    "| method | mean gap, later visits (± 95% CI) | minus vanilla (± 95% CI) |",
+    "|---|---|---|",
+  ]
+  for method, gaps in per_seed.items():
+    versus = "-"
+    if "vanilla" in per_seed and method != "vanilla":
+      diff = gaps - per_seed["vanilla"]
+      versus = f"{np.mean(diff):+.2f} ± {_ci(diff):.2f}"
+    lines.append(
+      f"| {method} | {np.mean(gaps):+.2f} ± {_ci(gaps):.2f} | {versus} |"
+    )
+  return "\n".join(lines)
+
+
+def _later_gaps(results: dict[str, Any], method: str) -> np.ndarray:
+  run = results["methods"][method]
+  gaps = [
+    rl_plot.as_array(v["score"])
+    - rl_plot.as_array(run["fresh"][v["game"]]["score"])
+    for v in run["visits"]
+    if v["cycle"] > 0
+  ]
+  return np.nanmean(np.stack(gaps), axis=0)
+
+
+def _ci(values: np.ndarray) -> float:
+  return continual._half_width(values)  # noqa: SLF001
+
+
+def figure(results: dict[str, Any], path: str) -> None:
+  """A panel per game (gap against visit), and the weight norms."""
+  plt = rl_plot.pyplot()
+  games = results["config"]["games"]
+  fig, axes = plt.subplots(
+    1, len(games) + 1, figsize=(3.2 * (len(games) + 1), 3.2)
+  )
+  for method, rows in results["summary"].items():
+    for ax, game in zip(axes, games):
+      mine = [r for r in rows if r["game"] == game]
+      visits = [r["cycle"] + 1 for r in mine]
+      ax.errorbar(
+        visits,
+        [r["gap_mean"] for r in mine],
+        yerr=[r["gap_ci95"] for r in mine],
+        marker="o",
+        capsize=3,
+        label=method,
+      )
+      ax.axhline(0.0, color="gray", lw=0.8)
+      ax.set_xticks(visits)
+      ax.set_title(game)
+      ax.set_xlabel("visit")
+    norms = np.concatenate(
+      [
+        rl_plot.as_array(v["weight_norms"])
+        for v in results["methods"][method]["visits"]
+      ],
+      axis=-1,
+    )
+    axes[-1].plot(np.mean(norms, axis=0), label=method)
+  axes[0].set_ylabel("score minus fresh agent's")
+  axes[-1].set_title("sum of layer weight norms")
+  axes[-1].set_xlabel("update (all visits)")
+  axes[-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("json", nargs="+", help="from examples.rl.continual")
+  parser.add_argument("--figure", help="the PNG to write")
+  args = parser.parse_args(argv)
+  results = merge(args.json)
+  print(table(results))
+  print()
+  print(later_visits(results))
+  if args.figure:
+    figure(results, args.figure)
+  return results
+
+
+if __name__ == "__main__":
+  main()
