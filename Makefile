@@ -8,7 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
-# pytest-xdist workers: CI has 2 cores; the tests are independent processes.
+# pytest-xdist workers: CI has 2 cores. Whole files go to one worker, so that
+# a module-scoped fixture (a trained run, a checkpoint) is built once.
 TEST_WORKERS ?= 2
 
 .PHONY: demo test docs results clean
@@ -32,7 +33,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Every number of examples/paper/RESULTS.md, its tables and figures (about
 # 30 min).
