@@ -115,3 +115,26 @@ def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
     a,
     b,
   )
+
+
+def swr_steps(tx, apply_fn, params, state, x, steps=30):
+  """``steps`` SWR steps with zero base updates, in one compiled scan.
+
+  Returns the final params and the logits before and after each step,
+  ``[steps + 1, *logits.shape]``.
+  """
+
+  def step(carry, _):
+    params, state = carry
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, state = tx.update(zeros, state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, state), apply_fn(params, x)
+
+  @jax.jit
+  def run(params, state):
+    first = apply_fn(params, x)
+    (params, _), logits = jax.lax.scan(step, (params, state), length=steps)
+    return params, jnp.concatenate([first[None], logits])
+
+  return run(params, state)

@@ -18,13 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from examples.models import blocks
 from examples.models import linen as models_linen
 from examples.models import nnx as models_nnx
 import optax_swr
+from tests import helpers
 
 STEPS = 30
 IMAGES = (8, 8, 1)
@@ -135,29 +135,6 @@ def log_distance(params, layers, references):
   return np.log(norms[weighted] / references[weighted])
 
 
-def swr_steps(tx, apply_fn, params, state, x):
-  """STEPS SWR steps with zero base updates, in one compiled scan.
-
-  Returns the final params and the logits before and after each step,
-  ``[STEPS + 1, *logits.shape]``.
-  """
-
-  def step(carry, _):
-    params, state = carry
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, state = tx.update(zeros, state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, state), apply_fn(params, x)
-
-  @jax.jit
-  def run(params, state):
-    first = apply_fn(params, x)
-    (params, _), logits = jax.lax.scan(step, (params, state), length=STEPS)
-    return params, jnp.concatenate([first[None], logits])
-
-  return run(params, state)
-
-
 def best_reachable(apply_fn, params, layers, x, d):
   """min ||d + Δ||² over function-preserving changes Δ of the log-norms.
 
@@ -216,7 +193,7 @@ def test_30_steps_keep_the_function_and_reach_half_the_best_rescaling(
   references = np.asarray(state.reference_norms)
   start = pushed_off(initial, layers)
   d0 = log_distance(start, layers, references)
-  params, logits = swr_steps(tx, apply_fn, start, state, x)
+  params, logits = helpers.swr_steps(tx, apply_fn, start, state, x, STEPS)
   logits = np.asarray(logits, np.float64).reshape(STEPS + 1, -1)
   for t, (before, after) in enumerate(zip(logits[:-1], logits[1:])):
     scale = after @ before / (before @ before)

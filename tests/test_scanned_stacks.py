@@ -21,6 +21,7 @@ import optax
 import pytest
 
 import optax_swr
+from tests import helpers
 
 eqx = pytest.importorskip("equinox")  # installed by `make test`
 
@@ -225,26 +226,6 @@ def best_reachable(apply_fn, params, layers, x, d):
   return float(np.sum((d + null @ z) ** 2))
 
 
-def swr_steps(tx, apply_fn, params, state, x):
-  """STEPS SWR steps with zero base updates, in one compiled scan; returns
-  the final params and the logits before and after each step."""
-
-  def step(carry, _):
-    params, state = carry
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, state = tx.update(zeros, state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, state), apply_fn(params, x)
-
-  @jax.jit
-  def run(params, state):
-    first = apply_fn(params, x)
-    (params, _), logits = jax.lax.scan(step, (params, state), length=STEPS)
-    return params, jnp.concatenate([first[None], logits])
-
-  return run(params, state)
-
-
 def max_relative_error(before, after):
   scale = after @ before / (before @ before)
   return np.abs(after - scale * before).max() / np.abs(scale * before).max()
@@ -275,7 +256,7 @@ def test_30_steps_keep_the_function_and_reach_half_the_best_rescaling(name):
   references = np.asarray(state.reference_norms)
   params = pushed_off(initial, layers)
   d0 = log_distance(params, layers, references)
-  params, logits = swr_steps(tx, apply_fn, params, state, x)
+  params, logits = helpers.swr_steps(tx, apply_fn, params, state, x, STEPS)
   logits = np.asarray(logits, np.float64).reshape(STEPS + 1, -1)
   for t in range(STEPS):
     assert max_relative_error(logits[t], logits[t + 1]) <= 1e-4, (name, t)

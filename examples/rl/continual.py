@@ -26,7 +26,6 @@ import argparse
 from collections.abc import Sequence
 import dataclasses
 import functools
-import json
 import time
 from typing import Any
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from examples.paper import protocols
 from examples.rl import ppo
 
 GAMES = ("SpaceInvaders", "Asterix", "Breakout", "Freeway", "Seaquest")
@@ -223,6 +223,7 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_flags(argv)
+  protocols.check_out_path(args.out)
   games = [g.strip() for g in args.games.split(",") if g.strip()]
   for game in games:
     if game not in GAMES:
@@ -257,8 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results["wall_time_s"] = time.perf_counter() - start
   results["summary"] = summarize(results)
   if args.out:
-    with open(args.out, "w") as file:
-      json.dump(results, file)
+    protocols.write_json(args.out, results)
   return results
 
 

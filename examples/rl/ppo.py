@@ -45,13 +45,10 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import importlib.metadata
-import json
 import math
-import platform
 import time
 from typing import Any, NamedTuple
 
-import flax
 from flax import struct
 import flax.linen as nn
 import jax
@@ -59,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from examples.paper import protocols
 import optax_swr
 from optax_swr import baselines
 from optax_swr import metrics
@@ -758,13 +756,8 @@ def run_method(
 def versions() -> dict[str, str]:
   """Versions of what produced the results, for the JSON."""
   return {
-    "python": platform.python_version(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "flax": flax.__version__,
+    **protocols.versions(),
     "gymnax": importlib.metadata.version("gymnax"),
-    "optax_swr": optax_swr.__version__,
-    "device": str(jax.devices()[0].device_kind),
   }
 
 
@@ -848,6 +841,7 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_flags(argv)
+  protocols.check_out_path(args.out)
   config = config_from_flags(args)
   methods = parse_methods(args.methods)
   env, env_params = make_env(args.env)
@@ -882,8 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
   results["wall_time_s"] = time.perf_counter() - start
   if args.out:
-    with open(args.out, "w") as file:
-      json.dump(results, file)
+    protocols.write_json(args.out, results)
   return results
 
 
