@@ -451,13 +451,7 @@ def _redo_activations(activations: Any, expected: int) -> list[jax.Array]:
       "function) of every layer but the last, in forward order. The last "
       "layer's outputs are the network's and are never reset."
     )
-  for index, h in enumerate(hidden):
-    if jnp.ndim(h) < 2:
-      raise ValueError(
-        f"redo: `activations[{index}]` has shape {jnp.shape(h)}; each "
-        "layer's activations must be [batch, ..., units] (at least 2 axes). "
-        "Add a units axis with h[:, None]."
-      )
+  metrics._check_activation_ranks(hidden, "redo")
   return hidden
 
 

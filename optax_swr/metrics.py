@@ -474,14 +474,19 @@ def _as_layer_list(activations: Any) -> list[jax.Array]:
       "dormant_fraction: `activations` is empty; pass one array [batch, "
       "..., units] or a list of them, one per layer."
     )
+  _check_activation_ranks(layers, "dormant_fraction")
+  return layers
+
+
+def _check_activation_ranks(layers: Sequence[Any], caller: str) -> None:
+  """Each layer's activations must have a batch and a units axis."""
   for index, h in enumerate(layers):
     if jnp.ndim(h) < 2:
       raise ValueError(
-        f"dormant_fraction: `activations[{index}]` has shape "
+        f"{caller}: `activations[{index}]` has shape "
         f"{jnp.shape(h)}; each layer's activations must be [batch, ..., "
         "units] (at least 2 axes). Add a units axis with h[:, None]."
       )
-  return layers
 
 
 def _check_tau(tau: Any) -> None:

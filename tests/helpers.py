@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import optax_swr
 from tests import reference
 
 
@@ -138,3 +139,23 @@ def swr_steps(tx, apply_fn, params, state, x, steps=30):
     return params, jnp.concatenate([first[None], logits])
 
   return run(params, state)
+
+
+def pushed_off(params, layers, seed=0):
+  """Each layer's weight (or slice of a stacked one) times a random factor
+  in [1/3, 3], its bias replaced by random values: weights off their
+  initial norms, biases non-zero."""
+  rng = np.random.default_rng(seed)
+  leaves, treedef = jax.tree.flatten(params)
+  paths = optax_swr._layers.leaf_paths(params)  # noqa: SLF001
+  index = {path: i for i, path in enumerate(paths)}
+  for layer in layers:
+    if layer.weight is not None:
+      i = index[layer.weight]
+      factor = np.exp(rng.uniform(np.log(1 / 3), np.log(3)))
+      leaves[i] = leaves[i].at[layer.index].multiply(factor)
+    if layer.bias is not None:
+      i = index[layer.bias]
+      noise = rng.normal(0, 0.5, leaves[i][layer.index].shape)
+      leaves[i] = leaves[i].at[layer.index].set(noise)
+  return jax.tree.unflatten(treedef, leaves)

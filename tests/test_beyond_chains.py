@@ -113,22 +113,6 @@ def setup(framework, name):
   return params, apply_fn, layers, x
 
 
-def pushed_off(params, layers, seed=0):
-  """Each weight times a random factor in [1/3, 3]; random biases."""
-  rng = np.random.default_rng(seed)
-  leaves, treedef = jax.tree.flatten(params)
-  paths = optax_swr._layers.leaf_paths(params)  # noqa: SLF001
-  index = {path: i for i, path in enumerate(paths)}
-  for layer in layers:
-    if layer.weight is not None:
-      i = index[layer.weight]
-      leaves[i] = leaves[i] * np.exp(rng.uniform(np.log(1 / 3), np.log(3)))
-    if layer.bias is not None:
-      i = index[layer.bias]
-      leaves[i] = jnp.asarray(rng.normal(0, 0.5, leaves[i].shape), jnp.float32)
-  return jax.tree.unflatten(treedef, leaves)
-
-
 def log_distance(params, layers, references):
   norms = np.asarray(optax_swr.metrics.layer_norms(params, list(layers)))
   weighted = np.array([layer.weight is not None for layer in layers])
@@ -191,7 +175,7 @@ def test_30_steps_keep_the_function_and_reach_half_the_best_rescaling(
   tx = optax_swr.swr(0.5, layers=layers)
   state = tx.init(initial)
   references = np.asarray(state.reference_norms)
-  start = pushed_off(initial, layers)
+  start = helpers.pushed_off(initial, layers)
   d0 = log_distance(start, layers, references)
   params, logits = helpers.swr_steps(tx, apply_fn, start, state, x, STEPS)
   logits = np.asarray(logits, np.float64).reshape(STEPS + 1, -1)

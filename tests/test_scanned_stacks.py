@@ -173,23 +173,6 @@ def scaled(leaves, coords, log_factors):
   return leaves
 
 
-def pushed_off(params, layers, seed=0):
-  """Each weight slice times a random factor in [1/3, 3]; random biases."""
-  rng = np.random.default_rng(seed)
-  leaves, treedef = jax.tree.flatten(params)
-  paths = optax_swr._layers.leaf_paths(params)  # noqa: SLF001
-  index = {path: i for i, path in enumerate(paths)}
-  for layer in layers:
-    i = index[layer.weight]
-    factor = np.exp(rng.uniform(np.log(1 / 3), np.log(3)))
-    leaves[i] = leaves[i].at[layer.index].multiply(factor)
-    if layer.bias is not None:
-      i = index[layer.bias]
-      noise = rng.normal(0, 0.5, leaves[i][layer.index].shape)
-      leaves[i] = leaves[i].at[layer.index].set(noise)
-  return jax.tree.unflatten(treedef, leaves)
-
-
 def log_distance(params, layers, references):
   norms = np.asarray(optax_swr.metrics.layer_norms(params, list(layers)))
   return np.log(norms / references)
@@ -254,14 +237,16 @@ def test_30_steps_keep_the_function_and_reach_half_the_best_rescaling(name):
   tx = optax_swr.swr(0.5, layers=layers)
   state = tx.init(initial)
   references = np.asarray(state.reference_norms)
-  params = pushed_off(initial, layers)
+  params = helpers.pushed_off(initial, layers)
   d0 = log_distance(params, layers, references)
   params, logits = helpers.swr_steps(tx, apply_fn, params, state, x, STEPS)
   logits = np.asarray(logits, np.float64).reshape(STEPS + 1, -1)
   for t in range(STEPS):
     assert max_relative_error(logits[t], logits[t + 1]) <= 1e-4, (name, t)
   d30 = log_distance(params, layers, references)
-  best = best_reachable(apply_fn, pushed_off(initial, layers), layers, x, d0)
+  best = best_reachable(
+    apply_fn, helpers.pushed_off(initial, layers), layers, x, d0
+  )
   reachable = np.sum(d0**2) - best
   assert reachable > 1e-2, reachable  # the bound is not vacuous
   assert np.sum(d0**2) - np.sum(d30**2) >= 0.5 * reachable, (d0, d30, best)
@@ -279,7 +264,7 @@ def test_the_stack_as_one_layer_changes_the_function():
       optax_swr.Layer(l.weight, l.bias, l.norm, l.path) for l in layers
     )
   ]
-  pushed = pushed_off(params, layers)
+  pushed = helpers.pushed_off(params, layers)
   exact = optax_swr.check_proportional(apply_fn, pushed, layers, x)
   assert exact.relative_error < 1e-5, exact
   broken = optax_swr.check_proportional(apply_fn, pushed, whole, x)
@@ -358,7 +343,7 @@ def test_stacked_batch_norm_statistics_are_synced_per_slice():
   norms = [layer for layer in layers if layer.norm]
   assert [layer.index for layer in norms] == [(i,) for i in range(DEPTH)]
   apply_fn = lambda p, s, x: evaluate.apply({"params": p, "batch_stats": s}, x)
-  pushed = pushed_off(variables["params"], layers)
+  pushed = helpers.pushed_off(variables["params"], layers)
   report = optax_swr.check_proportional(
     apply_fn, pushed, layers, x, batch_stats=stats
   )
