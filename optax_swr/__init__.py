@@ -26,6 +26,7 @@ from optax_swr._equinox import layers_from_equinox
 from optax_swr._flax import layers_from_linen
 from optax_swr._flax import layers_from_nnx
 from optax_swr._flax import sync_nnx_batch_stats
+from optax_swr._fused import update_and_apply
 from optax_swr._layers import Layer
 from optax_swr._layers import Layers
 from optax_swr._layers import by_layer
@@ -61,4 +62,5 @@ __all__ = (
   "swr",
   "sync_batch_stats",
   "sync_nnx_batch_stats",
+  "update_and_apply",
 )

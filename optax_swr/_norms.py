@@ -31,6 +31,17 @@ def compute_dtype(leaf: jax.Array) -> jnp.dtype:
   return jnp.promote_types(leaf.dtype, jnp.float32)
 
 
+def pair_dtype(param: jax.Array, update: jax.Array) -> jnp.dtype:
+  """The dtype SWR computes a param and its update in: at least float32."""
+  return jnp.promote_types(compute_dtype(param), compute_dtype(update))
+
+
+def moved(param: jax.Array, update: jax.Array) -> jax.Array:
+  """p + u in :func:`pair_dtype`: the weight whose norm SWR takes."""
+  dtype = pair_dtype(param, update)
+  return param.astype(dtype) + update.astype(dtype)
+
+
 def frobenius_norm(weight: jax.Array) -> jax.Array:
   """The float32 Frobenius norm of one weight."""
   # sqrt(sum(w**2)) with no ravel: a ravel of a kernel sharded on any axis but

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _fused
 from optax_swr import _homogeneity
 from optax_swr import _layers
 from optax_swr import _norms
@@ -273,7 +274,7 @@ def swr(
     # p + u only feeds the norms: the outputs below are written from p and u,
     # so XLA need not keep a param-sized p + u buffer alive for them.
     moved = {
-      layer.weight_index: _sum(
+      layer.weight_index: _norms.moved(
         param_leaves[layer.weight_index], update_leaves[layer.weight_index]
       )
       for layer in found
@@ -293,10 +294,14 @@ def swr(
     factors = _leaf_factors(
       found, layer_scales, cumulative_scales, param_leaves
     )
+    deferred = _fused.active_recorder()
     for leaf, factor in factors.items():
-      update_leaves[leaf] = _rescaled_update(
-        update_leaves[leaf], param_leaves[leaf], factor
-      )
+      if deferred is not None:  # update_and_apply scales p + u itself.
+        update_leaves[leaf] = deferred.record(update_leaves[leaf], factor)
+      else:
+        update_leaves[leaf] = _rescaled_update(
+          update_leaves[leaf], param_leaves[leaf], factor
+        )
 
     new_state = SWRState(
       step_count=optax.safe_increment(state.step_count),
@@ -593,18 +598,6 @@ def _largest_coef(
   return max(values) if values else None
 
 
-def _pair_dtype(param: jax.Array, update: jax.Array) -> jnp.dtype:
-  """The dtype SWR computes a param and its update in: at least float32."""
-  return jnp.promote_types(
-    _norms.compute_dtype(param), _norms.compute_dtype(update)
-  )
-
-
-def _sum(param: jax.Array, update: jax.Array) -> jax.Array:
-  dtype = _pair_dtype(param, update)
-  return param.astype(dtype) + update.astype(dtype)
-
-
 def _layer_scales(
   norms: jax.Array, reference_norms: jax.Array, coefs: jax.Array
 ) -> jax.Array:
@@ -689,10 +682,12 @@ def _leaf_factors(
   """
   factors: dict[int, jax.Array] = {}
   slices: dict[int, list[tuple[tuple[int, ...], jax.Array]]] = {}
+  weight_factors = _unstacked(layer_scales)
+  bias_factors = _unstacked(cumulative_scales)
   for i, layer in enumerate(found):
     for leaf, factor in (
-      (layer.weight_index, layer_scales[i]),
-      (layer.bias_index, cumulative_scales[i]),
+      (layer.weight_index, weight_factors[i]),
+      (layer.bias_index, bias_factors[i]),
     ):
       if leaf is None:
         continue
@@ -710,6 +705,32 @@ def _leaf_factors(
   return factors
 
 
+def _unstacked(vector: jax.Array, chunk: int = 64) -> list[jax.Array]:
+  """The entries of a per-layer vector as scalars, from a few kernels.
+
+  ``vector[i]`` would put the offset ``i`` into the kernel that rescales
+  layer i, so XLA compiles one kernel per layer (about 10 ms each on
+  XLA:CPU: 40 s at 1,000 layers) where same-shaped layers could share one.
+  A variadic reduce returns ``chunk`` scalars from one kernel, and the
+  rescaling kernels then differ only in their operands. Exact: the reduce
+  takes the max of each entry and itself.
+  """
+  scalars: list[jax.Array] = []
+  for start in range(0, vector.shape[0], chunk):
+    part = vector[start : start + chunk]
+    pairs = tuple(jnp.stack([entry, entry]) for entry in part)
+    lowest = tuple(jnp.array(-jnp.inf, vector.dtype) for _ in pairs)
+    scalars.extend(
+      jax.lax.reduce(
+        pairs,
+        lowest,
+        lambda a, b: tuple(map(jnp.maximum, a, b)),
+        (0,),
+      )
+    )
+  return scalars
+
+
 def _input_scales(cumulative_scales: jax.Array) -> jax.Array:
   """The scale of each layer's input: C of the layer before it (1 first)."""
   if not cumulative_scales.shape[0]:
@@ -725,6 +746,6 @@ def _rescaled_update(
   Written as (factor - 1) * p + factor * u, so that factor == 1 returns u
   exactly and no p + u buffer is needed.
   """
-  dtype = _pair_dtype(param, update)
+  dtype = _norms.pair_dtype(param, update)
   rescaled = (factor - 1) * param.astype(dtype) + factor * update.astype(dtype)
   return rescaled.astype(update.dtype)

@@ -55,8 +55,18 @@ def pulling_grads(params, steps: int, seed: int = 1):
   return target, noise
 
 
-def train(tx: optax.GradientTransformation, params, target, noise, state=None):
-  """Runs tx on g_t = p - target + noise_t; returns every step's params."""
+def train(
+  tx: optax.GradientTransformation,
+  params,
+  target,
+  noise,
+  state=None,
+  fused=False,
+):
+  """Runs tx on g_t = p - target + noise_t; returns every step's params.
+
+  With ``fused``, each step is ``optax_swr.update_and_apply``.
+  """
   state = tx.init(params) if state is None else state
 
   @jax.jit
@@ -67,6 +77,8 @@ def train(tx: optax.GradientTransformation, params, target, noise, state=None):
       target,
       noise_t,
     )
+    if fused:
+      return optax_swr.update_and_apply(tx, grads, state, params)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 

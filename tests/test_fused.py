@@ -1,0 +1,248 @@
+"""optax_swr.update_and_apply: the optimizer step with SWR's scaling fused in."""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optax_swr
+from tests import helpers
+from tests import reference
+from tests import test_reference
+from tests import test_scanned_stacks
+
+STEPS = 8
+LR = 1e-2
+
+
+def test_matches_the_float64_reference_with_classifier_and_resets():
+  params = helpers.mlp_params([6, 8, 8, 7, 5, 4])
+  names = [f"Dense_{i}" for i in range(5)]
+  tx = optax.chain(
+    optax.adam(LR),
+    optax_swr.swr(
+      coef=1e-2, classifier=2, classifier_coef=1.0, reset_norms_at=(3, 6)
+    ),
+  )
+  target, noise = helpers.pulling_grads(params, STEPS)
+  history, _ = helpers.train(tx, params, target, noise, fused=True)
+  ref_history = reference.train(
+    reference.flatten(params),
+    reference.dense_layers(names),
+    helpers.reference_grad_fn(target, noise),
+    STEPS,
+    lambda step: [1e-2, 1e-2, 1e-2, 1.0, 1.0],
+    lr=LR,
+    reset_norms_at=(3, 6),
+  )
+  test_reference.assert_matches_reference(history, ref_history)
+
+
+def fused_and_unfused(tx, params, steps=STEPS, seed=1):
+  """The params after ``steps`` of each path, from the same gradients."""
+  target, noise = helpers.pulling_grads(params, steps, seed)
+  fused, fused_state = helpers.train(tx, params, target, noise, fused=True)
+  plain, plain_state = helpers.train(tx, params, target, noise)
+  return fused[-1], plain[-1], fused_state, plain_state
+
+
+def test_equals_tx_update_then_apply_updates_up_to_rounding():
+  params = helpers.mlp_params([5, 7, 6, 3])
+  tx = optax.chain(optax.adam(LR), optax_swr.swr(coef=0.3))
+  fused, plain, fused_state, plain_state = fused_and_unfused(tx, params)
+  helpers.assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
+  helpers.assert_trees_close(fused_state, plain_state, rtol=1e-5, atol=1e-6)
+  # Not vacuous: SWR moved the weights away from plain Adam's.
+  adam_only, *_ = fused_and_unfused(optax.adam(LR), params)
+  gap = jax.tree.map(
+    lambda a, b: float(jnp.max(jnp.abs(a - b))), fused, adam_only
+  )
+  assert max(jax.tree.leaves(gap)) > 1e-2
+
+
+def test_without_swr_it_is_exactly_apply_updates():
+  params = helpers.mlp_params([5, 7, 3])
+  fused, plain, *_ = fused_and_unfused(optax.adam(LR), params)
+  jax.tree.map(np.testing.assert_array_equal, fused, plain)
+
+
+@pytest.mark.parametrize("name", ["linen", "nnx"])
+def test_traced_scanned_stack_with_equations(name):
+  params, apply_fn, layers, x = test_scanned_stacks.traced(name)
+  tx = optax.chain(optax.adam(LR), optax_swr.swr(0.5, layers=layers))
+  fused, plain, *_ = fused_and_unfused(tx, params, steps=4)
+  helpers.assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
+  # The fused path keeps the function, as the plain one does.
+  pushed = helpers.pushed_off(params, layers)
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, pushed)
+  moved, _ = jax.jit(optax_swr.update_and_apply, static_argnums=0)(
+    tx, zeros, state, pushed
+  )
+  before, after = apply_fn(pushed, x), apply_fn(moved, x)
+  scale = jnp.sum(before * after) / jnp.sum(before * before)
+  error = jnp.max(jnp.abs(after - scale * before)) / jnp.max(jnp.abs(after))
+  assert error < 1e-5
+  assert float(jnp.abs(scale - 1.0)) > 1e-3  # It did rescale.
+
+
+def test_float32_params_with_bfloat16_updates():
+  params = helpers.mlp_params([4, 6, 3])
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.25, jnp.bfloat16), params)
+  tx = optax.chain(optax.sgd(1.0), optax_swr.swr(0.5))
+  state = tx.init(params)
+  new, _ = optax_swr.update_and_apply(tx, grads, state, params)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new))
+  # c (p + u) is computed and rounded in float32. (tx.update returns the
+  # rescaled update in the update's dtype, bf16, and so rounds it coarser.)
+  moved = jax.tree.map(lambda p, g: p - g.astype(jnp.float32), params, grads)
+  norms = np.array(
+    [np.linalg.norm(moved[f"Dense_{i}"]["kernel"]) for i in range(2)]
+  )
+  references = np.array(
+    [np.linalg.norm(params[f"Dense_{i}"]["kernel"]) for i in range(2)]
+  )
+  expected = 0.5 * references / norms + 0.5
+  for i in range(2):
+    np.testing.assert_allclose(
+      new[f"Dense_{i}"]["kernel"],
+      expected[i] * moved[f"Dense_{i}"]["kernel"],
+      rtol=1e-6,
+    )
+
+
+def test_one_update_object_in_two_leaves_gets_two_factors():
+  params = {
+    "Dense_0": {"kernel": jnp.ones((2, 2))},
+    "Dense_1": {"kernel": 3 * jnp.ones((2, 2))},
+  }
+  shared = jnp.full((2, 2), 0.5)
+  same_object = optax.GradientTransformation(
+    lambda p: optax.EmptyState(),
+    lambda u, s, p=None: (
+      {"Dense_0": {"kernel": shared}, "Dense_1": {"kernel": shared}},
+      s,
+    ),
+  )
+  tx = optax.chain(same_object, optax_swr.swr(0.5))
+  state = tx.init(params)
+  new, _ = optax_swr.update_and_apply(tx, params, state, params)
+  updates, _ = tx.update(params, state, params)
+  helpers.assert_trees_close(new, optax.apply_updates(params, updates))
+  assert not np.allclose(new["Dense_0"]["kernel"], 1.5 * (2 / 3) * 1.0)
+
+
+def test_inject_hyperparams_and_extra_args_pass_through():
+  params = helpers.mlp_params([4, 5, 3])
+  tx = optax.inject_hyperparams(
+    lambda coef: optax.chain(optax.adam(LR), optax_swr.swr(coef))
+  )(coef=0.4)
+  fused, plain, *_ = fused_and_unfused(tx, params, steps=3)
+  helpers.assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "make_tx",
+  [
+    lambda: optax.chain(optax.adam(LR), optax_swr.swr(0.1), optax.scale(0.5)),
+    lambda: optax.MultiSteps(
+      optax.chain(optax.adam(LR), optax_swr.swr(0.1)), every_k_schedule=2
+    ),
+  ],
+  ids=["transform_after_swr", "multi_steps"],
+)
+def test_updates_changed_after_swr_are_an_error(make_tx):
+  params = helpers.mlp_params([4, 5, 3])
+  tx = make_tx()
+  grads = helpers.random_like(params, seed=2)
+  with pytest.raises(
+    ValueError, match="after swr.*tx.update and optax.apply_updates"
+  ):
+    jax.jit(optax_swr.update_and_apply, static_argnums=0)(
+      tx, grads, tx.init(params), params
+    )
+
+
+def donated_step(tx, params, fused):
+  """The compiled donated ``(params, state, grads)`` step."""
+
+  def step(params, state, grads):
+    if fused:
+      return optax_swr.update_and_apply(tx, grads, state, params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = jax.eval_shape(tx.init, params)
+  return (
+    jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+  )
+
+
+def test_the_donated_fused_step_allocates_no_param_sized_temporary():
+  params = jax.eval_shape(lambda: helpers.mlp_params([256, 256, 256, 256]))
+  smallest = min(leaf.size for leaf in jax.tree.leaves(params)) * 4
+  largest = max(leaf.size for leaf in jax.tree.leaves(params)) * 4
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3))
+  fused = donated_step(tx, params, fused=True).memory_analysis()
+  adam = donated_step(optax.adam(1e-3), params, fused=False).memory_analysis()
+  assert fused.temp_size_in_bytes < smallest
+  assert fused.temp_size_in_bytes <= adam.temp_size_in_bytes + 4096
+  # The params and Adam's moments are updated in place, as with Adam alone.
+  assert fused.alias_size_in_bytes >= adam.alias_size_in_bytes
+  # The check can fail: tx.update + apply_updates keeps Adam's update alive.
+  plain = donated_step(tx, params, fused=False).memory_analysis()
+  assert plain.temp_size_in_bytes >= largest
+
+
+def distinct_kernels(compiled) -> int:
+  """The number of different fused computations in an optimized HLO."""
+  text = re.sub(r", metadata=\{[^}]*\}", "", compiled.as_text())
+  bodies = collections.Counter()
+  for header, body in re.findall(
+    r"\n(%fused_computation\S* \(.*?\) -> .*?) \{\n(.*?)\n\}", text, re.S
+  ):
+    signature = re.sub(r"param_\d+\.\d+|%\S+", "x", header.split(" ", 1)[1])
+    bodies[signature + re.sub(r"%[\w.\-]+|param_\d+\.\d+", "x", body)] += 1
+  return len(bodies)
+
+
+def sliced_factors() -> optax.GradientTransformation:
+  """Scales layer i by entry i of a state vector: one kernel per layer."""
+
+  def update(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    factors = state + jnp.arange(len(leaves), dtype=jnp.float32)
+    scaled = [factors[i] * leaf for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, scaled), state
+
+  return optax.GradientTransformation(lambda p: jnp.ones([]), update)
+
+
+def kernel_counts(tx, fused):
+  """Distinct kernels of the donated step at 6 and at 12 dense layers."""
+  counts = []
+  for depth in (6, 12):
+    params = jax.eval_shape(lambda d=depth: helpers.mlp_params([8] * (d + 1)))
+    counts.append(distinct_kernels(donated_step(tx, params, fused)))
+  return counts
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chain", "fused"])
+def test_same_shaped_layers_share_their_kernels(fused):
+  # One compiled kernel per layer makes compile time grow by ~10 ms a layer
+  # on XLA:CPU; shared kernels keep the count flat in the depth.
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3))
+  shallow, deep = kernel_counts(tx, fused)
+  assert deep <= shallow
+  # The count can grow: slicing a vector per layer does make one per layer.
+  shallow, deep = kernel_counts(
+    optax.chain(optax.adam(1e-3), sliced_factors()), False
+  )
+  assert deep >= shallow + 12
