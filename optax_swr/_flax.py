@@ -223,3 +223,104 @@ def sync_nnx_batch_stats(model: Any, opt_state: Any, layers: Any) -> None:
 
   stats = nnx.state(model, nnx.BatchStat)
   nnx.update(model, _batch_stats.sync_batch_stats(stats, opt_state, layers))
+
+
+def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
+  """``state.apply_gradients`` with SWR's scaling fused into the apply.
+
+  The Flax Linen ``TrainState`` form of :func:`update_and_apply`: the same
+  result as ``state.apply_gradients(grads=grads, **kwargs)`` up to float
+  rounding, without the param-sized temporary that the rescaled update needs
+  there. Gradients with an ``overwrite_with_gradient`` collection are handled
+  as Flax handles them.
+
+  Args:
+    state: a ``flax.training.train_state.TrainState`` (or a subclass).
+    grads: the gradients, with the structure of ``state.params``.
+    **kwargs: other fields to replace, as in ``TrainState.apply_gradients``.
+
+  Returns:
+    The new state, with ``step`` incremented.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from flax import linen as nn
+    >>> from flax.training import train_state
+    >>> import optax_swr
+    >>> model = nn.Dense(3)
+    >>> params = model.init(jax.random.key(0), jnp.ones((1, 2)))["params"]
+    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3))
+    >>> state = train_state.TrainState.create(
+    ...     apply_fn=model.apply, params=params, tx=tx)
+    >>> grads = jax.tree.map(jnp.ones_like, state.params)
+    >>> state = jax.jit(optax_swr.apply_gradients, donate_argnums=0)(
+    ...     state, grads=grads)
+    >>> int(state.step)
+    1
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
+
+  from optax_swr import _fused  # pylint: disable=g-import-not-at-top
+
+  overwrite = OVERWRITE_WITH_GRADIENT in grads
+  params = state.params["params"] if overwrite else state.params
+  new_params, new_opt_state = _fused.update_and_apply(
+    state.tx, grads["params"] if overwrite else grads, state.opt_state, params
+  )
+  if overwrite:
+    new_params = {
+      "params": new_params,
+      OVERWRITE_WITH_GRADIENT: grads[OVERWRITE_WITH_GRADIENT],
+    }
+  return state.replace(
+    step=state.step + 1, params=new_params, opt_state=new_opt_state, **kwargs
+  )
+
+
+def update_nnx(optimizer: Any, model: Any, grads: Any, **kwargs: Any) -> None:
+  """``optimizer.update(model, grads)`` with SWR's scaling fused in.
+
+  The NNX form of :func:`update_and_apply`: updates ``model``'s params, the
+  optimizer state and its step in place, as ``nnx.Optimizer.update`` does, up
+  to float rounding, without the param-sized temporary that the rescaled
+  update needs there.
+
+  Args:
+    optimizer: the ``nnx.Optimizer`` of ``model``.
+    model: the ``nnx.Module`` whose params to update.
+    grads: the gradients, e.g. from ``nnx.grad``.
+    **kwargs: passed on to ``tx.update`` (``GradientTransformationExtraArgs``).
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> from flax import nnx
+    >>> import optax_swr
+    >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3))
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    >>> optax_swr.update_nnx(optimizer, model, grads)
+    >>> int(optimizer.step[...])
+    1
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from optax_swr import _fused  # pylint: disable=g-import-not-at-top
+
+  graph = getattr(optimizer, "graph", None)
+  params = nnx.as_pure(nnx.state(model, optimizer.wrt, graph=graph))
+  new_params, new_opt_state = _fused.update_and_apply(
+    optimizer.tx,
+    nnx.as_pure(nnx.state(grads, optimizer.wrt, graph=graph)),
+    nnx.as_pure(optimizer.opt_state),
+    params,
+    **nnx.as_pure(kwargs),
+  )
+  nnx.update(model, new_params)
+  nnx.update(optimizer.opt_state, nnx.state(new_opt_state, graph=graph))
+  optimizer.step[...] += 1

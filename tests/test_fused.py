@@ -246,3 +246,62 @@ def test_same_shaped_layers_share_their_kernels(fused):
     optax.chain(optax.adam(1e-3), sliced_factors()), False
   )
   assert deep >= shallow + 12
+
+
+def test_linen_train_state_apply_gradients():
+  from flax import linen as nn
+  from flax.training import train_state
+
+  model = nn.Sequential([nn.Dense(6), nn.relu, nn.Dense(3)])
+  params = model.init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+  tx = optax.chain(optax.adam(0.1), optax_swr.swr(0.5))
+  plain = train_state.TrainState.create(
+    apply_fn=model.apply, params=params, tx=tx
+  )
+  fused = jax.tree.map(jnp.copy, plain)  # its buffers get donated
+  step = jax.jit(optax_swr.apply_gradients, donate_argnums=0)
+  for seed in range(3):
+    grads = helpers.random_like(params, seed)
+    fused = step(fused, grads=grads)
+    plain = plain.apply_gradients(grads=grads)
+  assert int(fused.step) == 3
+  helpers.assert_trees_close(fused.params, plain.params, rtol=1e-5, atol=1e-6)
+  helpers.assert_trees_close(fused.opt_state, plain.opt_state, rtol=1e-5)
+
+
+def test_nnx_optimizer_update():
+  from flax import nnx
+
+  def make():
+    model = nnx.Sequential(
+      nnx.Linear(4, 6, rngs=nnx.Rngs(0)),
+      nnx.relu,
+      nnx.Linear(6, 3, rngs=nnx.Rngs(1)),
+    )
+    tx = optax.chain(optax.adam(0.1), optax_swr.swr(0.5))
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  fused_model, fused_opt = make()
+  plain_model, plain_opt = make()
+
+  @nnx.jit
+  def fused_step(model, optimizer, grads):
+    optax_swr.update_nnx(optimizer, model, grads)
+
+  for seed in range(3):
+    grads = helpers.random_like(nnx.state(plain_model, nnx.Param), seed)
+    fused_step(fused_model, fused_opt, grads)
+    plain_opt.update(plain_model, grads)
+  assert int(fused_opt.step[...]) == 3
+  helpers.assert_trees_close(
+    nnx.state(fused_model, nnx.Param),
+    nnx.state(plain_model, nnx.Param),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  norms = optax.tree.get(fused_opt.opt_state, "weight_norms")
+  np.testing.assert_allclose(
+    norms[...],
+    optax.tree.get(plain_opt.opt_state, "weight_norms")[...],
+    rtol=1e-5,
+  )
