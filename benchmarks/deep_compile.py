@@ -2,9 +2,11 @@
 
 SWR works layer by layer (one norm and one rescale per layer), so its jitted
 update grows with the depth. For MLPs of ``depth`` dense layers of width 16,
-this measures, for ``adam`` and ``adam + swr``: the time to trace and lower
+this measures, for ``adam``, ``adam + swr`` and ``adam + swr`` through
+``optax_swr.update_and_apply`` ("fused"): the time to trace and lower
 the step, the XLA compile time, the compiled program's temporary and argument
-memory (``memory_analysis``), and the median step time. ``--train-step``
+memory (``memory_analysis``), and the median step time; "x adam" is the
+compile time over adam's. ``--train-step``
 measures the whole training step (forward, backward, update) too, which is
 what a user compiles. From the repository root::
 
@@ -31,10 +33,7 @@ DEPTHS = (10, 100, 300, 1000)
 QUICK_DEPTHS = (10, 30)
 WIDTH = 16
 BATCH = 32
-OPTIMIZERS = {
-  "adam": lambda: optax.adam(1e-3),
-  "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
-}
+OPTIMIZERS = ("adam", "adam+swr", "adam+swr fused")
 
 
 def loss(params: dict, x: jax.Array) -> jax.Array:
@@ -44,13 +43,17 @@ def loss(params: dict, x: jax.Array) -> jax.Array:
   return jnp.mean(x**2)
 
 
-def make_step(tx: optax.GradientTransformation, train_step: bool):
+def make_step(
+  tx: optax.GradientTransformation, train_step: bool, fused: bool = False
+):
   """The jitted step; with ``train_step``, gradients come from the loss."""
 
   def step(params, opt_state, grads_or_batch):
     grads = (
       jax.grad(loss)(params, grads_or_batch) if train_step else grads_or_batch
     )
+    if fused:
+      return optax_swr.update_and_apply(tx, grads, opt_state, params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -58,7 +61,7 @@ def make_step(tx: optax.GradientTransformation, train_step: bool):
 
 
 def measure(depth: int, name: str, train_step: bool, repeats: int) -> dict:
-  tx = OPTIMIZERS[name]()
+  tx = optimizer_step.OPTIMIZERS[name]()
   params = optimizer_step.make_params(depth, WIDTH)
   opt_state = tx.init(params)
   data = (
@@ -66,7 +69,7 @@ def measure(depth: int, name: str, train_step: bool, repeats: int) -> dict:
     if train_step
     else jax.tree.map(jnp.ones_like, params)
   )
-  step = make_step(tx, train_step)
+  step = make_step(tx, train_step, name in optimizer_step.FUSED)
 
   start = time.perf_counter()
   lowered = step.lower(params, opt_state, data)
@@ -113,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for depth in depths
     for name in OPTIMIZERS
   ]
+  adam = {
+    (r["train_step"], r["depth"]): r["compile_s"]
+    for r in rows
+    if r["optimizer"] == "adam"
+  }
+  for r in rows:
+    r["compile_vs_adam"] = r["compile_s"] / adam[(r["train_step"], r["depth"])]
   _timing.report(
     {"width": WIDTH, "batch": BATCH, "rows": rows},
     args.out,
@@ -122,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       ("optimizer", "s"),
       ("trace s", ".2f"),
       ("compile s", ".2f"),
+      ("x adam", ".2f"),
       ("temp MB", ".2f"),
       ("args MB", ".2f"),
       ("step ms", ".3f"),
@@ -133,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         r["optimizer"],
         r["trace_s"],
         r["compile_s"],
+        r["compile_vs_adam"],
         r["temp_bytes"] / 1e6,
         r["argument_bytes"] / 1e6,
         r["step_ms"],

@@ -1,11 +1,13 @@
 """Question 1: the cost of one optimizer step, adam + swr against adam.
 
-Times ``update`` + ``apply_updates`` under one ``jax.jit`` with the params and
-optimizer state donated, for ``adam``, ``adamw`` and ``adam + swr``, over
-models of several sizes and depths (stacks of square dense layers with
-biases), side by side in one process. Reports medians after warm-up and
-compilation, and the ratios adam+swr / adam and adamw / adam; prints a table
-last and writes JSON. From the repository root::
+Times ``update`` + ``apply_updates`` under one ``jax.jit``, for ``adam``,
+``adamw``, ``adam + swr`` and ``adam + swr`` through
+``optax_swr.update_and_apply`` ("fused"), over models of several sizes and
+depths (stacks of square dense layers with biases), side by side in one
+process; once with the params and optimizer state donated (as Flax
+``TrainState`` loops run them) and once without. Reports medians after
+warm-up and compilation, and the ratios to adam; prints a table last and
+writes JSON. From the repository root::
 
   python -m benchmarks.optimizer_step --out benchmarks/results/optimizer_step_cpu.json
   python -m benchmarks.optimizer_step --quick       # seconds: the 1M shape only
@@ -38,7 +40,10 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
   "adam": lambda: optax.adam(1e-3),
   "adamw": lambda: optax.adamw(1e-3, weight_decay=1e-4),
   "adam+swr": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
+  "adam+swr fused": lambda: optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3)),
 }
+# The steps that apply the update with optax_swr.update_and_apply.
+FUSED = frozenset({"adam+swr fused"})
 
 
 def make_params(layers: int, width: int) -> dict:
@@ -65,30 +70,44 @@ def shapes_named(names: str) -> list[tuple[str, int, int]]:
   return [shape for shape in SHAPES if shape[0] in wanted]
 
 
-def jitted_step(tx: optax.GradientTransformation) -> Callable:
-  """One jitted ``(params, state, grads) -> (params, state)``, donating both."""
+def jitted_step(
+  tx: optax.GradientTransformation, fused: bool = False, donate: bool = True
+) -> Callable:
+  """One jitted ``(params, state, grads) -> (params, state)``.
+
+  Args:
+    tx: the optimizer.
+    fused: apply the update with ``optax_swr.update_and_apply``.
+    donate: donate the params and the state.
+  """
 
   def step(params, state, grads):
+    if fused:
+      return optax_swr.update_and_apply(tx, grads, state, params)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  return jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
-def optimizer_loop(tx: optax.GradientTransformation, params) -> _timing.Loop:
-  """A loop of ``tx`` steps on a copy of ``params``, with constant gradients."""
+def optimizer_loop(name: str, params, donate: bool = True) -> _timing.Loop:
+  """A loop of ``name``'s steps on a copy of ``params``, constant gradients."""
+  tx = OPTIMIZERS[name]()
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
   params = _timing.fresh_copy(params)
-  return _timing.Loop(jitted_step(tx), (params, tx.init(params)), (grads,))
+  step = jitted_step(tx, name in FUSED, donate)
+  return _timing.Loop(step, (params, tx.init(params)), (grads,))
 
 
 def time_optimizers(
-  params, optimizers: Sequence[str], repeats: int, rounds: int
+  params,
+  optimizers: Sequence[str],
+  repeats: int,
+  rounds: int,
+  donate: bool = True,
 ) -> dict[str, float]:
   """Seconds per step of each of ``OPTIMIZERS`` named, side by side."""
-  loops = {
-    name: optimizer_loop(OPTIMIZERS[name](), params) for name in optimizers
-  }
+  loops = {name: optimizer_loop(name, params, donate) for name in optimizers}
   return {
     name: timing["seconds"]
     for name, timing in _timing.compare(loops, repeats, rounds).items()
@@ -109,41 +128,50 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = []
   for name, layers, width in shapes:
     params = make_params(layers, width)
-    seconds = time_optimizers(
-      params, list(OPTIMIZERS), args.repeats, args.rounds
-    )
-    rows.append(
-      {
-        "shape": name,
-        "layers": layers,
-        "width": width,
-        "params": _timing.num_params(params),
-        "seconds": seconds,
-        "adam+swr/adam": seconds["adam+swr"] / seconds["adam"],
-        "adamw/adam": seconds["adamw"] / seconds["adam"],
-      }
-    )
+    for donate in (True, False):
+      seconds = time_optimizers(
+        params, list(OPTIMIZERS), args.repeats, args.rounds, donate
+      )
+      rows.append(
+        {
+          "shape": name,
+          "layers": layers,
+          "width": width,
+          "donated": donate,
+          "params": _timing.num_params(params),
+          "seconds": seconds,
+          "adam+swr/adam": seconds["adam+swr"] / seconds["adam"],
+          "fused/adam": seconds["adam+swr fused"] / seconds["adam"],
+          "adamw/adam": seconds["adamw"] / seconds["adam"],
+        }
+      )
     del params
   _timing.report(
     {"repeats": args.repeats, "rounds": args.rounds, "rows": rows},
     args.out,
     [
       ("shape", "s"),
+      ("donated", "s"),
       ("params", "d"),
       ("adam ms", ".2f"),
       ("adamw ms", ".2f"),
       ("adam+swr ms", ".2f"),
+      ("fused ms", ".2f"),
       ("swr/adam", ".3f"),
+      ("fused/adam", ".3f"),
       ("adamw/adam", ".3f"),
     ],
     [
       [
         r["shape"],
+        "yes" if r["donated"] else "no",
         r["params"],
         1e3 * r["seconds"]["adam"],
         1e3 * r["seconds"]["adamw"],
         1e3 * r["seconds"]["adam+swr"],
+        1e3 * r["seconds"]["adam+swr fused"],
         r["adam+swr/adam"],
+        r["fused/adam"],
         r["adamw/adam"],
       ]
       for r in rows

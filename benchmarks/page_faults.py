@@ -23,9 +23,7 @@ PAGE_BYTES = resource.getpagesize()
 
 def faults_per_step(name: str, params, steps: int) -> float:
   """Minor page faults per call of ``name``'s donated step, after warm-up."""
-  loop = optimizer_step.optimizer_loop(
-    optimizer_step.OPTIMIZERS[name](), params
-  )
+  loop = optimizer_step.optimizer_loop(name, params)
   carry = loop.carry
   for _ in range(3):
     carry = loop.step(*carry, *loop.args)
@@ -48,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   for name in optimizer_step.OPTIMIZERS:
     faults = faults_per_step(name, params, args.steps)
     print(
-      f"{name:9s} {faults:9.0f} minor page faults per step "
+      f"{name:14s} {faults:9.0f} minor page faults per step "
       f"({faults * PAGE_BYTES / 2**20:.1f} MiB)"
     )
 

@@ -3,9 +3,11 @@
 Times one jitted training step, the one the examples train with
 (``make_train_step`` of ``examples/train/linen.py``: forward, backward, Adam
 update, BatchNorm statistics; with SWR also the BatchNorm sync), for the Linen
-zoo's CNN, CNN-BN, VGG-16 and ResNet-18 (and, with ``--models``, the ViT) at batch 256 on random 32x32x3 images with 10 classes,
-adam against adam + swr side by side, with the params, statistics and
-optimizer state donated. SWR's layers are traced with
+zoo's CNN, CNN-BN, VGG-16 and ResNet-18 (and, with ``--models``, the ViT) at
+batch 256 on random 32x32x3 images with 10 classes: adam, adam + swr through
+``tx.update`` and ``optax.apply_updates``, and adam + swr through
+``optax_swr.update_and_apply`` ("fused"), side by side, with the params,
+statistics and optimizer state donated. SWR's layers are traced with
 ``optax_swr.layers_from_linen``; for ResNet-18 and the ViT, which are not
 chains, ``--projection`` adds a loop that applies SWR without the traced
 equations, so that the cost of their projection shows apart ("projection %",
@@ -45,6 +47,7 @@ def train_loop(
   x: jax.Array,
   y: jax.Array,
   layers: Sequence[optax_swr.Layer] | None = None,
+  fused: bool = False,
 ) -> _timing.Loop:
   """A loop of training steps on a copy of ``variables``, on one batch.
 
@@ -60,8 +63,9 @@ def train_loop(
     x: the images.
     y: the labels.
     layers: the layers ``tx``'s SWR rescales.
+    fused: apply the update with ``optax_swr.update_and_apply``.
   """
-  train_step = train_linen.make_train_step(module.apply, tx, layers)
+  train_step = train_linen.make_train_step(module.apply, tx, layers, fused)
   step = lambda *args: train_step(*args)[:3]
   params = _timing.fresh_copy(variables["params"])
   batch_stats = _timing.fresh_copy(variables.get("batch_stats", {}))
@@ -89,6 +93,7 @@ def model_loops(
   loops = {
     "adam": train_loop(module, variables, optax.adam(1e-3), x, y),
     "adam+swr": train_loop(module, variables, swr, x, y, layers),
+    "adam+swr fused": train_loop(module, variables, swr, x, y, layers, True),
   }
   if projection and layers.graph is not None:  # the equations' projection
     chain_rule = optax.chain(
@@ -134,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "seconds": seconds,
         "round_medians": {v: t["round_medians"] for v, t in timings.items()},
         "overhead_percent": 100 * (seconds["adam+swr"] / seconds["adam"] - 1),
+        "fused_overhead_percent": 100
+        * (seconds["adam+swr fused"] / seconds["adam"] - 1),
         # What the projection (residual nets, attention) adds, in % of Adam.
         "projection_percent": 100
         * (seconds["adam+swr"] - seconds["adam+swr chain rule"])
@@ -158,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> None:
       ("params", "d"),
       ("adam ms", ".2f"),
       ("adam+swr ms", ".2f"),
+      ("fused ms", ".2f"),
       ("overhead %", "+.1f"),
+      ("fused %", "+.1f"),
       ("projection %", "s"),
     ],
     [
@@ -167,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         r["params"],
         1e3 * r["seconds"]["adam"],
         1e3 * r["seconds"]["adam+swr"],
+        1e3 * r["seconds"]["adam+swr fused"],
         r["overhead_percent"],
+        r["fused_overhead_percent"],
         "-"
         if r["projection_percent"] is None
         else f"{r['projection_percent']:+.1f}",

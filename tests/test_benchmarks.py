@@ -22,10 +22,12 @@ from benchmarks import train_step
 
 
 def test_optimizer_step_quick_writes_ratios(tmp_path):
+  """Smoke test: the script runs, donated and not (timings not asserted)."""
   out = tmp_path / "step.json"
   optimizer_step.main(["--quick", "--out", str(out)])
   rows = json.loads(out.read_text())["rows"]
-  assert rows and all(r["adam+swr/adam"] > 0 for r in rows)
+  assert [r["donated"] for r in rows] == [True, False]
+  assert all(r["fused/adam"] > 0 and r["adam+swr/adam"] > 0 for r in rows)
 
 
 def test_eager_baseline_quick_checks_equal_params(tmp_path):
@@ -45,16 +47,26 @@ def test_swr_keeps_no_param_copy_across_steps(tmp_path):
   assert 0 < swr["output"] - adam["output"] < 4096
   # swr alone, on zero updates, needs no param-sized temporary.
   assert rows["swr alone"]["memory"]["temp"] < 4096
+  # Nor does the fused step, which also moves fewer words than the chain.
+  fused = rows["adam+swr fused"]
+  assert fused["memory"]["temp"] < 4096 <= rows["adam+swr"]["memory"]["temp"]
+  assert fused["words_per_param"] < rows["adam+swr"]["words_per_param"]
 
 
-def test_deep_compile_quick_measures_both_optimizers(tmp_path):
+def test_deep_compile_quick_measures_every_optimizer(tmp_path):
+  """Smoke test for the timings; the memory figures are checked."""
   from benchmarks import deep_compile
 
   out = tmp_path / "deep.json"
   deep_compile.main(["--quick", "--out", str(out)])
   rows = json.loads(out.read_text())["rows"]
-  assert {r["optimizer"] for r in rows} == {"adam", "adam+swr"}
-  assert all(r["compile_s"] > 0 and r["step_ms"] > 0 for r in rows)
+  assert {r["optimizer"] for r in rows} == set(deep_compile.OPTIMIZERS)
+  assert all(r["compile_vs_adam"] > 0 for r in rows)
+  temp = {(r["depth"], r["optimizer"]): r["temp_bytes"] for r in rows}
+  for depth in deep_compile.QUICK_DEPTHS:
+    # The fused step needs no temporary beyond Adam's; the chained one does.
+    assert temp[depth, "adam+swr fused"] <= temp[depth, "adam"] + 4096
+    assert temp[depth, "adam+swr"] > temp[depth, "adam+swr fused"]
 
 
 def test_train_step_quick_runs_batch_norm_and_residual_models(tmp_path):
@@ -85,3 +97,24 @@ def test_low_precision_bfloat16_below_its_resolution_does_nothing(tmp_path):
   np.testing.assert_allclose(
     rows[1e-2]["bfloat16"], rows[1e-2]["exact"], rtol=0.02
   )
+
+
+def test_run_all_quick_names_the_device_and_runs_every_part(tmp_path):
+  """Smoke test of the accelerator script, on this machine's CPU."""
+  from benchmarks import run_all
+
+  summary = run_all.main(["--quick", "--out-dir", str(tmp_path)])
+  assert summary["device"].startswith("cpu")
+  assert set(summary["parts"]) == {
+    "optimizer_step",
+    "hlo_passes",
+    "deep_compile",
+    "train_step",
+  }
+  for part in summary["parts"].values():
+    assert json.loads(open(part["json"]).read())["rows"]
+  written = json.loads((tmp_path / "summary.json").read_text())
+  assert written["parts"].keys() == summary["parts"].keys()
+  # A spent budget skips what is left instead of overrunning.
+  skipped = run_all.main(["--quick", "--budget=0", "--out-dir", str(tmp_path)])
+  assert all("skipped" in part for part in skipped["parts"].values())
