@@ -22,7 +22,8 @@ of the entry computation:
   for swr alone (read p and u, write p + u; read it, write it scaled) and 3
   for the rescaling loop (read p for the norm; read p, write it scaled);
 - the compiler's ``memory_analysis()``: argument, output, aliased (donated
-  and reused) and temporary bytes. Temporaries are freed after the step.
+  and reused), temporary and peak bytes. Temporaries are freed after the
+  step; the peak is what the step needs at once.
 
 Compiling costs no device time, so this runs in seconds. From the repository
 root::
@@ -183,7 +184,11 @@ def memory(compiled: Any) -> dict[str, int] | None:
   if analysis is None:
     return None
   fields = ("argument", "output", "alias", "temp")
-  return {f: int(getattr(analysis, f"{f}_size_in_bytes")) for f in fields}
+  counts = {f: int(getattr(analysis, f"{f}_size_in_bytes")) for f in fields}
+  # Older jaxlibs do not report the peak; arguments + temporaries bound it.
+  peak = getattr(analysis, "peak_memory_in_bytes", 0)
+  counts["peak"] = int(peak) or counts["argument"] + counts["temp"]
+  return counts
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -248,6 +253,7 @@ def _report(out, name, layers, width, total, rows) -> None:
       ("out MB", ".1f"),
       ("alias MB", ".1f"),
       ("temp MB", ".1f"),
+      ("peak MB", ".1f"),
     ],
     [
       [
@@ -262,6 +268,7 @@ def _report(out, name, layers, width, total, rows) -> None:
         megabytes(r, "output"),
         megabytes(r, "alias"),
         megabytes(r, "temp"),
+        megabytes(r, "peak"),
       ]
       for step, r in rows.items()
     ],

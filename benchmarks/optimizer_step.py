@@ -11,6 +11,7 @@ writes JSON. From the repository root::
 
   python -m benchmarks.optimizer_step --out benchmarks/results/optimizer_step_cpu.json
   python -m benchmarks.optimizer_step --quick       # seconds: the 1M shape only
+  python -m benchmarks.optimizer_step --shapes "100M params" --donated-only
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     default=",".join(s[0] for s in SHAPES),
     help="comma-separated names from SHAPES",
   )
+  parser.add_argument(
+    "--donated-only",
+    action="store_true",
+    help="skip the undonated steps (they hold twice the memory)",
+  )
   _timing.add_flags(parser, repeats=20, rounds=3)
   args = parser.parse_args(argv)
   _timing.quick_counts(args)
@@ -128,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = []
   for name, layers, width in shapes:
     params = make_params(layers, width)
-    for donate in (True, False):
+    for donate in (True,) if args.donated_only else (True, False):
       seconds = time_optimizers(
         params, list(OPTIMIZERS), args.repeats, args.rounds, donate
       )

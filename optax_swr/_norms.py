@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 if TYPE_CHECKING:
   from optax_swr._layers import ResolvedLayer
@@ -54,15 +55,21 @@ def weight_norms(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   found: Sequence[ResolvedLayer],
 ) -> jax.Array:
-  """Float32 Frobenius norm of every layer's weight, in layer order.
+  """Float32 Frobenius norm of every layer's weight, in layer order."""
+  return stack(layer_norms(leaves, found))
+
+
+def layer_norms(
+  leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
+  found: Sequence[ResolvedLayer],
+) -> list[jax.Array]:
+  """The float32 norm of each layer's weight, a scalar per layer.
 
   A layer without a weight (a normalization layer without a scale) has norm 0,
   which :func:`swr` leaves unscaled. The slices of a stacked weight get their
   norms from one reduction over the leaf's trailing axes.
   """
-  if not found:
-    return jnp.zeros([0], jnp.float32)
-  per_slice: dict[int, jax.Array] = {}
+  per_slice: dict[int, tuple[list[jax.Array], tuple[int, ...]]] = {}
   norms = []
   for layer in found:
     if layer.weight_index is None:
@@ -71,11 +78,46 @@ def weight_norms(
       norms.append(frobenius_norm(leaves[layer.weight_index]))
     else:
       if layer.weight_index not in per_slice:
-        per_slice[layer.weight_index] = slice_norms(
-          leaves[layer.weight_index], len(layer.stack_index)
+        weight = leaves[layer.weight_index]
+        depth = len(layer.stack_index)
+        per_slice[layer.weight_index] = (
+          scalars(slice_norms(weight, depth).reshape(-1)),
+          weight.shape[:depth],
         )
-      norms.append(per_slice[layer.weight_index][layer.stack_index])
-  return jnp.stack(norms)
+      slices, shape = per_slice[layer.weight_index]
+      norms.append(slices[np.ravel_multi_index(layer.stack_index, shape)])
+  return norms
+
+
+def stack(values: Sequence[jax.Array]) -> jax.Array:
+  """Per-layer scalars as one float32 vector (empty for no layers)."""
+  if not values:
+    return jnp.zeros([0], jnp.float32)
+  return jnp.stack(values)
+
+
+def scalars(vector: jax.Array, chunk: int = 64) -> list[jax.Array]:
+  """The entries of a per-layer vector as scalars, from a few kernels.
+
+  ``vector[i]`` would put the offset ``i`` into the kernel that rescales
+  layer i, so XLA compiles one kernel per layer (about 10 ms each on
+  XLA:CPU: 40 s at 1,000 layers) where same-shaped layers could share one.
+  A variadic reduce returns ``chunk`` scalars from one kernel, and the
+  rescaling kernels then differ only in their operands. Exact: the reduce
+  takes the max of each entry and itself.
+  """
+  result: list[jax.Array] = []
+  for start in range(0, vector.shape[0], chunk):
+    pairs = tuple(
+      jnp.stack([entry, entry]) for entry in vector[start : start + chunk]
+    )
+    lowest = tuple(jnp.array(-jnp.inf, vector.dtype) for _ in pairs)
+    result.extend(
+      jax.lax.reduce(
+        pairs, lowest, lambda a, b: tuple(map(jnp.maximum, a, b)), (0,)
+      )
+    )
+  return result
 
 
 def slice_norms(weight: jax.Array, depth: int) -> jax.Array:

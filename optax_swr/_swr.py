@@ -216,18 +216,10 @@ def swr(
         coefs.append(classifier_coef if is_classifier[index] else coef)
     return found, coefs
 
-  def layer_coefs(step_count: jax.Array, coefs: list[Any]) -> jax.Array:
+  def layer_coefs(step_count: jax.Array, coefs: list[Any]) -> list[jax.Array]:
     # One evaluation per distinct coefficient, whatever the number of layers.
-    distinct = {id(c): c for c in coefs}
-    if len(distinct) <= 1:
-      return jnp.full(
-        len(coefs), _evaluate(coefs[0], step_count) if coefs else 0.0
-      )
-    result = jnp.zeros(len(coefs), jnp.float32)
-    for key, value in distinct.items():
-      where = np.array([id(c) == key for c in coefs])
-      result = jnp.where(where, _evaluate(value, step_count), result)
-    return result
+    values = {id(c): _evaluate(c, step_count) for c in coefs}
+    return [values[id(c)] for c in coefs]
 
   warned_precision = False
 
@@ -280,9 +272,18 @@ def swr(
       for layer in found
       if layer.weight_index is not None
     }
-    norms = _norms.weight_norms(moved, found)
+    norms = _norms.layer_norms(moved, found)
     coefs = layer_coefs(state.step_count, coef_per_layer)
-    layer_scales = _layer_scales(norms, reference_norms, coefs)
+    # A scalar per layer, not one vector: each layer's weight is then scaled
+    # as soon as its own norm is known, not after every layer's (+5% on a
+    # small CNN's training step on a 2-core CPU).
+    weight_factors = [
+      _layer_scales(norm, reference, coef)
+      for norm, reference, coef in zip(
+        norms, _norms.scalars(reference_norms), coefs
+      )
+    ]
+    layer_scales = _norms.stack(weight_factors)
     if graph is None:
       cumulative_scales = _cumulative_scales(layer_scales, found)
       input_scales = _input_scales(cumulative_scales)
@@ -290,9 +291,10 @@ def swr(
       layer_scales, cumulative_scales, input_scales = _project(
         layer_scales, _projection_matrices(graph, found)
       )
+      weight_factors = _norms.scalars(layer_scales)
 
     factors = _leaf_factors(
-      found, layer_scales, cumulative_scales, param_leaves
+      found, weight_factors, _norms.scalars(cumulative_scales), param_leaves
     )
     deferred = _fused.active_recorder()
     for leaf, factor in factors.items():
@@ -308,7 +310,7 @@ def swr(
       reference_norms=reference_norms,
       layer_scales=layer_scales,
       cumulative_scales=cumulative_scales,
-      weight_norms=layer_scales * norms,
+      weight_norms=layer_scales * _norms.stack(norms),
       input_scales=input_scales,
     )
     return jax.tree.unflatten(treedef, update_leaves), new_state
@@ -671,8 +673,8 @@ def _project(
 
 def _leaf_factors(
   found: tuple[_layers.ResolvedLayer, ...],
-  layer_scales: jax.Array,
-  cumulative_scales: jax.Array,
+  weight_factors: list[jax.Array],
+  bias_factors: list[jax.Array],
   leaves: list[Any],
 ) -> dict[int, jax.Array]:
   """Each rescaled leaf's factor: a scalar, or one per slice of a stack.
@@ -682,8 +684,6 @@ def _leaf_factors(
   """
   factors: dict[int, jax.Array] = {}
   slices: dict[int, list[tuple[tuple[int, ...], jax.Array]]] = {}
-  weight_factors = _unstacked(layer_scales)
-  bias_factors = _unstacked(cumulative_scales)
   for i, layer in enumerate(found):
     for leaf, factor in (
       (layer.weight_index, weight_factors[i]),
@@ -703,32 +703,6 @@ def _leaf_factors(
     stacked = stacked.at[where].set(jnp.stack([f for _, f in entries]))
     factors[leaf] = stacked.reshape(shape[:depth] + (1,) * (len(shape) - depth))
   return factors
-
-
-def _unstacked(vector: jax.Array, chunk: int = 64) -> list[jax.Array]:
-  """The entries of a per-layer vector as scalars, from a few kernels.
-
-  ``vector[i]`` would put the offset ``i`` into the kernel that rescales
-  layer i, so XLA compiles one kernel per layer (about 10 ms each on
-  XLA:CPU: 40 s at 1,000 layers) where same-shaped layers could share one.
-  A variadic reduce returns ``chunk`` scalars from one kernel, and the
-  rescaling kernels then differ only in their operands. Exact: the reduce
-  takes the max of each entry and itself.
-  """
-  scalars: list[jax.Array] = []
-  for start in range(0, vector.shape[0], chunk):
-    part = vector[start : start + chunk]
-    pairs = tuple(jnp.stack([entry, entry]) for entry in part)
-    lowest = tuple(jnp.array(-jnp.inf, vector.dtype) for _ in pairs)
-    scalars.extend(
-      jax.lax.reduce(
-        pairs,
-        lowest,
-        lambda a, b: tuple(map(jnp.maximum, a, b)),
-        (0,),
-      )
-    )
-  return scalars
 
 
 def _input_scales(cumulative_scales: jax.Array) -> jax.Array:

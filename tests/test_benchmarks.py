@@ -51,6 +51,7 @@ def test_swr_keeps_no_param_copy_across_steps(tmp_path):
   fused = rows["adam+swr fused"]
   assert fused["memory"]["temp"] < 4096 <= rows["adam+swr"]["memory"]["temp"]
   assert fused["words_per_param"] < rows["adam+swr"]["words_per_param"]
+  assert fused["memory"]["peak"] <= 1.01 * adam["peak"]
 
 
 def test_deep_compile_quick_measures_every_optimizer(tmp_path):
@@ -62,11 +63,14 @@ def test_deep_compile_quick_measures_every_optimizer(tmp_path):
   rows = json.loads(out.read_text())["rows"]
   assert {r["optimizer"] for r in rows} == set(deep_compile.OPTIMIZERS)
   assert all(r["compile_vs_adam"] > 0 for r in rows)
-  temp = {(r["depth"], r["optimizer"]): r["temp_bytes"] for r in rows}
+  temp = {
+    (r["depth"], r["optimizer"]): r["temp_bytes"]
+    for r in rows
+    if not r["train_step"]
+  }
   for depth in deep_compile.QUICK_DEPTHS:
-    # The fused step needs no temporary beyond Adam's; the chained one does.
-    assert temp[depth, "adam+swr fused"] <= temp[depth, "adam"] + 4096
-    assert temp[depth, "adam+swr"] > temp[depth, "adam+swr fused"]
+    # The chained step keeps every layer's update u; the fused one does not.
+    assert temp[depth, "adam+swr fused"] < temp[depth, "adam+swr"] / 2
 
 
 def test_train_step_quick_runs_batch_norm_and_residual_models(tmp_path):
