@@ -7,7 +7,9 @@ zoo's CNN, CNN-BN, VGG-16 and ResNet-18 (and, with ``--models``, the ViT) at
 batch 256 on random 32x32x3 images with 10 classes: adam, adam + swr through
 ``tx.update`` and ``optax.apply_updates``, and adam + swr through
 ``optax_swr.update_and_apply`` ("fused"), side by side, with the params,
-statistics and optimizer state donated. SWR's layers are traced with
+statistics and optimizer state donated; "paired %" is the median over rounds of
+each round's SWR / Adam ratio (swr / fused), steadier on a busy machine than the
+lowest medians. SWR's layers are traced with
 ``optax_swr.layers_from_linen``; for ResNet-18 and the ViT, which are not
 chains, ``--projection`` adds a loop that applies SWR without the traced
 equations, so that the cost of their projection shows apart ("projection %",
@@ -26,6 +28,7 @@ import warnings
 
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
 
 from benchmarks import _timing
@@ -105,6 +108,12 @@ def model_loops(
   return loops, _timing.num_params(variables["params"])
 
 
+def _paired_percent(variant: dict, adam: dict) -> float:
+  """The median over rounds of (variant / adam - 1) in %, round by round."""
+  ratios = np.array(variant["round_medians"]) / np.array(adam["round_medians"])
+  return float(100 * (np.median(ratios) - 1))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -141,6 +150,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overhead_percent": 100 * (seconds["adam+swr"] / seconds["adam"] - 1),
         "fused_overhead_percent": 100
         * (seconds["adam+swr fused"] / seconds["adam"] - 1),
+        # Each round's medians compared within the round: steadier on a
+        # loaded machine than the lowest medians above.
+        "paired_percent": {
+          variant: _paired_percent(timings[variant], timings["adam"])
+          for variant in timings
+          if variant != "adam"
+        },
         # What the projection (residual nets, attention) adds, in % of Adam.
         "projection_percent": 100
         * (seconds["adam+swr"] - seconds["adam+swr chain rule"])
@@ -168,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       ("fused ms", ".2f"),
       ("overhead %", "+.1f"),
       ("fused %", "+.1f"),
+      ("paired %", "s"),
       ("projection %", "s"),
     ],
     [
@@ -179,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         1e3 * r["seconds"]["adam+swr fused"],
         r["overhead_percent"],
         r["fused_overhead_percent"],
+        "{:+.1f} / {:+.1f}".format(
+          r["paired_percent"]["adam+swr"], r["paired_percent"]["adam+swr fused"]
+        ),
         "-"
         if r["projection_percent"] is None
         else f"{r['projection_percent']:+.1f}",
