@@ -273,9 +273,10 @@ def swr(
       if layer.weight_index is not None
     }
     norms = _norms.layer_norms(moved, found)
+    norm_vector = _norms.stack(norms)
     coefs = layer_coefs(state.step_count, coef_per_layer)
     layer_scales = _layer_scales(
-      _norms.stack(norms), reference_norms, _norms.stack(coefs)
+      norm_vector, reference_norms, _norms.stack(coefs)
     )
     if graph is None:
       # The same c_l again, one scalar per layer from its own norm: each weight
@@ -309,7 +310,7 @@ def swr(
       reference_norms=reference_norms,
       layer_scales=layer_scales,
       cumulative_scales=cumulative_scales,
-      weight_norms=layer_scales * _norms.stack(norms),
+      weight_norms=layer_scales * norm_vector,
       input_scales=input_scales,
     )
     return jax.tree.unflatten(treedef, update_leaves), new_state
