@@ -33,8 +33,9 @@ zeros add nothing to a norm, Adam's update of a zero gradient is 0, and SWR
 rescales 0 to 0; the forward pass and the rounding bounds use the real
 blocks.
 
-Init scales stay within 1e+-12: float32 squares of entries beyond about
-1e+-19 leave float32's range, see the xfail test at the end.
+Init scales stay within 1e+-12, where the reference's float32 rounding bounds
+hold; entries whose float32 squares leave float32's range (1e+-20) have their
+own tests at the end.
 """
 
 from __future__ import annotations
@@ -910,38 +911,77 @@ def test_random_chains_match_the_reference_and_the_theorems(case: Case):
   check_trajectory(case, params, grads, history)
 
 
-@pytest.mark.xfail(
-  strict=True,
-  reason="swr's float32 norm squares the entries: 0 or inf out of range",
-)
-@pytest.mark.parametrize("magnitude", [1e-20, 1e20])
-def test_weights_whose_squares_leave_float32_range_are_still_rescaled(
-  magnitude,
-):
-  """Found while choosing the fuzz's init scales; a library limitation.
+def _extreme_chain(rng: np.random.Generator) -> dict:
+  """Three dense layers at 1e-20, 1e20 and 1: squares out of float32 range."""
+  shapes = [(3, 4), (4, 2), (2, 2)]
+  return {
+    f"Dense_{i}": {
+      "kernel": jnp.asarray(magnitude * rng.normal(size=shape), jnp.float32),
+      "bias": jnp.asarray(rng.normal(size=shape[1]), jnp.float32),
+    }
+    for i, (shape, magnitude) in enumerate(zip(shapes, [1e-20, 1e20, 1.0]))
+  }
 
-  swr's Frobenius norm squares float32 entries, so a layer whose entries are
-  all below about 1e-19 (squares under float32's smallest normal, 1.2e-38)
-  has norm 0, and one above about 1.8e19 has norm inf. swr then records
-  that as the reference norm and leaves the layer unscaled (c = 1), where
-  the float64 reference rescales it (c = 0.75 here). A scaled norm,
-  max|w| * ||w / max|w|||, would fix it. Weights this small or large are
-  rare, so the fuzz stays within 1e+-12.
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chain", "fused"])
+def test_weights_whose_squares_leave_float32_range_are_rescaled(fused):
+  """Entries of 1e-20 and 1e20 get the float64 reference's factors.
+
+  Their float32 squares are 0 and inf: a plain sqrt(sum(w**2)) gives norm 0
+  or inf, which swr reads as "leave the layer unscaled" (c = 1, where the
+  reference has c near 0.75). swr scales each weight by a power of two before
+  squaring. Four steps of random updates of 10% of each weight, with a reset
+  of the reference norms at step 2, against ``reference.swr_step``.
   """
-  params = {"Dense_0": {"kernel": jnp.full((2, 2), magnitude, jnp.float32)}}
-  layers = reference.dense_layers(["Dense_0"])
-  flat = reference.flatten(params)
-  tx = optax_swr.swr(coef=0.5)
-  updates, state = tx.update(params, tx.init(params), params)  # u = p
-  expected, c, _ = reference.swr_step(
-    {k: 2 * v for k, v in flat.items()},
-    layers,
-    reference.weight_norms(flat, layers),
-    [0.5],
-  )
-  np.testing.assert_allclose(state.layer_scales, c, rtol=1e-6)
+  rng = np.random.default_rng(0)
+  params = _extreme_chain(rng)
+  names = list(params)
+  layers = [reference.RefLayer((n, "kernel"), (n, "bias")) for n in names]
+  tx = optax_swr.swr(coef=0.5, reset_norms_at=[2])
+  state = tx.init(params)
+  ref_params = reference.flatten(params)
+  ref_norms = reference.weight_norms(ref_params, layers)
+  np.testing.assert_allclose(state.reference_norms, ref_norms, rtol=1e-6)
+  for step in range(4):
+    updates = jax.tree.map(
+      lambda p: jnp.asarray(0.1 * p * rng.normal(size=p.shape), p.dtype),
+      params,
+    )
+    flat_updates = reference.flatten(updates)
+    if step == 2:
+      ref_norms = reference.weight_norms(ref_params, layers)
+    ref_params, c, _ = reference.swr_step(
+      {k: v + flat_updates[k] for k, v in ref_params.items()},
+      layers,
+      ref_norms,
+      [0.5] * len(layers),
+    )
+    if fused:
+      params, state = optax_swr.update_and_apply(tx, updates, state, params)
+    else:
+      scaled, state = tx.update(updates, state, params)
+      params = optax.apply_updates(params, scaled)
+    np.testing.assert_allclose(state.layer_scales, c, rtol=1e-5)
+    np.testing.assert_allclose(state.reference_norms, ref_norms, rtol=1e-5)
+    for key, value in reference.flatten(params).items():
+      np.testing.assert_allclose(value, ref_params[key], rtol=1e-5, err_msg=key)
+
+
+def test_stacked_weights_whose_squares_leave_float32_range_are_rescaled():
+  """The slices of one stacked kernel, at 1e-20 and 1e20, each get their c."""
+  kernel = jnp.stack([jnp.full((2, 2), 1e-20), jnp.full((2, 2), 1e20)])
+  params = {"blocks": {"kernel": kernel}}
+  layers = [optax_swr.Layer(("blocks", "kernel"), index=i) for i in (0, 1)]
+  tx = optax_swr.swr(coef=0.5, layers=layers)
+  state = tx.init(params)
+  np.testing.assert_allclose(state.reference_norms, [2e-20, 2e20], rtol=1e-6)
+  updates, state = tx.update(params, state, params)  # u = p: norm doubles.
+  np.testing.assert_allclose(state.layer_scales, [0.75, 0.75], rtol=1e-6)
   np.testing.assert_allclose(
-    optax.apply_updates(params, updates)["Dense_0"]["kernel"],
-    expected[("Dense_0", "kernel")],
+    optax.apply_updates(params, updates)["blocks"]["kernel"],
+    1.5 * kernel,
     rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    optax_swr.metrics.layer_norms(params, layers), [2e-20, 2e20], rtol=1e-6
   )
