@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +148,55 @@ def test_reset_norms_at_takes_the_norms_of_the_params_before_the_update():
   )
 
 
+class EmbedConvBatchNorm(nn.Module):
+  """Tokens -> embedding -> conv -> BatchNorm -> conv -> dense."""
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    x = nn.Embed(11, 6)(tokens)
+    x = nn.relu(nn.Conv(8, (3,))(x))
+    x = nn.BatchNorm(use_running_average=False)(x)
+    x = nn.relu(nn.Conv(5, (3,))(x))
+    return nn.Dense(3)(x.mean(axis=1))
+
+
+def test_embedding_conv_and_batch_norm_with_a_schedule_and_resets():
+  """Linen's Embed, Conv and BatchNorm, traced, against the reference.
+
+  The coefficient changes every step and the reference norms are reset at
+  steps 3 and 6, so a schedule read one step late, a reset skipped, taken
+  from p + u, or repeated after its step each change the params.
+  """
+  tokens = jnp.arange(14).reshape(2, 7) % 11
+  module = EmbedConvBatchNorm()
+  variables = module.init(jax.random.key(0), tokens)
+  layers = optax_swr.layers_from_linen(module, variables, tokens)
+  names = ["Embed_0", "Conv_0", "BatchNorm_0", "Conv_1", "Dense_0"]
+  assert [layer.name for layer in layers] == names
+  ref_layers = [reference.RefLayer(("Embed_0", "embedding"), None)] + [
+    reference.RefLayer(
+      (name, "scale" if name.startswith("Batch") else "kernel"),
+      (name, "bias"),
+      name.startswith("Batch"),
+    )
+    for name in names[1:]
+  ]
+  history, ref_history, state = run_both(
+    variables["params"],
+    ref_layers,
+    lambda step: [0.5 - 0.4 * step / STEPS] * len(names),
+    coef=optax.linear_schedule(0.5, 0.1, transition_steps=STEPS),
+    layers=layers,
+    reset_norms_at=(3, 6),
+  )
+  assert_matches_reference(history, ref_history)
+  np.testing.assert_allclose(
+    state[1].reference_norms,
+    reference.weight_norms(reference.flatten(history[5]), ref_layers),
+    rtol=1e-6,
+  )
+
+
 def test_zero_norm_layers_get_scale_one_and_zero_reference_shrinks():
   params = helpers.mlp_params([4, 5, 5, 3])
   params["Dense_1"]["kernel"] = jnp.zeros((5, 5))  # reference norm 0
@@ -226,3 +276,55 @@ def test_large_float16_weights_do_not_overflow_the_norm():
     np.isfinite(np.asarray(updates["Dense_0"]["kernel"], np.float32))
   )
   np.testing.assert_allclose(state.weight_norms, [2412.0], rtol=1e-6)
+
+
+def bfloat16_spacing(x: np.ndarray) -> np.ndarray:
+  """The gap between bfloat16 numbers around each entry (8-bit mantissa)."""
+  magnitude = np.maximum(np.abs(x), np.finfo(np.float32).tiny)
+  return 2.0 ** (np.floor(np.log2(magnitude)) - 7)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["chain", "fused"])
+def test_float32_params_with_bfloat16_updates_round_once(fused):
+  """u' = c (p + u) - p is computed in float32 and rounded once.
+
+  With float32 params and bfloat16 updates (grads cast to bf16), the chained
+  update comes back in bfloat16: the float64 value rounded to the nearest
+  bf16, up to float32 rounding of its terms. Computing (c - 1) p + c u in
+  the update's dtype would round p and each term to bf16 first. The fused
+  step returns float32 params: c (p + u) to float32 precision.
+  """
+  rng = np.random.default_rng(5)
+  params = helpers.mlp_params([6, 16, 16, 4])
+  updates = jax.tree.map(
+    lambda p: jnp.asarray(0.5 * rng.normal(size=p.shape), jnp.bfloat16),
+    params,
+  )
+  layers = reference.dense_layers(["Dense_0", "Dense_1", "Dense_2"])
+  flat_params, flat_updates = map(reference.flatten, (params, updates))
+  expected, c, _ = reference.swr_step(
+    {k: p + flat_updates[k] for k, p in flat_params.items()},
+    layers,
+    reference.weight_norms(flat_params, layers),
+    [0.5] * 3,
+  )
+  tx = optax_swr.swr(coef=0.5)
+  if fused:
+    new_params, state = optax_swr.update_and_apply(
+      tx, updates, tx.init(params), params
+    )
+  else:
+    scaled, state = tx.update(updates, tx.init(params), params)
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(scaled))
+  np.testing.assert_allclose(state.layer_scales, c, rtol=1e-6)
+  for key, p in flat_params.items():
+    exact = expected[key] - p
+    float32_error = 1e-6 * (np.abs(p) + np.abs(flat_updates[key]))
+    if fused:
+      value = reference.flatten(new_params)[key] - p
+      bound = float32_error + 2**-24 * np.abs(expected[key])
+    else:
+      value = reference.flatten(scaled)[key]
+      bound = 0.5 * bfloat16_spacing(exact) + float32_error
+    error = np.abs(value - exact)
+    assert np.all(error <= bound), (key, np.max(error / bound))
