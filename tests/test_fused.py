@@ -44,6 +44,55 @@ def test_matches_the_float64_reference_with_classifier_and_resets():
   test_reference.assert_matches_reference(history, ref_history)
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_a_non_finite_update_leaves_its_layer_unscaled(bad):
+  """The non-finite guard through the fused step (test_swr.py: the chain).
+
+  A layer whose p + u holds inf or NaN keeps it (factor 1); the layers on
+  either side get the float64 reference's factors as if it were not there,
+  and its bias the factor of the layers before it.
+  """
+  params = helpers.mlp_params([4, 6, 5, 3])
+  updates = helpers.random_like(params, 3, scale=2.0)
+  kernel = updates["Dense_1"]["kernel"]
+  updates["Dense_1"]["kernel"] = kernel.at[0, 0].set(bad)
+  tx = optax_swr.swr(coef=0.5)
+  new_params, state = optax_swr.update_and_apply(
+    tx, updates, tx.init(params), params
+  )
+  flat, flat_updates = map(reference.flatten, (params, updates))
+  moved = {k: flat[k] + flat_updates[k] for k in flat}
+  finite = reference.dense_layers(["Dense_0", "Dense_2"])
+  expected, c, _ = reference.swr_step(
+    moved, finite, reference.weight_norms(flat, finite), [0.5, 0.5]
+  )
+  expected[("Dense_1", "bias")] = c[0] * moved[("Dense_1", "bias")]
+  np.testing.assert_allclose(state.layer_scales, [c[0], 1.0, c[1]], rtol=1e-6)
+  for key, value in reference.flatten(new_params).items():
+    np.testing.assert_allclose(value, expected[key], rtol=1e-5, err_msg=key)
+
+
+def test_an_injected_nan_coef_leaves_every_layer_unscaled():
+  """The guard on the factors themselves (test_hostile.py: a NaN schedule).
+
+  A NaN coefficient, injected at run time, makes every c NaN; the layers
+  then keep p + u exactly, and no bias is scaled.
+  """
+  params = helpers.mlp_params([4, 6, 3])
+  updates = helpers.random_like(params, 5)
+  tx = optax.inject_hyperparams(optax_swr.swr)(coef=0.5)
+  state = tx.init(params)
+  state.hyperparams["coef"] = jnp.asarray(jnp.nan, jnp.float32)
+  new_params, state = jax.jit(
+    lambda u, s, p: optax_swr.update_and_apply(tx, u, s, p)
+  )(updates, state, params)
+  np.testing.assert_array_equal(state.inner_state.layer_scales, [1.0, 1.0])
+  np.testing.assert_array_equal(state.inner_state.cumulative_scales, [1.0, 1.0])
+  expected = optax.apply_updates(params, updates)
+  for got, want in zip(jax.tree.leaves(new_params), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(got, want)
+
+
 def fused_and_unfused(tx, params, steps=STEPS, seed=1):
   """The params after ``steps`` of each path, from the same gradients."""
   target, noise = helpers.pulling_grads(params, steps, seed)
