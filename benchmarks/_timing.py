@@ -20,6 +20,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -90,6 +91,19 @@ def compare(loops: dict[str, Loop], repeats: int, rounds: int) -> dict:
   return {
     name: {"seconds": min(m), "round_medians": m} for name, m in medians.items()
   }
+
+
+def first_step_difference(a: Loop, b: Loop) -> float:
+  """The largest difference between two loops' params after one step.
+
+  Call it before timing (the timed calls consume the carries). Both loops
+  start from copies of their carries, whose first entry is the params.
+  """
+  after = [loop.step(*fresh_copy(loop.carry), *loop.args)[0] for loop in (a, b)]
+  differences = jax.tree.map(
+    lambda x, y: float(jnp.max(jnp.abs(x - y), initial=0.0)), *after
+  )
+  return max(jax.tree.leaves(differences), default=0.0)
 
 
 def _calls(loop: Loop, carry: tuple, count: int) -> tuple[tuple, list[float]]:

@@ -106,13 +106,21 @@ def time_optimizers(
   repeats: int,
   rounds: int,
   donate: bool = True,
-) -> dict[str, float]:
-  """Seconds per step of each of ``OPTIMIZERS`` named, side by side."""
+) -> tuple[dict[str, float], float | None]:
+  """Seconds per step of each of ``OPTIMIZERS`` named, side by side.
+
+  Also returns the largest difference between the params after one chained
+  and one fused adam + swr step (the two time one rule), or None unless both
+  are timed.
+  """
   loops = {name: optimizer_loop(name, params, donate) for name in optimizers}
-  return {
-    name: timing["seconds"]
-    for name, timing in _timing.compare(loops, repeats, rounds).items()
-  }
+  difference = None
+  if {"adam+swr", "adam+swr fused"} <= loops.keys():
+    difference = _timing.first_step_difference(
+      loops["adam+swr"], loops["adam+swr fused"]
+    )
+  timings = _timing.compare(loops, repeats, rounds)
+  return {name: t["seconds"] for name, t in timings.items()}, difference
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -135,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   for name, layers, width in shapes:
     params = make_params(layers, width)
     for donate in (True,) if args.donated_only else (True, False):
-      seconds = time_optimizers(
+      seconds, difference = time_optimizers(
         params, list(OPTIMIZERS), args.repeats, args.rounds, donate
       )
       rows.append(
@@ -149,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           "adam+swr/adam": seconds["adam+swr"] / seconds["adam"],
           "fused/adam": seconds["adam+swr fused"] / seconds["adam"],
           "adamw/adam": seconds["adamw"] / seconds["adam"],
+          "fused_vs_chain_max_abs": difference,
         }
       )
     del params

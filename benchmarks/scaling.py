@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   rows = []
   for sweep, layers, width in shapes:
     params = optimizer_step.make_params(layers, width)
-    seconds = optimizer_step.time_optimizers(
+    seconds, _ = optimizer_step.time_optimizers(
       params, OPTIMIZERS, args.repeats, args.rounds
     )
     rows.append(

@@ -74,7 +74,12 @@ def test_every_code_block_is_python_or_a_directive(page):
 @pytest.mark.parametrize(
   "page", PAGES_WITH_CODE, ids=[p.stem for p in PAGES_WITH_CODE]
 )
-def test_page_code_runs(page, tmp_path, monkeypatch):
+def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
+  """Smoke test that the page's blocks run, in order, as a reader pastes them.
+
+  The page's own ``assert`` lines check its claims; this test checks that
+  nothing the page prints is NaN or inf (a norm or a factor gone bad).
+  """
   blocks = [code for info, code in fenced_blocks(page) if info == "python"]
   if "orbax" in page.read_text():
     pytest.importorskip("orbax.checkpoint", reason="the [checkpoint] extra")
@@ -88,6 +93,8 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
       compile(code, f"{page.name}[python block {index}]", "exec"),  # pylint: disable=exec-used
       module.__dict__,
     )
+  printed = capsys.readouterr().out
+  assert not re.search(r"\b(nan|inf)\b", printed, re.IGNORECASE), printed
 
 
 def test_multihost_snippet_is_the_tested_worker():
