@@ -40,6 +40,8 @@ def results(tmp_path_factory):
 
 
 def test_json_schema(results):
+  """The results' layout (smoke checks: shapes and ranges); the real checks
+  are the step count and the coefficients the runs were given."""
   assert set(results) == {"config", "versions", "wall_time_s", "methods"}
   assert list(results["methods"]) == ["vanilla", "snp", "swr_0.01", "swr_1"]
   for entry in results["methods"].values():
