@@ -94,14 +94,14 @@ def compare(loops: dict[str, Loop], repeats: int, rounds: int) -> dict:
 
 
 def first_step_difference(a: Loop, b: Loop) -> float:
-  """The largest difference between two loops' params after one step.
+  """The largest difference between two loops' carries after one step.
 
-  Call it before timing (the timed calls consume the carries). Both loops
-  start from copies of their carries, whose first entry is the params.
+  The carries (params, optimizer state, ...) must have one structure. Call
+  it before timing: the timed calls consume the carries.
   """
-  after = [loop.step(*fresh_copy(loop.carry), *loop.args)[0] for loop in (a, b)]
+  after = [loop.step(*fresh_copy(loop.carry), *loop.args) for loop in (a, b)]
   differences = jax.tree.map(
-    lambda x, y: float(jnp.max(jnp.abs(x - y), initial=0.0)), *after
+    lambda x, y: float(jnp.max(jnp.abs(x - y), initial=0)), *after
   )
   return max(jax.tree.leaves(differences), default=0.0)
 

@@ -109,9 +109,9 @@ def time_optimizers(
 ) -> tuple[dict[str, float], float | None]:
   """Seconds per step of each of ``OPTIMIZERS`` named, side by side.
 
-  Also returns the largest difference between the params after one chained
-  and one fused adam + swr step (the two time one rule), or None unless both
-  are timed.
+  Also returns the largest difference between the params and states after
+  one chained and one fused adam + swr step (the two time one rule), or None
+  unless both are timed.
   """
   loops = {name: optimizer_loop(name, params, donate) for name in optimizers}
   difference = None

@@ -25,7 +25,7 @@ def test_optimizer_step_quick_writes_ratios(tmp_path):
   """The script runs, donated and not; timings are smoke-checked only.
 
   The real check: the chained and the fused step that it times give the same
-  params after a step (the 1M-param model's weights are about 0.04).
+  params and state after a step (the 1M-param model's weights are about 0.04).
   """
   out = tmp_path / "step.json"
   optimizer_step.main(["--quick", "--out", str(out)])
@@ -92,6 +92,21 @@ def test_train_step_quick_runs_batch_norm_and_residual_models(tmp_path):
   assert [r["model"] for r in rows] == ["cnn_bn", "transformer"]
   assert all(min(r["seconds"].values()) > 0 for r in rows)
   assert all(0 <= r["fused_vs_chain_max_abs"] < 1e-6 for r in rows), rows
+
+
+def test_norm_scaling_quick_steps_equal_the_plain_norms(tmp_path):
+  """Timings smoke-checked; the scaled norm's steps equal the plain one's
+  bit for bit, params and state (which holds the norms)."""
+  from benchmarks import norm_scaling
+
+  out = tmp_path / "norms.json"
+  norm_scaling.main(["--quick", "--out", str(out)])
+  (row,) = json.loads(out.read_text())["rows"]
+  assert min(row["seconds"].values()) > 0
+  assert row["scaled_vs_plain_max_abs"] == {
+    "adam+swr": 0.0,
+    "adam+swr fused": 0.0,
+  }
 
 
 def test_low_precision_bfloat16_below_its_resolution_does_nothing(tmp_path):
