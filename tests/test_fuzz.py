@@ -24,7 +24,7 @@ swr computes norms and factors in float32 even for float64 params, so running
 it under ``jax_enable_x64`` would not make the check tighter: the tests run in
 float32 with tolerances derived from float32 rounding.
 
-Speed (300 examples in about 20 s on 2 CPU cores): a jitted step would
+Speed (300 examples in about 55 s on a 2-core CPU): a jitted step would
 compile for every drawn tree, so the steps run op by op under
 ``jax.disable_jit``, and every leaf is stored zero-padded to 8 channels (a
 conv kernel keeps its 1x1 or 3x3 window), so that the eager ops compile once
