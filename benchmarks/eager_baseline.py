@@ -17,7 +17,6 @@ if training had grown them. From the repository root::
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import jax
@@ -118,17 +117,8 @@ def max_difference(params: dict, norms: list[jax.Array]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--shapes",
-    default=DEFAULT_SHAPES,
-    help="comma-separated names from optimizer_step.SHAPES",
-  )
-  _timing.add_flags(parser, repeats=20, rounds=3)
-  args = parser.parse_args(argv)
-  _timing.quick_counts(args)
-  shapes = optimizer_step.shapes_named(
-    optimizer_step.QUICK_SHAPES if args.quick else args.shapes
+  args, shapes = optimizer_step.parse_shape_flags(
+    __doc__.split("\n")[0], argv, DEFAULT_SHAPES, rounds=3
   )
   rows = []
   for name, layers, width in shapes:

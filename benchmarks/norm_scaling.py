@@ -13,7 +13,6 @@ root::
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator, Sequence
 import contextlib
 
@@ -74,17 +73,8 @@ def paired_percent(scaled: dict, plain: dict) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument(
-    "--shapes",
-    default=DEFAULT_SHAPES,
-    help="comma-separated names from optimizer_step.SHAPES",
-  )
-  _timing.add_flags(parser, repeats=20, rounds=5)
-  args = parser.parse_args(argv)
-  _timing.quick_counts(args)
-  shapes = optimizer_step.shapes_named(
-    optimizer_step.QUICK_SHAPES if args.quick else args.shapes
+  args, shapes = optimizer_step.parse_shape_flags(
+    __doc__.split("\n")[0], argv, DEFAULT_SHAPES, rounds=5
   )
   rows = []
   for name, layers, width in shapes:

@@ -71,6 +71,29 @@ def shapes_named(names: str) -> list[tuple[str, int, int]]:
   return [shape for shape in SHAPES if shape[0] in wanted]
 
 
+def parse_shape_flags(
+  description: str,
+  argv: Sequence[str] | None,
+  default_shapes: str,
+  rounds: int,
+) -> tuple[argparse.Namespace, list[tuple[str, int, int]]]:
+  """A script's ``--shapes`` (names from ``SHAPES``) and the timing flags.
+
+  Returns:
+    The parsed flags and the shapes to run (``QUICK_SHAPES`` with --quick).
+  """
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument(
+    "--shapes",
+    default=default_shapes,
+    help="comma-separated names from optimizer_step.SHAPES",
+  )
+  _timing.add_flags(parser, repeats=20, rounds=rounds)
+  args = parser.parse_args(argv)
+  _timing.quick_counts(args)
+  return args, shapes_named(QUICK_SHAPES if args.quick else args.shapes)
+
+
 def jitted_step(
   tx: optax.GradientTransformation, fused: bool = False, donate: bool = True
 ) -> Callable:
