@@ -265,7 +265,6 @@ def swr(
         ),
         lambda: reference_norms,
       )
-    reference_scalars = _norms.scalars(reference_norms)
     # p + u only feeds the norms: the outputs below are written from p and u,
     # so XLA need not keep a param-sized p + u buffer alive for them.
     moved = {
@@ -287,7 +286,9 @@ def swr(
       # The same c_l again, one scalar per layer from its own norm: each weight
       # is then scaled as soon as its norm is known, not after every layer's
       # (+5% on the paper's CNN training step on a 2-core CPU otherwise).
-      weight_factors = list(map(_layer_scales, norms, reference_scalars, coefs))
+      weight_factors = list(
+        map(_layer_scales, norms, _norms.scalars(reference_norms), coefs)
+      )
       cumulative_scales = _cumulative_scales(layer_scales, found)
       input_scales = _input_scales(cumulative_scales)
     else:
