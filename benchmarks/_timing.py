@@ -93,6 +93,17 @@ def compare(loops: dict[str, Loop], repeats: int, rounds: int) -> dict:
   }
 
 
+def paired_percent(variant: dict, baseline: dict) -> float:
+  """The median over rounds of (variant / baseline - 1) in %, round by round.
+
+  ``variant`` and ``baseline`` are entries of :func:`compare`'s result.
+  """
+  ratios = np.array(variant["round_medians"]) / np.array(
+    baseline["round_medians"]
+  )
+  return float(100 * (np.median(ratios) - 1))
+
+
 def first_step_difference(a: Loop, b: Loop) -> float:
   """The largest difference between two loops' carries after one step.
 

@@ -64,14 +64,6 @@ def loops(params) -> dict[str, _timing.Loop]:
   return result
 
 
-def paired_percent(scaled: dict, plain: dict) -> float:
-  """Median over rounds of (scaled / plain - 1) in %, round by round."""
-  ratios = sorted(
-    s / p for s, p in zip(scaled["round_medians"], plain["round_medians"])
-  )
-  return 100 * (ratios[len(ratios) // 2] - 1)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   args, shapes = optimizer_step.parse_shape_flags(
     __doc__.split("\n")[0], argv, DEFAULT_SHAPES, rounds=5
@@ -91,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     timings = _timing.compare(variants, args.repeats, args.rounds)
     seconds = {variant: t["seconds"] for variant, t in timings.items()}
     paired = {
-      step: paired_percent(timings[step], timings[f"{step}, plain norm"])
+      step: _timing.paired_percent(
+        timings[step], timings[f"{step}, plain norm"]
+      )
       for step in STEPS
     }
     rows.append(

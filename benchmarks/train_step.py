@@ -28,7 +28,6 @@ import warnings
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 
 from benchmarks import _timing
@@ -108,12 +107,6 @@ def model_loops(
   return loops, _timing.num_params(variables["params"])
 
 
-def _paired_percent(variant: dict, adam: dict) -> float:
-  """The median over rounds of (variant / adam - 1) in %, round by round."""
-  ratios = np.array(variant["round_medians"]) / np.array(adam["round_medians"])
-  return float(100 * (np.median(ratios) - 1))
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -159,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Each round's medians compared within the round: steadier on a
         # loaded machine than the lowest medians above.
         "paired_percent": {
-          variant: _paired_percent(timings[variant], timings["adam"])
+          variant: _timing.paired_percent(timings[variant], timings["adam"])
           for variant in timings
           if variant != "adam"
         },
