@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import warnings
 
+import equinox as eqx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,7 @@ def test_a_chain_is_reported_proportional():
   assert report.relative_error < 1e-5
   assert report.argmax_agreement == 1.0
   assert abs(report.fitted_scale / report.predicted_scale - 1) < 1e-5
+  assert report.error_without_epsilon is None  # no normalization layer
 
 
 @pytest.mark.parametrize("apply_fn", [residual, tanh_mlp])
@@ -78,3 +81,91 @@ def test_the_check_makes_zero_biases_non_zero_so_a_wrong_bias_shows():
   assert [layer.norm for layer in traced] == [False, True, False]
   report = optax_swr.check_proportional(apply_fn, params, traced, X)
   assert report.relative_error < 1e-4
+
+
+class NormedNet(nn.Module):
+  """Dense, activation, RMSNorm, Dense: the product restarts at the norm."""
+
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    x = self.activation(nn.Dense(16)(x))
+    # After a ReLU some rows have a mean square not far above 1e-2.
+    x = nn.RMSNorm(epsilon=1e-2)(x)
+    return nn.Dense(4)(x)
+
+
+def traced_normed_net(activation):
+  module = NormedNet(activation)
+  variables = module.init(jax.random.key(1), X)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
+    layers = optax_swr.layers_from_linen(module, variables, X)
+  apply_fn = lambda p, x: module.apply({"params": p}, x)
+  return apply_fn, variables["params"], layers
+
+
+def inside_scan(apply_fn):
+  def scanned(params, x):
+    step = lambda carry, _: (carry, apply_fn(params, x))
+    return jax.lax.scan(step, 0.0, None, length=1)[1][0]
+
+  return scanned
+
+
+@pytest.mark.parametrize(
+  "wrap",
+  [lambda f: f, jax.jit, jax.checkpoint, inside_scan],
+  ids=["plain", "jit", "checkpoint", "scan"],
+)
+def test_the_epsilon_share_of_the_error_is_reported_apart(wrap):
+  apply_fn, params, layers = traced_normed_net(nn.relu)
+  report = optax_swr.check_proportional(wrap(apply_fn), params, layers, X)
+  assert report.relative_error > 1e-3, report  # all of it the epsilon
+  assert report.error_without_epsilon < 1e-5, report
+
+
+def test_without_epsilon_the_error_of_a_wrong_layer_order_stays():
+  """The chain rule across a tanh: SWR's own error, not the epsilon's."""
+  apply_fn, params, layers = traced_normed_net(nn.tanh)
+  exact = optax_swr.check_proportional(apply_fn, params, layers, X)
+  assert exact.error_without_epsilon < 1e-5, exact
+  chain_rule = optax_swr.check_proportional(apply_fn, params, tuple(layers), X)
+  assert chain_rule.error_without_epsilon > 1e-2, chain_rule
+
+
+class EquinoxNormedNet(eqx.Module):
+  first: eqx.nn.Linear
+  norm: eqx.nn.LayerNorm
+  last: eqx.nn.Linear
+
+  def __init__(self, key):
+    first_key, last_key = jax.random.split(key)
+    self.first = eqx.nn.Linear(8, 16, key=first_key)
+    self.norm = eqx.nn.LayerNorm(16, eps=1e-2)
+    self.last = eqx.nn.Linear(16, 4, key=last_key)
+
+  def __call__(self, x):
+    return self.last(self.norm(jax.nn.relu(self.first(x))))
+
+
+def test_equinox_layer_norm_epsilon_is_reported_apart():
+  model = EquinoxNormedNet(jax.random.key(2))
+  layers = optax_swr.layers_from_equinox(model, X[0])
+  params, static = eqx.partition(model, eqx.is_inexact_array)
+  apply_fn = lambda p, x: jax.vmap(eqx.combine(p, static))(x)
+  report = optax_swr.check_proportional(apply_fn, params, layers, X)
+  assert report.relative_error > 1e-3, report
+  assert report.error_without_epsilon < 1e-5, report
+
+
+def test_an_apply_fn_that_cannot_be_traced_gets_no_error_without_epsilon():
+  def branching(params, x):
+    if float(jnp.abs(x).max()) > 0:  # Python control flow on a value
+      x = x * jax.lax.rsqrt(jnp.mean(x**2) + 1e-2)
+    return chain(params, x)
+
+  report = optax_swr.check_proportional(branching, PARAMS, None, X)
+  assert report.relative_error < 1e-5
+  assert report.error_without_epsilon is None
