@@ -30,7 +30,6 @@ largest layer deviation over steps.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import time
 from typing import Any
@@ -41,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from examples import cli
 from examples.models import blocks
 from examples.models import linen as models_linen
 from examples.paper import protocols
@@ -290,7 +290,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--steps", type=int, default=500)
   parser.add_argument("--coef", type=float, default=0.1)
   parser.add_argument("--lr", type=float, default=1e-2)

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 from sklearn import model_selection
 
+from examples import cli
 from examples import data
 from examples.paper import stats
 import optax_swr
@@ -213,7 +214,7 @@ def run(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """Parses the command-line flags."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument(
     "--epochs",
     type=int,
@@ -225,7 +226,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     "--coef",
     type=float,
     default=1e-2,
-    help="SWR coefficient lambda in [0, 1] (default: 1e-2).",
+    help="SWR coefficient lambda in [0, 1].",
   )
   parser.add_argument("--lr", type=float, default=1e-3, help="Adam step size.")
   parser.add_argument("--batch-size", type=int, default=64)
@@ -249,12 +250,12 @@ def print_table(rows: list[tuple[str, str, list[RunResult]]]) -> None:
   print(header)
   print("-" * len(header))
   for method, protocol, results in rows:
-    mean, std = stats.mean_std([r.test_accuracy for r in results])
+    accuracy = stats.mean_std_text([r.test_accuracy for r in results], "+-")
     norms = np.stack([r.weight_norms for r in results])
     seconds = sum(r.seconds for r in results)
     print(
       f"{method:8s} {protocol:13s}"
-      f" {mean:.4f} +- {std:.4f}"
+      f" {accuracy:>16s}"
       f" {norms.sum(axis=1).mean():12.2f} {norms.max(axis=1).mean():12.2f}"
       f" {seconds:9.1f}"
     )

@@ -13,13 +13,14 @@ the notebook offline (scikit-learn's digits) and checks that it is current.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import os
 import sys
 
 import nbformat
 from nbformat import v4
+
+from examples import cli
 
 NOTEBOOK = os.path.join(
   os.path.dirname(os.path.abspath(__file__)), "colab_quickstart.ipynb"
@@ -477,7 +478,7 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument(
     "--check",
     action="store_true",

@@ -25,12 +25,11 @@ import os
 import sys
 from typing import Any
 
+from examples import cli
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split("\n", 1)[0],
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
+  parser = cli.parser(__doc__)
   parser.add_argument("--steps", type=int, default=300, help="training steps")
   parser.add_argument(
     "--devices",

@@ -149,3 +149,22 @@ def test_bad_data_files_are_clear_errors(tmp_path):
   )
   with pytest.raises(ValueError, match="labels must be non-negative integers"):
     random_labels.main([*TINY, "--data", str(negative)])
+
+
+def test_too_many_examples_names_the_smallest_class_and_the_limit():
+  # 4 per class needed; class 1 (3) is the first short class, class 2 (2)
+  # the smallest, so only 2 per class, 6 in all, can be drawn.
+  labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+  dataset = data.Dataset(
+    x_train=np.zeros((len(labels), 2), np.float32),
+    y_train=labels,
+    x_test=np.zeros((1, 2), np.float32),
+    y_test=np.zeros(1, np.int32),
+  )
+  with pytest.raises(ValueError) as error:
+    random_labels.training_subset(dataset, 12, 1)
+  message = str(error.value)
+  assert "the smallest class, 2, has only 2" in message
+  assert "ask for at most 6 " in message
+  assert "class 1" not in message
+  assert random_labels.training_subset(dataset, 6, 1).shape == (6, 2)

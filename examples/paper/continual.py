@@ -13,12 +13,12 @@ a chunk smaller than one batch is refused.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import functools
 
 import numpy as np
 
+from examples import cli
 from examples.paper import protocols
 
 
@@ -34,7 +34,7 @@ def stages(
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   protocols.add_flags(parser, "vanilla,l2,l2_init,snp,head_reset,swr")
   parser.add_argument("--access", choices=("full", "limited"), default="full")
   parser.add_argument("--chunks", type=int, default=10)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from examples import cli
 from examples import data
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
@@ -79,7 +80,7 @@ def parse_factors(text: str) -> tuple[float, ...]:
 
 def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
   """Parses and checks the command line."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument(
     "--data", default="fashion_mnist", help="a built-in name or FILE.npz"
   )

@@ -11,16 +11,16 @@ SWR's reference norms at those steps.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
+from examples import cli
 from examples.paper import protocols
 
 LR_DECAY_AT = (0.5, 0.75)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   protocols.add_flags(parser, "")
   parser.add_argument("--lr-decay", action="store_true")
   args = parser.parse_args(argv)

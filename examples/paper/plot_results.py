@@ -21,7 +21,6 @@ Each PNG goes to ``--out-dir`` under its JSON file's name. Needs matplotlib
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from examples import cli
 from examples.paper import figure1
 from examples.paper import stats
 from examples.paper import summarize_results
@@ -242,7 +242,7 @@ def plot_calibration(plt: Any, results: dict[str, Any]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("files", nargs="+", help="the experiments' JSON files")
   parser.add_argument("--out-dir", default="examples/paper/figures")
   args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ import tqdm
 from examples import data
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
+from examples.paper import stats
 import optax_swr
 from optax_swr import baselines
 from optax_swr import metrics
@@ -688,7 +689,7 @@ def finish(results: dict[str, Any], settings: Settings) -> None:
   for name, entry in results["methods"].items():
     final = np.array(entry["final_test_acc"])
     norm = np.mean([seed[-1] for seed in entry["weight_norms"]], axis=0).sum()
-    std = final.std(ddof=1) if len(final) > 1 else 0.0
-    print(f"{name:12s} {final.mean():14.4f} +- {std:.4f} {norm:12.2f}")
+    accuracy = stats.mean_std_text(final, "+-")
+    print(f"{name:12s} {accuracy:>24s} {norm:12.2f}")
   if settings.out:
     print(f"results written to {settings.out}")

@@ -24,7 +24,6 @@ coefficient 1 projects every layer back to its initial norm after each step.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import dataclasses
 import time
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from examples import cli
 from examples import data
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
@@ -78,7 +78,7 @@ class Settings:
 
 def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
   """The settings, and whether to run the calibration pilot instead."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument(
     "--data",
     default=Settings.data,
@@ -93,7 +93,7 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     parser.add_argument(
       f"--{name.replace('_', '-')}",
       default=default,
-      help=f"{name}'s coefficients, comma-separated (default {default})",
+      help=f"{name}'s coefficients, comma-separated",
     )
   parser.add_argument("--tasks", type=int, default=Settings.tasks)
   parser.add_argument(
@@ -195,7 +195,9 @@ def training_subset(
   """A fixed class-balanced subset of the training inputs, flattened.
 
   Raises:
-    ValueError: if the set is too small for ``num_examples`` or a batch.
+    ValueError: if ``num_examples`` is smaller than a batch, or needs more
+      examples per class than the smallest class has (the message names
+      that class and the largest ``num_examples`` it allows).
   """
   classes = np.unique(dataset.y_train)
   per_class = num_examples // len(classes)
@@ -205,16 +207,21 @@ def training_subset(
       f"(--batch-size {batch_size}) and one example per class "
       f"({len(classes)} classes)."
     )
+  # The smallest class sets the limit, wherever it comes in label order.
+  sizes = [np.count_nonzero(dataset.y_train == label) for label in classes]
+  smallest = int(np.argmin(sizes))
+  if sizes[smallest] < per_class:
+    raise ValueError(
+      f"--num-examples {num_examples}: needs {per_class} training examples "
+      f"per class, but the smallest class, {classes[smallest]}, has only "
+      f"{sizes[smallest]}; ask for at most "
+      f"{sizes[smallest] * len(classes)} ({len(classes)} classes x "
+      f"{sizes[smallest]})."
+    )
   rng = np.random.default_rng(0)
   picked = []
   for label in classes:
     members = np.flatnonzero(dataset.y_train == label)
-    if len(members) < per_class:
-      raise ValueError(
-        f"--num-examples {num_examples}: class {label} has only "
-        f"{len(members)} training examples; ask for at most "
-        f"{len(members) * len(classes)}."
-      )
     picked.append(rng.choice(members, per_class, replace=False))
   chosen = np.sort(np.concatenate(picked))
   return dataset.x_train[chosen].reshape(len(chosen), -1)
@@ -448,12 +455,13 @@ def print_summary(results: dict[str, Any]) -> None:
     "difference from vanilla has a 95% t interval"
   )
   print(
-    f"{'method':14s} {'task 1':>16s} {'last task':>16s} {'last - vanilla':>28s}"
+    f"{'method':14s} {'task 1':>18s} {'last task':>18s} {'last - vanilla':>28s}"
   )
   methods = results["methods"]
   for name, entry in methods.items():
     acc = np.array(entry["task_train_acc"])
-    first, last = stats.mean_std(acc[:, 0]), stats.mean_std(acc[:, -1])
+    first = stats.mean_std_text(acc[:, 0], "+-")
+    last = stats.mean_std_text(acc[:, -1], "+-")
     difference = (
       str(
         stats.paired(
@@ -463,10 +471,7 @@ def print_summary(results: dict[str, Any]) -> None:
       if "vanilla" in methods and name != "vanilla"
       else ""
     )
-    print(
-      f"{name:14s} {first[0]:8.4f} +- {first[1]:.4f} "
-      f"{last[0]:8.4f} +- {last[1]:.4f} {difference:>28s}"
-    )
+    print(f"{name:14s} {first:>18s} {last:>18s} {difference:>28s}")
   print(f"wall time {results['wall_time_s']:.0f} s")
 
 

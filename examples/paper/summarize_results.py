@@ -23,7 +23,6 @@ its setting's table. With ``--write FILE`` the text between
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import json
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from examples import cli
 from examples.paper import protocols
 from examples.paper import stats
 
@@ -205,9 +205,11 @@ def of_kind(results: Iterable[dict[str, Any]], kind: str) -> list[dict]:
 
 
 def mean_std_cell(values: Sequence[float]) -> str:
-  """The mean ± the sample standard deviation, with four decimals."""
-  mean, std = stats.mean_std(values)
-  return f"{mean:.4f} ± {std:.4f}"
+  """The mean ± the sample standard deviation, with four decimals.
+
+  One seed has no standard deviation: ``0.8123 (1 seed, no std)``.
+  """
+  return stats.mean_std_text(values)
 
 
 def difference_cell(a: Sequence[float], b: Sequence[float]) -> str:
@@ -725,7 +727,7 @@ def replace_tables(content: str, text: str, path: str = "the file") -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("files", nargs="+", help="the experiments' JSON files")
   parser.add_argument(
     "--write", default=None, help="replace the tables between FILE's markers"

@@ -25,12 +25,12 @@ equal rounds, and round k trains on the first k.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import functools
 
 import numpy as np
 
+from examples import cli
 from examples.paper import protocols
 
 
@@ -46,7 +46,7 @@ def rounds(train: np.ndarray, seed: int, count: int) -> list[np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   protocols.add_flags(parser, "vanilla,l2,l2_init,snp,head_reset,swr")
   parser.add_argument(
     "--online-rounds",

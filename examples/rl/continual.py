@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from examples import cli
 from examples.paper import protocols
 from examples.rl import ppo
 
@@ -170,7 +171,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
   ``gap`` is the visit's score minus the fresh agent's on that game, per
   seed (paired: the fresh agent starts from the same key), with its mean and
-  the half-width of its 95% t-interval over seeds.
+  the half-width of its 95% t-interval over seeds (None below two seeds with
+  a score: undefined, and JSON has no NaN).
   """
   as_array = lambda values: np.array(
     [np.nan if v is None else v for v in values], float
@@ -182,6 +184,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
       score = as_array(visit["score"])
       fresh = as_array(run["fresh"][visit["game"]]["score"])
       gap = score - fresh
+      half_width = _half_width(gap)
       rows.append(
         {
           "game": visit["game"],
@@ -189,7 +192,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
           "score_mean": float(np.nanmean(score)),
           "fresh_mean": float(np.nanmean(fresh)),
           "gap_mean": float(np.nanmean(gap)),
-          "gap_ci95": _half_width(gap),
+          "gap_ci95": None if np.isnan(half_width) else half_width,
         }
       )
     summary[method] = rows
@@ -209,7 +212,7 @@ def _half_width(values: np.ndarray) -> float:
 
 
 def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--games", default=",".join(GAMES))
   parser.add_argument("--cycles", type=int, default=2)
   parser.add_argument("--steps-per-visit", type=int, default=100_000)

@@ -12,13 +12,13 @@ whole sequence. Needs matplotlib (the [plots] extra) and scipy.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import json
 from typing import Any
 
 import numpy as np
 
+from examples import cli
 from examples.rl import continual
 from examples.rl import plot as rl_plot
 
@@ -59,7 +59,7 @@ def table(results: dict[str, Any]) -> str:
     game, cycle = cells[0]["game"], cells[0]["cycle"]
     values = [
       f"{c['score_mean']:.2f} ({c['fresh_mean']:.2f}), "
-      f"{c['gap_mean']:+.2f} ± {c['gap_ci95']:.2f}"
+      + _plus_minus(c["gap_mean"], c["gap_ci95"])
       for c in cells
     ]
     lines.append(f"| {game} | {cycle + 1} | " + " | ".join(values) + " |")
@@ -83,9 +83,9 @@ def later_visits(results: dict[str, Any]) -> str:
     versus = "-"
     if "vanilla" in per_seed and method != "vanilla":
       diff = gaps - per_seed["vanilla"]
-      versus = f"{np.mean(diff):+.2f} ± {_ci(diff):.2f}"
+      versus = _plus_minus(np.mean(diff), _ci(diff))
     lines.append(
-      f"| {method} | {np.mean(gaps):+.2f} ± {_ci(gaps):.2f} | {versus} |"
+      f"| {method} | {_plus_minus(np.mean(gaps), _ci(gaps))} | {versus} |"
     )
   return "\n".join(lines)
 
@@ -105,6 +105,13 @@ def _ci(values: np.ndarray) -> float:
   return continual._half_width(values)  # noqa: SLF001
 
 
+def _plus_minus(mean: float, half_width: float | None) -> str:
+  """``+1.23 ± 0.45``; below two seeds the interval is undefined, not 0."""
+  if half_width is None or np.isnan(half_width):
+    return f"{mean:+.2f} (under 2 seeds, no CI)"
+  return f"{mean:+.2f} ± {half_width:.2f}"
+
+
 def figure(results: dict[str, Any], path: str) -> None:
   """A panel per game (gap against visit), and the weight norms."""
   plt = rl_plot.pyplot()
@@ -119,7 +126,7 @@ def figure(results: dict[str, Any], path: str) -> None:
       ax.errorbar(
         visits,
         [r["gap_mean"] for r in mine],
-        yerr=[r["gap_ci95"] for r in mine],
+        yerr=rl_plot.as_array([r["gap_ci95"] for r in mine]),
         marker="o",
         capsize=3,
         label=method,
@@ -146,7 +153,7 @@ def figure(results: dict[str, Any], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("json", nargs="+", help="from examples.rl.continual")
   parser.add_argument("--figure", help="the PNG to write")
   args = parser.parse_args(argv)

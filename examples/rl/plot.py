@@ -12,13 +12,13 @@ no return of its own). Needs matplotlib (the [plots] extra) and scipy.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 import json
 from typing import Any
 
 import numpy as np
 
+from examples import cli
 from examples.paper import stats
 
 PANELS = (
@@ -133,7 +133,7 @@ def plot(results: dict[str, Any], window: int) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--json", required=True, help="from examples.rl.ppo")
   parser.add_argument("--out", required=True, help="the PNG to write")
   parser.add_argument(

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from examples import cli
 from examples.paper import protocols
 import optax_swr
 from optax_swr import baselines
@@ -793,7 +794,7 @@ def add_config_flags(
       "--" + field.name.replace("_", "-"),
       type=float if field.default is None else type(field.default),
       default=field.default,
-      help=f"{field.metadata['help']} (default {field.default})",
+      help=field.metadata["help"],
     )
 
 
@@ -822,7 +823,7 @@ def parse_methods(methods: str) -> list[str]:
 
 
 def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.parser(__doc__)
   parser.add_argument("--env", default="CartPole-v1", help="gymnax name")
   parser.add_argument(
     "--methods",

@@ -15,7 +15,6 @@ their initial norms.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator, Sequence
 import dataclasses
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 import tqdm
 
+from examples import cli
 from examples import data
 from examples.models import shapes
 import optax_swr
@@ -72,7 +72,7 @@ class Config:
 
 def parse_config(argv: Sequence[str] | None, description: str) -> Config:
   """Parses the command-line flags into a ``Config``."""
-  parser = argparse.ArgumentParser(description=description)
+  parser = cli.parser(description)
   parser.add_argument(
     "--model", default=Config.model, choices=shapes.ALL_MODELS
   )

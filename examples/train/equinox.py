@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from examples import cli
 from examples import data
 import optax_swr
 from optax_swr import metrics
@@ -135,6 +136,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     prog="python -m examples.train.equinox",
     description=__doc__.split("\n\n")[0],
+    formatter_class=cli.DefaultsHelpFormatter,
   )
   parser.add_argument(
     "--epochs", type=int, default=10, help="(default: %(default)d)"
