@@ -85,6 +85,32 @@ def test_readme_is_short():
   assert len((ROOT / "README.md").read_text().splitlines()) <= 150
 
 
+def test_readme_install_lists_every_extra_and_the_two_ways_in():
+  tomllib = pytest.importorskip("tomllib", reason="Python 3.11 or later")
+  with open(ROOT / "pyproject.toml", "rb") as file:
+    extras = tomllib.load(file)["project"]["optional-dependencies"]
+  text = (ROOT / "README.md").read_text()
+  install = text.split("## Install and try\n")[1].split("\n## ")[0]
+  listed = re.search(r"\(extras: ([^)]*)\)", install)
+  assert listed, "the Install block names no extras"
+  named = listed.group(1).replace("#", " ").replace(",", " ").split()
+  assert sorted(named) == sorted(extras)
+  # make demo and make test are the fresh clone's commands; pip is the other way.
+  commands = [line.split("#")[0].strip() for line in install.splitlines()]
+  for command in (
+    "make demo",
+    "make test",
+    'pip install -e ".[examples]"',
+    "python -m examples.digits_demo",
+  ):
+    assert command in commands
+  assert (
+    install.index("make test")
+    < install.index("Or,")
+    < install.index("pip install")
+  )
+
+
 def test_readme_code_blocks_run(capsys):
   blocks = readme_python_blocks()
   assert len(blocks) >= 6
