@@ -23,11 +23,13 @@ from optax_swr import baselines
 from optax_swr import metrics
 from optax_swr._batch_stats import sync_batch_stats
 from optax_swr._equinox import layers_from_equinox
+from optax_swr._equinox import sync_equinox_batch_stats
 from optax_swr._flax import apply_gradients
 from optax_swr._flax import layers_from_linen
 from optax_swr._flax import layers_from_nnx
 from optax_swr._flax import sync_nnx_batch_stats
 from optax_swr._flax import update_nnx
+from optax_swr._fused import NotFusedWarning
 from optax_swr._fused import update_and_apply
 from optax_swr._layers import Layer
 from optax_swr._layers import Layers
@@ -50,6 +52,7 @@ __all__ = (
   "Layers",
   "LowPrecisionWarning",
   "NotAChainWarning",
+  "NotFusedWarning",
   "ProportionalityReport",
   "SWRState",
   "apply_gradients",
@@ -64,6 +67,7 @@ __all__ = (
   "reset_reference_norms",
   "swr",
   "sync_batch_stats",
+  "sync_equinox_batch_stats",
   "sync_nnx_batch_stats",
   "update_and_apply",
   "update_nnx",

@@ -24,6 +24,8 @@ the network SWR actually produced.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
+import sys
 from typing import Any
 
 import jax
@@ -83,25 +85,24 @@ def sync_batch_stats(
     >>> print(synced["bn"]["mean"], synced["bn"]["var"])
     [0.5 0.5] [0.25 0.25]
   """
-  scales = _input_scales(opt_state)
-  entries = _layer_entries(layers, len(scales))
-  # A stack's slices share a path: its statistics get one factor per slice.
-  slices_of: dict[Any, list[int]] = {}
-  for i, entry in enumerate(entries):
-    slices_of.setdefault(_layers.entry_path(entry), []).append(i)
+  equinox = sys.modules.get("equinox")  # an eqx.nn.State needs it imported
+  if equinox is not None and isinstance(batch_stats, equinox.nn.State):
+    raise ValueError(
+      "sync_batch_stats: `batch_stats` is an eqx.nn.State, which is keyed "
+      "by StateIndex, not like the params. Use "
+      "optax_swr.sync_equinox_batch_stats(model, state, opt_state, layers), "
+      "which finds each eqx.nn.BatchNorm of the model."
+    )
+  norms = NormInputScales.from_opt_state(opt_state, layers, "sync_batch_stats")
   leaves, treedef = jax.tree.flatten(batch_stats)
   rescaled = []
   for path, leaf in zip(_layers.leaf_paths(batch_stats), leaves):
     *owner, stat = path
-    indices = slices_of.get(tuple(owner), [])
-    if not indices or any(
-      isinstance(entries[i], _layers.Layer) and not entries[i].norm
-      for i in indices
-    ):
+    if not norms.is_norm(tuple(owner)):
       raise ValueError(
         f"sync_batch_stats: the statistic {path!r} belongs to "
         f"{tuple(owner)!r}, which is not a normalization layer of `layers` "
-        f"({list(slices_of)}). Pass the "
+        f"({norms.paths()}). Pass the "
         "statistics keyed like the params, and the layers swr rescales "
         "with every BatchNorm among them."
       )
@@ -110,58 +111,108 @@ def sync_batch_stats(
         f"sync_batch_stats: unknown statistic {path!r}; expected 'mean' "
         "or 'var' leaves under each BatchNorm."
       )
-    factor = _stat_scale(scales, entries, indices, leaf) ** _STAT_POWERS[stat]
-    rescaled.append((leaf * factor).astype(leaf.dtype))
+    rescaled.append(norms.rescale(tuple(owner), leaf, _STAT_POWERS[stat]))
   return jax.tree.unflatten(treedef, rescaled)
 
 
-def _stat_scale(
-  scales: jax.Array, entries: tuple[Any, ...], indices: list[int], leaf: Any
-) -> jax.Array:
-  """The input scale of one BatchNorm, or per slice of a stacked one."""
-  slices = [
-    entries[i].index if isinstance(entries[i], _layers.Layer) else ()
-    for i in indices
-  ]
-  if slices == [()]:
-    return scales[indices[0]]
-  shape = jnp.shape(leaf)[: len(slices[0])]
-  where = tuple(np.array(axis) for axis in zip(*slices))
-  stacked = (
-    jnp.ones(shape, scales.dtype).at[where].set(scales[np.array(indices)])
-  )
-  return stacked.reshape(shape + (1,) * (jnp.ndim(leaf) - len(shape)))
+@dataclasses.dataclass(frozen=True)
+class NormInputScales:
+  """The input scale of every normalization layer in the last SWR step.
+
+  Shared by the ``sync_*batch_stats`` functions: they differ only in where
+  the statistics live and how they are found.
+
+  Attributes:
+    scales: ``SWRState.input_scales``, one per entry of ``layers``.
+    entries: the validated entries of ``layers``.
+    slices_of: for each layer path, the indices of its entries (one, or one
+      per slice of a stack, which shares its path).
+  """
+
+  scales: jax.Array
+  entries: tuple[Any, ...]
+  slices_of: dict[_layers.Path, list[int]]
+
+  @classmethod
+  def from_opt_state(
+    cls, opt_state: Any, layers: Any, caller: str
+  ) -> NormInputScales:
+    """Reads the scales, checking ``layers`` against them for ``caller``."""
+    scales = _input_scales(opt_state, caller)
+    entries = _layer_entries(layers, len(scales), caller)
+    slices_of: dict[_layers.Path, list[int]] = {}
+    for i, entry in enumerate(entries):
+      slices_of.setdefault(_layers.entry_path(entry), []).append(i)
+    return cls(scales, entries, slices_of)
+
+  def paths(self) -> list[_layers.Path]:
+    """Every layer path, for error messages."""
+    return list(self.slices_of)
+
+  def is_norm(self, path: _layers.Path) -> bool:
+    """Whether ``path`` is a normalization layer (or a stack of them)."""
+    indices = self.slices_of.get(path, [])
+    return bool(indices) and not any(
+      isinstance(self.entries[i], _layers.Layer) and not self.entries[i].norm
+      for i in indices
+    )
+
+  def rescale(self, path: _layers.Path, stat: Any, power: int) -> Any:
+    """``stat`` of the norm layer at ``path`` times its input scale**power."""
+    factor = self._stat_scale(self.slices_of[path], stat) ** power
+    return (stat * factor).astype(stat.dtype)
+
+  def _stat_scale(self, indices: list[int], leaf: Any) -> jax.Array:
+    """The input scale of one BatchNorm, or per slice of a stacked one."""
+    slices = [
+      self.entries[i].index
+      if isinstance(self.entries[i], _layers.Layer)
+      else ()
+      for i in indices
+    ]
+    if slices == [()]:
+      return self.scales[indices[0]]
+    shape = jnp.shape(leaf)[: len(slices[0])]
+    where = tuple(np.array(axis) for axis in zip(*slices))
+    stacked = (
+      jnp.ones(shape, self.scales.dtype)
+      .at[where]
+      .set(self.scales[np.array(indices)])
+    )
+    return stacked.reshape(shape + (1,) * (jnp.ndim(leaf) - len(shape)))
 
 
-def _layer_entries(layers: Any, num_layers: int) -> tuple[Any, ...]:
+def _layer_entries(
+  layers: Any, num_layers: int, caller: str
+) -> tuple[Any, ...]:
   if layers is None or callable(layers) and not isinstance(layers, Sequence):
     raise ValueError(
-      "sync_batch_stats: `layers` must be the sequence of layers swr "
+      f"{caller}: `layers` must be the sequence of layers swr "
       "rescales; where swr got layers=None or a function, pass "
       "optax_swr.find_layers(params, layers) here."
     )
-  entries = _layers.normalize_layers_arg(layers, caller="sync_batch_stats")
+  entries = _layers.normalize_layers_arg(layers, caller=caller)
   assert isinstance(entries, tuple)
   if len(entries) != num_layers:
     raise ValueError(
-      f"sync_batch_stats: `layers` has {len(entries)} layers but the SWR "
+      f"{caller}: `layers` has {len(entries)} layers but the SWR "
       f"state has {num_layers}; pass the layers swr was built with "
       "(optax_swr.find_layers(params, layers) lists them)."
     )
   return entries
 
 
-def _input_scales(opt_state: Any) -> jax.Array:
+def _input_scales(opt_state: Any, caller: str) -> jax.Array:
   try:
     scales = optax.tree.get(opt_state, "input_scales")
   except KeyError as error:
     raise ValueError(
-      "sync_batch_stats: `opt_state` holds several SWR states; pass the "
+      f"{caller}: `opt_state` holds several SWR states; pass the "
       "state of the one that rescales the BatchNorm layers."
     ) from error
   if scales is None:
     raise ValueError(
-      "sync_batch_stats: `opt_state` holds no SWRState. Pass the state of "
+      f"{caller}: `opt_state` holds no SWRState. Pass the state of "
       "a transformation that contains optax_swr.swr(...)."
     )
   # nnx.Optimizer wraps the array in an OptState variable.

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Tracing the forward order of an Equinox model's layers."""
+"""Equinox models: their layers' forward order and BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 
+from optax_swr import _batch_stats
 from optax_swr import _layers
 from optax_swr import _tracing
 
@@ -136,3 +137,116 @@ def _submodules(node: Any, module_type: type) -> Iterator[tuple[Path, Any]]:
       yield path, child
       for below, module in _submodules(child, module_type):
         yield (*path, *below), module
+
+
+# The StateIndex fields of eqx.nn.BatchNorm that hold (running mean, running
+# var): one per mode ("ema", "batch"), and the single one of older versions.
+_BATCH_NORM_STAT_FIELDS = (
+  "ema_state_index",
+  "batch_state_index",
+  "state_index",
+)
+
+
+def sync_equinox_batch_stats(
+  model: Any, state: Any, opt_state: Any, layers: Any
+) -> Any:
+  """Rescales the running statistics of an Equinox model's BatchNorms.
+
+  The Equinox form of :func:`sync_batch_stats`: call it after every update,
+  on the ``eqx.nn.State`` that the training forward pass of that step
+  returned. For every ``eqx.nn.BatchNorm`` in ``model`` the running mean is
+  multiplied by the scale s of its input in the last SWR step and the
+  running variance by s^2 (s is the BatchNorm's entry of
+  ``SWRState.input_scales``). In ``mode="batch"`` these are the averages
+  before debiasing, which inference divides by the same number. A BatchNorm
+  stacked with ``eqx.filter_vmap`` (one :class:`Layer` per slice) gets one
+  scale per slice.
+
+  Args:
+    model: the ``eqx.Module`` holding the BatchNorms. Only its structure is
+      read: the model before or after the update, in training or inference
+      mode, or the static part of ``eqx.partition(model, ...)`` (as inside a
+      jitted step).
+    state: its ``eqx.nn.State``.
+    opt_state: the optimizer state holding the :class:`SWRState`.
+    layers: the layers passed to ``swr``, e.g. from
+      :func:`layers_from_equinox` (see :func:`sync_batch_stats`).
+
+  Returns:
+    The rescaled ``eqx.nn.State``. As with ``state.set``, the ``state``
+    passed in can no longer be used where the model has a BatchNorm: use the
+    returned one.
+
+  Raises:
+    ValueError: if ``state`` is not an ``eqx.nn.State``, ``opt_state`` holds
+      no (or several) SWR states, ``layers`` does not match it, or a
+      BatchNorm of ``model`` is not a normalization layer of ``layers``.
+
+  Example:
+    >>> import equinox as eqx
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import optax
+    >>> import optax_swr
+    >>> class Net(eqx.Module):
+    ...   fc: eqx.nn.Linear
+    ...   bn: eqx.nn.BatchNorm
+    ...   def __init__(self, key):
+    ...     self.fc = eqx.nn.Linear(3, 4, use_bias=False, key=key)
+    ...     self.bn = eqx.nn.BatchNorm(4, axis_name="batch", mode="batch")
+    ...   def __call__(self, x, state):
+    ...     return self.bn(self.fc(x), state)
+    >>> def train(model, x, state):  # BatchNorm reduces over "batch"
+    ...   return jax.vmap(
+    ...       model, axis_name="batch", in_axes=(0, None), out_axes=(0, None)
+    ...   )(x, state)
+    >>> model, state = eqx.nn.make_with_state(Net)(jax.random.key(0))
+    >>> x = jnp.arange(6.0).reshape(2, 3)
+    >>> layers = optax_swr.layers_from_equinox(model, x, state, apply=train)
+    >>> params = eqx.filter(model, eqx.is_inexact_array)
+    >>> tx = optax.chain(optax.sgd(0.1), optax_swr.swr(0.5, layers=layers))
+    >>> opt_state = tx.init(params)
+    >>> _, state = train(model, x, state)  # updates the running stats
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> _, opt_state = tx.update(grads, opt_state, params)
+    >>> _, var_before = state.get(model.bn.batch_state_index)
+    >>> state = optax_swr.sync_equinox_batch_stats(
+    ...     model, state, opt_state, layers
+    ... )
+    >>> s = optax.tree.get(opt_state, "input_scales")[1]
+    >>> _, var = state.get(model.bn.batch_state_index)
+    >>> bool(jnp.allclose(var, var_before * s**2))
+    True
+  """
+  import equinox as eqx  # pylint: disable=g-import-not-at-top
+
+  caller = "sync_equinox_batch_stats"
+  if not isinstance(state, eqx.nn.State):
+    raise ValueError(
+      f"{caller}: `state` must be the model's eqx.nn.State (from "
+      f"eqx.nn.make_with_state), got {type(state).__name__}. For Flax "
+      "statistics use optax_swr.sync_batch_stats or "
+      "optax_swr.sync_nnx_batch_stats."
+    )
+  norms = _batch_stats.NormInputScales.from_opt_state(opt_state, layers, caller)
+  for path, batch_norm in _submodules(model, eqx.Module):
+    if not isinstance(batch_norm, eqx.nn.BatchNorm):
+      continue
+    if not norms.is_norm(path):
+      raise ValueError(
+        f"{caller}: the eqx.nn.BatchNorm at {path!r} is not a "
+        f"normalization layer of `layers` ({norms.paths()}). Pass the "
+        "layers swr rescales, with every BatchNorm among them "
+        "(optax_swr.layers_from_equinox includes them), and paths "
+        "relative to eqx.filter(model, eqx.is_inexact_array)."
+      )
+    for name in _BATCH_NORM_STAT_FIELDS:
+      index = getattr(batch_norm, name, None)
+      if index is None:
+        continue
+      mean, var = state.get(index)
+      state = state.set(
+        index, (norms.rescale(path, mean, 1), norms.rescale(path, var, 2))
+      )
+  return state

@@ -494,3 +494,207 @@ def test_the_example_learns_digits_in_one_epoch(capsys):
   printed = capsys.readouterr().out
   assert "layers in forward order: conv1, conv2, dense, head" in printed
   assert re.search(r"epoch +1 .*norms conv1 \d", printed), printed
+
+
+def conv_bn(mode):
+  """ConvBN and its state, with a BatchNorm of the given mode."""
+
+  def make(key):
+    batch_norm = eqx.nn.BatchNorm(4, axis_name="batch", mode=mode)
+    return eqx.tree_at(lambda m: m.bn, ConvBN(key), batch_norm)
+
+  return eqx.nn.make_with_state(make)(jax.random.key(0))
+
+
+def running_stats(model, state):
+  """(mean, var) of the BatchNorm, in the mode's state field."""
+  bn = model.bn
+  index = bn.batch_state_index if bn.mode == "batch" else bn.ema_state_index
+  return tuple(np.asarray(x, np.float64) for x in state.get(index))
+
+
+def eval_mode_logits(params, static, state, x=X_FLAT):
+  """The logits with the running statistics (BatchNorm in inference mode)."""
+  model = eqx.nn.inference_mode(eqx.combine(params, static))
+  logits = jax.vmap(model, in_axes=(0, None))(x, state)[0]
+  return np.asarray(logits, np.float64)
+
+
+def relative_error(output, expected):
+  return np.linalg.norm(output - expected) / np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("mode", ["batch", "ema"])
+def test_synced_batch_norm_statistics_keep_the_eval_logits_proportional(
+  mode,
+):
+  model, state = conv_bn(mode)
+  layers = optax_swr.layers_from_equinox(
+    model, X_IMAGES, state, apply=batch_norm_apply
+  )
+  adam = optax.adam(1e-2)
+  tx = optax.chain(adam, optax_swr.swr(0.5, layers=layers))
+  params, static = eqx.partition(model, eqx.is_inexact_array)
+  opt_state = tx.init(params)  # The reference norms: the initial ones.
+  # Weights away from them, so that SWR rescales; BatchNorm and head biases
+  # away from 0, so that stale statistics change the function.
+  params = pushed_off(params, layers, seed=4)  # The conv times 2.6.
+
+  def loss_fn(params, state):
+    logits, state = batch_norm_apply(
+      eqx.combine(params, static), X_IMAGES, state
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, Y[:8])
+    return loss.mean(), state
+
+  @eqx.filter_jit
+  def train_step(params, state, opt_state):
+    grads, state = jax.grad(loss_fn, has_aux=True)(params, state)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = eqx.apply_updates(params, updates)
+    state = optax_swr.sync_equinox_batch_stats(static, state, opt_state, layers)
+    return params, state, opt_state
+
+  def eval_logits(params, state):
+    return eval_mode_logits(params, static, state, X_IMAGES)
+
+  for _ in range(2):
+    params, state, opt_state = train_step(params, state, opt_state)
+  # The checked step, eagerly: Adam's step alone is the reference that SWR
+  # must only scale.
+  grads, state = jax.grad(loss_fn, has_aux=True)(params, state)
+  adam_updates, _ = adam.update(grads, opt_state[0], params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  adam_params = eqx.apply_updates(params, adam_updates)
+  params = eqx.apply_updates(params, updates)
+
+  def scale_of(field, layer):
+    return np.float64(
+      optax_swr.by_layer(optax.tree.get(opt_state, field), layers)[layer]
+    )
+
+  s = scale_of("input_scales", "bn")
+  assert abs(s - 1) > 5e-2, s  # coef 0.5 moved the conv's scale this step
+  mean, var = running_stats(model, state)
+  # Theorem 1: SWR multiplied the logits of Adam's step by the head's C.
+  expected = scale_of("cumulative_scales", "head") * eval_logits(
+    adam_params, state
+  )
+  stale = eval_logits(params, state)
+
+  synced = optax_swr.sync_equinox_batch_stats(model, state, opt_state, layers)
+
+  synced_mean, synced_var = running_stats(model, synced)
+  np.testing.assert_allclose(synced_mean, mean * s, rtol=1e-6)
+  np.testing.assert_allclose(synced_var, var * s**2, rtol=1e-6)
+  # Up to float32 rounding and BatchNorm's eps: var s^2 + eps is not
+  # (var + eps) s^2.
+  assert relative_error(eval_logits(params, synced), expected) < 1e-4
+  assert relative_error(stale, expected) > 1e-2
+
+
+def test_syncing_a_batch_norm_missing_from_layers_names_it():
+  model, state = conv_bn("batch")
+  traced = optax_swr.layers_from_equinox(
+    model, X_IMAGES, state, apply=batch_norm_apply
+  )
+  layers = [layer for layer in traced if layer.path != ("bn",)]
+  tx = optax_swr.swr(0.5, layers=layers)
+  opt_state = tx.init(eqx.filter(model, eqx.is_inexact_array))
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      "sync_equinox_batch_stats: the eqx.nn.BatchNorm at ('bn',) is not a "
+      "normalization layer of `layers`"
+    ),
+  ):
+    optax_swr.sync_equinox_batch_stats(model, state, opt_state, layers)
+
+
+def test_sync_batch_stats_points_an_equinox_state_to_the_equinox_function():
+  model, state = conv_bn("batch")
+  layers = optax_swr.layers_from_equinox(
+    model, X_IMAGES, state, apply=batch_norm_apply
+  )
+  tx = optax_swr.swr(0.5, layers=layers)
+  opt_state = tx.init(eqx.filter(model, eqx.is_inexact_array))
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      "sync_batch_stats: `batch_stats` is an eqx.nn.State, which is keyed by "
+      "StateIndex, not like the params. Use "
+      "optax_swr.sync_equinox_batch_stats(model, state, opt_state, layers)"
+    ),
+  ):
+    optax_swr.sync_batch_stats(state, opt_state, layers)
+
+
+class LinearBN(eqx.Module):
+  fc: eqx.nn.Linear
+  bn: eqx.nn.BatchNorm
+
+  def __init__(self, key):
+    self.fc = eqx.nn.Linear(HIDDEN, HIDDEN, use_bias=False, key=key)
+    self.bn = eqx.nn.BatchNorm(HIDDEN, axis_name="batch", mode="batch")
+
+  def __call__(self, x, state):
+    x, state = self.bn(self.fc(x), state)
+    return jax.nn.relu(x), state
+
+
+class StackedBN(eqx.Module):
+  """Three LinearBN blocks built by filter_vmap, run by lax.scan."""
+
+  blocks: LinearBN
+  head: eqx.nn.Linear
+
+  def __init__(self, key):
+    blocks_key, head_key = jax.random.split(key)
+    self.blocks = eqx.filter_vmap(LinearBN)(jax.random.split(blocks_key, 3))
+    self.head = eqx.nn.Linear(HIDDEN, NUM_CLASSES, key=head_key)
+
+  def __call__(self, x, state):
+    dynamic, static = eqx.partition(self.blocks, eqx.is_array)
+
+    def run(h, block):  # The state's leaves are stacked like the blocks'.
+      block_params, block_state = block
+      return eqx.combine(block_params, static)(h, block_state)
+
+    h, state = jax.lax.scan(run, x, (dynamic, state))
+    return self.head(h), state
+
+
+def test_a_stacked_batch_norm_gets_one_input_scale_per_slice():
+  model, state = eqx.nn.make_with_state(StackedBN)(jax.random.key(0))
+  _, state = batch_norm_apply(model, X_FLAT, state)  # Running stats.
+  layers = optax_swr.layers_from_equinox(
+    model, X_FLAT, state, apply=batch_norm_apply
+  )
+  initial, static = eqx.partition(model, eqx.is_inexact_array)
+  tx = optax_swr.swr(0.5, layers=layers)
+  opt_state = tx.init(initial)
+  # Each slice's weight away from its reference norm by its own factor.
+  get = lambda p: p.blocks.fc.weight
+  factors = jnp.array([3.0, 0.5, 1.5])[:, None, None]
+  params = eqx.tree_at(get, initial, get(initial) * factors)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, opt_state = tx.update(zeros, opt_state, params)
+  rescaled = eqx.apply_updates(params, updates)
+  index = model.blocks.bn.batch_state_index
+  mean, var = (np.asarray(x, np.float64) for x in state.get(index))
+  before = eval_mode_logits(params, static, state)
+
+  synced = optax_swr.sync_equinox_batch_stats(model, state, opt_state, layers)
+
+  s = np.ones(3)
+  for layer, scale in zip(layers, np.asarray(opt_state.input_scales)):
+    if layer.path == ("blocks", "bn"):
+      (k,) = layer.index
+      s[k] = scale
+  assert np.diff(np.sort(s)).min() > 1e-2, s  # The slices' scales differ.
+  synced_mean, synced_var = synced.get(index)
+  np.testing.assert_allclose(synced_mean, mean * s[:, None], rtol=1e-6)
+  np.testing.assert_allclose(synced_var, var * s[:, None] ** 2, rtol=1e-6)
+  after = eval_mode_logits(rescaled, static, synced)
+  expected = float(opt_state.cumulative_scales[-1]) * before
+  assert relative_error(after, expected) < 1e-4
