@@ -288,6 +288,13 @@ def update_nnx(optimizer: Any, model: Any, grads: Any, **kwargs: Any) -> None:
   to float rounding, without the param-sized temporary that the rescaled
   update needs there.
 
+  For an ensemble stacked by ``nnx.vmap``, make one optimizer per member and
+  vmap this function: ``optimizer = nnx.vmap(lambda m: nnx.Optimizer(m, tx,
+  wrt=nnx.Param))(ensemble)``, then ``nnx.vmap(optax_swr.update_nnx)(
+  optimizer, ensemble, grads)``. An optimizer whose ``tx`` is vmapped itself
+  (``jax.vmap(tx.update)``) gives the same numbers through the chained step,
+  with a :class:`NotFusedWarning`.
+
   Args:
     optimizer: the ``nnx.Optimizer`` of ``model``.
     model: the ``nnx.Module`` whose params to update.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import re
 
 import jax
@@ -14,8 +15,12 @@ import pytest
 import optax_swr
 from tests import helpers
 from tests import reference
+from tests import test_recipes
 from tests import test_reference
 from tests import test_scanned_stacks
+
+# A step that falls back to the chained one where it should be fused fails.
+pytestmark = pytest.mark.filterwarnings("error::optax_swr.NotFusedWarning")
 
 STEPS = 8
 LR = 1e-2
@@ -196,30 +201,104 @@ def test_inject_hyperparams_and_extra_args_pass_through():
   helpers.assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
 
 
+CHANGED = "a transformation in `tx` changed the updates that swr returned"
+IN_COND = "swr ran inside a lax.cond"
+UNDER_VMAP = (
+  r"swr ran under jax.vmap inside `tx` \(e.g. a per-member ensemble\).*"
+  r"jax.vmap\(functools.partial\(optax_swr.update_and_apply, tx\)\)"
+)
+
+
 @pytest.mark.parametrize(
-  "make_tx",
+  ("make_tx", "cause"),
   [
-    lambda: optax.chain(optax.adam(LR), optax_swr.swr(0.1), optax.scale(0.5)),
-    lambda: optax.MultiSteps(
-      optax.chain(optax.adam(LR), optax_swr.swr(0.1)), every_k_schedule=2
+    (
+      lambda: optax.chain(optax.adam(LR), optax_swr.swr(0.1), optax.scale(0.5)),
+      CHANGED + ".*one chained after swr",
+    ),
+    (
+      lambda: optax.MultiSteps(
+        optax.chain(optax.adam(LR), optax_swr.swr(0.1)), every_k_schedule=2
+      ),
+      IN_COND + ".*optax.MultiSteps",
+    ),
+    (
+      lambda: optax.apply_if_finite(
+        optax.chain(optax.adam(LR), optax_swr.swr(0.1)), 2
+      ),
+      IN_COND + ".*optax.apply_if_finite",
+    ),
+    (  # The FAQ's recipe: z += swr's update, the step is y_new - y.
+      lambda: optax.contrib.schedule_free(
+        optax.chain(optax.adam(LR), optax_swr.swr(0.1)), learning_rate=1.0
+      ),
+      CHANGED + ".*schedule_free",
     ),
   ],
-  ids=["transform_after_swr", "multi_steps"],
+  ids=["transform_after_swr", "multi_steps", "apply_if_finite", "sched_free"],
 )
-def test_updates_changed_after_swr_are_an_error(make_tx):
+def test_updates_changed_after_swr_give_the_chained_step_and_say_why(
+  make_tx, cause
+):
   params = helpers.mlp_params([4, 5, 3])
-  tx = make_tx()
-  grads = helpers.random_like(params, seed=2)
-  with pytest.raises(
-    ValueError, match="after swr.*tx.update and optax.apply_updates"
-  ):
-    jax.jit(optax_swr.update_and_apply, static_argnums=0)(
-      tx, grads, tx.init(params), params
+  with pytest.warns(optax_swr.NotFusedWarning, match=cause):
+    fused, plain, fused_state, plain_state = fused_and_unfused(
+      make_tx(), params, steps=4
     )
+  # The state too: what tx computed from the unscaled u is recomputed.
+  helpers.assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
+  helpers.assert_trees_close(fused_state, plain_state, rtol=1e-5, atol=1e-6)
 
 
-def donated_step(tx, params, fused):
-  """The compiled donated ``(params, state, grads)`` step."""
+def test_the_faq_per_member_ensemble_gives_the_chained_step_and_names_vmap():
+  stacked = jax.tree.map(
+    lambda p: jnp.stack([p, 2 * p, 3 * p]), helpers.mlp_params([4, 5, 3])
+  )
+  tx = test_recipes.per_member(optax.chain(optax.adam(LR), optax_swr.swr(0.5)))
+  with pytest.warns(optax_swr.NotFusedWarning, match=UNDER_VMAP):
+    fused, plain, fused_state, plain_state = fused_and_unfused(
+      tx, stacked, steps=3
+    )
+  helpers.assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
+  helpers.assert_trees_close(fused_state, plain_state, rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_update_and_apply_is_the_fused_per_member_step():
+  """The fix the warning gives: vmap update_and_apply, not tx."""
+  stacked = jax.tree.map(
+    lambda p: jnp.stack([p, 2 * p, 3 * p]), helpers.mlp_params([4, 5, 3])
+  )
+  tx = optax.chain(optax.adam(LR), optax_swr.swr(0.5))
+  per_member = test_recipes.per_member(tx)
+  target, noise = helpers.pulling_grads(stacked, 3)
+  plain, plain_state = helpers.train(per_member, stacked, target, noise)
+  step = jax.jit(jax.vmap(functools.partial(optax_swr.update_and_apply, tx)))
+  fused, state = stacked, per_member.init(stacked)
+  for noise_t in noise:  # pytestmark: a NotFusedWarning fails the test.
+    grads = jax.tree.map(lambda p, t, n: p - t + n, fused, target, noise_t)
+    fused, state = step(grads, state, fused)
+  helpers.assert_trees_close(fused, plain[-1], rtol=1e-5, atol=1e-6)
+  helpers.assert_trees_close(state, plain_state, rtol=1e-5, atol=1e-6)
+  # Fused: no param-sized temporary, where the per-member chain keeps one.
+  params = jax.eval_shape(
+    lambda: jax.tree.map(
+      lambda p: jnp.stack([p] * 3), helpers.mlp_params([64, 64, 64])
+    )
+  )
+  smallest = min(leaf.size for leaf in jax.tree.leaves(params)) * 4
+  largest = max(leaf.size for leaf in jax.tree.leaves(params)) * 4
+  fused = donated_step(tx, params, fused=True, members=True)
+  plain = donated_step(tx, params, fused=False, members=True)
+  assert fused.memory_analysis().temp_size_in_bytes < smallest
+  assert plain.memory_analysis().temp_size_in_bytes >= largest
+
+
+def donated_step(tx, params, fused, members=False):
+  """The compiled donated ``(params, state, grads)`` step.
+
+  With ``members``, the step of each member of an ensemble stacked on the
+  first axis (vmapped).
+  """
 
   def step(params, state, grads):
     if fused:
@@ -227,7 +306,10 @@ def donated_step(tx, params, fused):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  state = jax.eval_shape(tx.init, params)
+  init = tx.init
+  if members:
+    step, init = jax.vmap(step), jax.vmap(tx.init)
+  state = jax.eval_shape(init, params)
   return (
     jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile()
   )
@@ -354,3 +436,67 @@ def test_nnx_optimizer_update():
     optax.tree.get(plain_opt.opt_state, "weight_norms")[...],
     rtol=1e-5,
   )
+
+
+def nnx_ensemble():
+  """Three members of the recipes' NNX MLP, stacked by nnx.vmap."""
+  from flax import nnx
+
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def create(rngs):
+    return test_recipes.NnxMLP(rngs)
+
+  return create(nnx.Rngs(0))
+
+
+def assert_same_members(fused_model, fused_opt, plain_model, plain_opt):
+  from flax import nnx
+
+  helpers.assert_trees_close(
+    nnx.state(fused_model, nnx.Param),
+    nnx.state(plain_model, nnx.Param),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  norms = optax.tree.get(fused_opt.opt_state, "weight_norms")[...]
+  assert norms.shape == (3, 2)  # One norm per member and layer.
+  np.testing.assert_allclose(
+    norms,
+    optax.tree.get(plain_opt.opt_state, "weight_norms")[...],
+    rtol=1e-5,
+  )
+
+
+@pytest.mark.parametrize("vmapped", [False, True], ids=["faq", "nnx_vmap"])
+def test_update_nnx_on_a_per_member_ensemble(vmapped):
+  """The FAQ's per_member optimizer warns; nnx.vmap of update_nnx is fused."""
+  from flax import nnx
+
+  tx = optax.chain(optax.adam(0.1), optax_swr.swr(0.5))
+  per_member = test_recipes.per_member(tx)
+  plain_model, fused_model = nnx_ensemble(), nnx_ensemble()
+  plain_opt = nnx.Optimizer(plain_model, per_member, wrt=nnx.Param)
+  if vmapped:  # One nnx.Optimizer per member, as for one model.
+    fused_opt = nnx.vmap(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param))(
+      fused_model
+    )
+    step = nnx.jit(nnx.vmap(optax_swr.update_nnx))
+  else:
+    fused_opt = nnx.Optimizer(fused_model, per_member, wrt=nnx.Param)
+    step = nnx.jit(optax_swr.update_nnx)
+  grads = [
+    helpers.random_like(nnx.state(plain_model, nnx.Param), seed)
+    for seed in range(2)
+  ]
+  plain_step = nnx.jit(lambda opt, model, g: opt.update(model, g))
+  for g in grads:
+    plain_step(plain_opt, plain_model, g)
+  if vmapped:  # pytestmark: a NotFusedWarning fails the test.
+    for g in grads:
+      step(fused_opt, fused_model, g)
+  else:
+    with pytest.warns(optax_swr.NotFusedWarning, match=UNDER_VMAP):
+      for g in grads:
+        step(fused_opt, fused_model, g)
+  assert_same_members(fused_model, fused_opt, plain_model, plain_opt)
