@@ -51,7 +51,8 @@ class SWRState(NamedTuple):
     step_count: number of updates done so far (int32 scalar).
     reference_norms: per-layer target norms n_l, float32 of shape
       ``[num_layers]``, in forward order; taken from the params given to
-      ``init`` and replaced at ``reset_norms_at`` steps.
+      ``init`` and replaced at ``reset_norms_at`` steps. A layer whose norm
+      is 0 there (zero-initialised) takes its first non-zero norm.
     layer_scales: the factors c_l applied to each layer's weight by the last
       update (ones after ``init``).
     cumulative_scales: the factors C_l applied to each layer's bias by the
@@ -151,10 +152,13 @@ def swr(
 
   Odd inputs: a schedule's (or an injected coefficient's) value outside
   [0, 1] is clipped to [0, 1] at that step, and NaN leaves the layers
-  unscaled, since neither can be checked inside ``jit``. Layers whose weight
-  norm is 0 (zero-initialised or zero-size) or not finite keep the base
-  optimizer's update. An empty params tree gives an empty state and passes
-  the updates through. With bfloat16 or float16 weights, a constant ``coef``
+  unscaled, since neither can be checked inside ``jit``. A layer whose weight
+  is 0 at ``init`` (a zero-initialised head, residual branch, LoRA B matrix
+  or BatchNorm scale) is left alone (c = 1, so the factors of the layers
+  after it are unchanged) until its norm first becomes non-zero; that norm
+  becomes its reference norm. A layer whose norm is 0 or not finite after
+  the base step keeps the base optimizer's update at that step. An empty
+  params tree gives an empty state and passes the updates through. With bfloat16 or float16 weights, a constant ``coef``
   below half the dtype's epsilon (bf16: 3.9e-3) rescales by less than the
   weights' resolution: ``init`` warns once (``LowPrecisionWarning``); keep
   float32 master params.
@@ -279,6 +283,8 @@ def swr(
     norms = _norms.layer_norms(moved, found, _norm_scales(reference_norms))
     norm_vector = _norms.stack(norms)
     coefs = layer_coefs(state.step_count, coef_per_layer)
+    # A layer with reference norm 0 (zero-initialised) gets c = 1 here, and its
+    # first non-zero norm becomes its reference from the next step on.
     layer_scales = _layer_scales(
       norm_vector, reference_norms, _norms.stack(coefs)
     )
@@ -311,7 +317,7 @@ def swr(
 
     new_state = SWRState(
       step_count=optax.safe_increment(state.step_count),
-      reference_norms=reference_norms,
+      reference_norms=_first_nonzero_norms(reference_norms, norm_vector),
       layer_scales=layer_scales,
       cumulative_scales=cumulative_scales,
       weight_norms=layer_scales * norm_vector,
@@ -616,12 +622,27 @@ def _layer_scales(
 
   c_l = 1 where ||W_l|| is 0 or not finite: a layer whose update holds NaN
   or Inf keeps what the base optimizer made of it, and its factor does not
-  reach the cumulative factors of the layers after it.
+  reach the cumulative factors of the layers after it. c_l = 1 also where
+  n_l is 0: a zero-initialised layer has no scale to return to yet (the
+  paper's rule would pull it to 0, or with lam = 1 wipe it at every step).
   """
-  usable = (norms > 0) & jnp.isfinite(norms)
+  usable = (norms > 0) & jnp.isfinite(norms) & (reference_norms > 0)
   safe_norms = jnp.where(usable, norms, 1.0)
   scales = coefs * reference_norms / safe_norms + (1.0 - coefs)
   return jnp.where(usable & jnp.isfinite(scales), scales, 1.0)
+
+
+def _first_nonzero_norms(
+  reference_norms: jax.Array, norms: jax.Array
+) -> jax.Array:
+  """Reference norms of 0 become the layer's first non-zero, finite norm.
+
+  A zero-initialised layer (a LoRA B matrix, a zero-init head or residual
+  branch, a BatchNorm scale set to 0) is left alone until training moves it;
+  the norm it first reaches is the scale SWR then keeps it near.
+  """
+  adopt = (reference_norms == 0) & (norms > 0) & jnp.isfinite(norms)
+  return jnp.where(adopt, norms, reference_norms)
 
 
 def _cumulative_scales(

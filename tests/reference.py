@@ -51,7 +51,11 @@ def swr_step(
   running = 1.0
   for layer, n0, lam in zip(layers, reference_norms, coefs):
     norm = float(np.sqrt(np.sum(params[layer.weight] ** 2)))
-    c = 1.0 if norm == 0.0 else (lam * n0 + (1.0 - lam) * norm) / norm
+    # A zero-initialised layer (n0 = 0) is left alone until it moves.
+    if norm == 0.0 or n0 == 0.0:
+      c = 1.0
+    else:
+      c = (lam * n0 + (1.0 - lam) * norm) / norm
     running = c if layer.is_norm else running * c
     params[layer.weight] = c * params[layer.weight]
     if layer.bias is not None:
@@ -63,6 +67,14 @@ def swr_step(
 
 def weight_norms(params, layers) -> list[float]:
   return [float(np.sqrt(np.sum(params[l.weight] ** 2))) for l in layers]
+
+
+def first_nonzero_norms(reference_norms, norms) -> list[float]:
+  """A reference norm of 0 becomes the layer's first non-zero, finite norm."""
+  return [
+    norm if n0 == 0.0 and 0.0 < norm < np.inf else n0
+    for n0, norm in zip(reference_norms, norms)
+  ]
 
 
 class Adam:
@@ -104,5 +116,8 @@ def train(
     updates = adam.updates(grad_fn(params, step))
     moved = {k: params[k] + updates[k] for k in params}
     params, _, _ = swr_step(moved, layers, reference_norms, coefs_at(step))
+    reference_norms = first_nonzero_norms(
+      reference_norms, weight_norms(moved, layers)
+    )
     history.append(params)
   return history
