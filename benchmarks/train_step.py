@@ -99,7 +99,7 @@ def model_loops(
   }
   if projection and layers.graph is not None:  # the equations' projection
     chain_rule = optax.chain(
-      optax.adam(1e-3), optax_swr.swr(1e-3, layers=tuple(layers))
+      optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers.chain_rule())
     )
     loops["adam+swr chain rule"] = train_loop(
       module, variables, chain_rule, x, y, layers

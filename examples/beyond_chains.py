@@ -114,7 +114,7 @@ def swr_absorb(coef: float, layers: optax_swr.Layers):
   (as ``swr`` does with its projection), and keeps ``SWRState`` so that
   ``check_proportional`` can test it.
   """
-  paper = optax_swr.swr(coef, layers=tuple(layers))
+  paper = optax_swr.swr(coef, layers=layers.chain_rule())
   graph = layers.graph
   p, _ = absorb_map(graph.constraints, len(layers))
   outputs = graph.output_forms([layer.norm for layer in layers])
@@ -175,7 +175,7 @@ def run_model(name: str, steps: int, coef: float, lr: float, seed: int):
   rescalers = {
     "swr": optax_swr.swr(coef, layers=layers),
     "swr_absorb": swr_absorb(coef, layers),
-    "swr_chain_rule": optax_swr.swr(coef, layers=tuple(layers)),
+    "swr_chain_rule": optax_swr.swr(coef, layers=layers.chain_rule()),
   }
   variants = {"adam": optax.adam(lr)}
   variants.update(

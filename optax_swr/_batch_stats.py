@@ -192,7 +192,8 @@ def _layer_entries(
       "optax_swr.find_layers(params, layers) here."
     )
   entries = _layers.normalize_layers_arg(layers, caller=caller)
-  assert isinstance(entries, tuple)
+  assert isinstance(entries, (tuple, _layers.Layers))
+  entries = tuple(entries)
   if len(entries) != num_layers:
     raise ValueError(
       f"{caller}: `layers` has {len(entries)} layers but the SWR "

@@ -33,7 +33,7 @@ def layers_from_equinox(
   *example_args: Any,
   apply: Callable[..., Any] | None = None,
   **kwargs: Any,
-) -> tuple[_layers.Layer, ...]:
+) -> _layers.Layers:
   """The layers of an Equinox model in forward order, for ``swr(layers=...)``.
 
   Traces ``model(*example_args, **kwargs)`` abstractly and records the order

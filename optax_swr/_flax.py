@@ -33,7 +33,7 @@ Path = _layers.Path
 
 def layers_from_linen(
   module: Any, variables: Any, *example_args: Any, **kwargs: Any
-) -> tuple[_layers.Layer, ...]:
+) -> _layers.Layers:
   """The layers of a Linen model in forward order, for ``swr(layers=...)``.
 
   Traces ``module.apply(variables, *example_args, **kwargs)`` abstractly and
@@ -118,7 +118,7 @@ def layers_from_linen(
 
 def layers_from_nnx(
   model: Any, *example_args: Any, **kwargs: Any
-) -> tuple[_layers.Layer, ...]:
+) -> _layers.Layers:
   """The layers of an NNX model in forward order, for ``swr(layers=...)``.
 
   Traces ``model(*example_args, **kwargs)`` abstractly on a copy of the model

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 import contextlib
 import contextvars
 from typing import Any, NamedTuple
-import warnings
 
 import jax
 import jax.extend
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from optax_swr import _norms
+from optax_swr import _warnings
 
 
 class NotFusedWarning(UserWarning):
@@ -199,10 +199,9 @@ def update_and_apply(
     for key, rescaling in recorder.rescalings.items()
     if key not in found
   ]
-  warnings.warn(
+  _warnings.warn(
     _why_not_fused(lost, own_trace, len(recorder.rescalings)),
     NotFusedWarning,
-    stacklevel=2,
   )
   # What tx computed from the unscaled updates (e.g. schedule_free's z, a
   # MultiSteps' emitted step) is wrong too: run it again without the

@@ -16,16 +16,20 @@
 
 Work in log space: layer l's weight gets the factor exp(a_l). A forward pass
 traced with layer markers (see ``_tracing``) is walked over its jaxpr; every
-value carries its log-scale as a linear form in the a's: a layer's output
-carries its input's form plus e_l (a normalization layer forgets its input:
-just e_l), ``mul`` and ``dot_general`` add the forms of their operands, a
-residual ``add`` or a ``concatenate`` needs its operands' forms equal, and a
-non-homogeneous operation (GELU, tanh, softmax's ``exp``, adding a non-zero
-constant) needs its input's form to be 0. Those needs are linear equations
-M a = 0. The network's function is kept, up to one positive output scale,
-exactly when they hold; each bias is multiplied by exp of its layer's output
-form. Operations the walk cannot see through (control flow) are reported,
-never assumed to be fine.
+value carries its log-scale as a linear form in the a's. Layer l's weight
+carries e_l and its bias the form of the layer's output (e_l plus the form of
+its input), wherever the jaxpr uses them: inside the layer's own module (a
+custom module's tanh or extra parameter is seen, not assumed away) or outside
+it (a tied embedding used directly). ``mul`` and ``dot_general`` add the
+forms of their operands, a residual ``add`` or a ``concatenate`` needs its
+operands' forms equal, and a non-homogeneous operation (GELU, tanh, softmax's
+``exp``, adding a non-zero constant) needs its input's form to be 0. Those
+needs are linear equations M a = 0. The network's function is kept, up to one
+positive output scale, exactly when they hold. Only normalization modules,
+recognized by their type, are not walked: they forget the scale of their
+input (up to their epsilon), so their output carries their own e_l.
+Operations the walk cannot see through (control flow) are reported, never
+assumed to be fine.
 
 A ``scan`` whose scanned operands include a layer's stacked params (``nn.scan``,
 ``nnx.scan`` over ``nnx.vmap``-built blocks) is walked once per iteration:
@@ -36,10 +40,12 @@ scans are walked until their carried forms repeat.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import os
 from typing import Any, NamedTuple
 
 import jax
 from jax.extend import core as jex_core
+from jax.extend import source_info_util
 from jax.interpreters import batching
 import jax.numpy as jnp
 import numpy as np
@@ -147,10 +153,18 @@ def _is_activation(x: Any) -> bool:
 
 
 class _Inside:
-  """The tag of a value computed inside one layer from its marked input."""
+  """The tag of a value computed inside a normalization layer."""
 
   def __init__(self, layer: int):
     self.layer = layer
+
+
+class _Param(NamedTuple):
+  """The tag of a layer's weight or bias leaf, resolved to a form where used
+  (inside a scan over stacked params, to the form of that iteration's slice)."""
+
+  layer: int  # the traced layer (before slicing)
+  role: str  # "weight" or "bias"
 
 
 class Graph(NamedTuple):
@@ -167,6 +181,7 @@ class Graph(NamedTuple):
       equations may be incomplete.
     slices: for each of the L layers, the traced layer it is a slice of and
       the slice's index in its stacked leaves (``()``: the whole leaves).
+    names: the L layers' printable names.
   """
 
   input_forms: np.ndarray
@@ -175,6 +190,7 @@ class Graph(NamedTuple):
   notes: tuple[str, ...]
   reasons: tuple[str, ...]
   slices: tuple[tuple[int, tuple[int, ...]], ...] = ()
+  names: tuple[str, ...] = ()
 
   def output_forms(self, norms: Sequence[bool]) -> np.ndarray:
     """Row l: the log-scale of layer l's output, which its bias gets."""
@@ -197,15 +213,85 @@ class Graph(NamedTuple):
     """No equations, and every layer reads the one before it (or nothing)."""
     if len(self.constraints) or self.reasons:
       return False
-    expected = np.zeros_like(self.input_forms)
-    outputs = self.output_forms(norms)
-    for l in range(1, len(norms)):
-      expected[l] = outputs[l - 1]
-      outputs[l] = np.eye(len(norms))[l] + (0 if norms[l] else expected[l])
+    chain = chain_graph(norms)
     return bool(
-      np.array_equal(expected, self.input_forms)
-      and np.array_equal(self.output_form, outputs[-1])
+      np.array_equal(chain.input_forms, self.input_forms)
+      and np.array_equal(chain.output_form, self.output_form)
     )
+
+  def edited(
+    self,
+    kept: Sequence[int],
+    unscaled_biases: Sequence[int],
+    norms: Sequence[bool],
+    biases: Sequence[bool],
+  ) -> Graph:
+    """The equations of the layers ``kept`` (the others keep c = 1), with
+    the biases of ``unscaled_biases`` held at their scale (factor 1)."""
+    outputs = self.output_forms(norms)
+    held = [
+      outputs[l] for l in unscaled_biases if biases[l] and np.any(outputs[l])
+    ]
+    rows = np.concatenate(
+      [self.constraints, np.reshape(held, (-1, len(norms)))]
+    )
+    notes = self.notes + tuple(
+      f"the bias of {self._name(l)}, which keeps its scale"
+      for l in unscaled_biases
+      if biases[l] and np.any(outputs[l])
+    )
+    kept = list(kept)
+    return Graph(
+      input_forms=self.input_forms[np.ix_(kept, kept)],
+      output_form=self.output_form[kept],
+      constraints=rows[:, kept],
+      notes=notes,
+      reasons=self.reasons,
+      slices=tuple(self.slices[l] for l in kept) if self.slices else (),
+      names=tuple(self.names[l] for l in kept) if self.names else (),
+    )
+
+  def _name(self, layer: int) -> str:
+    return self.names[layer] if self.names else f"layer {layer}"
+
+
+def chain_graph(norms: Sequence[bool]) -> Graph:
+  """The graph of a chain: each layer reads the one before it."""
+  size = len(norms)
+  eye = np.eye(size)
+  input_forms = np.zeros((size, size))
+  outputs = eye.copy()
+  for l in range(1, size):
+    input_forms[l] = outputs[l - 1]
+    outputs[l] = eye[l] + (0 if norms[l] else input_forms[l])
+  return Graph(
+    input_forms=input_forms,
+    output_form=outputs[-1] if size else np.zeros(0),
+    constraints=np.zeros((0, size)),
+    notes=(),
+    reasons=(),
+  )
+
+
+class Params(NamedTuple):
+  """Where the layers' params are among the traced forward pass's inputs.
+
+  Attributes:
+    names: the printable path of every param leaf; the forward pass takes
+      these leaves as its first inputs, in this order.
+    roles: param leaf position -> (layer, "weight" or "bias").
+  """
+
+  names: Sequence[str] = ()
+  roles: dict[int, tuple[int, str]] = {}
+
+  def layer_leaves(self, size: int) -> list[int | None]:
+    """One param leaf per layer (its weight, else its bias), or None."""
+    leaves: list[int | None] = [None] * size
+    for position, (layer, role) in sorted(self.roles.items()):
+      if leaves[layer] is None or role == "weight":
+        leaves[layer] = position
+    return leaves
 
 
 def analyze(
@@ -213,7 +299,7 @@ def analyze(
   layer_names: Sequence[str],
   norms: Sequence[bool],
   biases: Sequence[bool] | None = None,
-  layer_leaves: Sequence[int | None] | None = None,
+  params: Params | None = None,
 ) -> Graph:
   """Walks the marked forward pass and collects its log-scale equations.
 
@@ -225,9 +311,8 @@ def analyze(
     biases: whether each layer has a bias; a layer called more than once
       (shared, or a tied embedding's ``attend``) needs the same input scale
       at every call only if its one bias factor must serve them all.
-    layer_leaves: for each layer, the position among the jaxpr's inputs of
-      one of its param leaves (``None``: none); a ``scan`` over that input
-      makes each of its iterations a slice of the layer.
+    params: the layers' weight and bias leaves among the jaxpr's inputs; a
+      ``scan`` over one makes each of its iterations a slice of the layer.
 
   Returns:
     The :class:`Graph`. Without stacked layers its layers are the marked
@@ -237,16 +322,15 @@ def analyze(
   size = len(layer_names)
   if biases is None:
     biases = [True] * size
-  if layer_leaves is None:
-    layer_leaves = [None] * size
+  params = params or Params()
   keys: list[tuple[int, tuple[int, ...]]] = [(l, ()) for l in range(size)]
-  traced = _Analysis(layer_names, norms, biases, layer_leaves, keys)
+  traced = _Analysis(layer_names, norms, biases, params, keys)
   graph = traced.graph(closed_jaxpr)
   if all(not index for _, index in traced.seen):
     return graph
   # Stacked layers: the same walk, with one layer per slice.
   keys = list(traced.seen) + [k for k in keys if k[0] not in traced.seen_base]
-  sliced = _Analysis(layer_names, norms, biases, layer_leaves, keys)
+  sliced = _Analysis(layer_names, norms, biases, params, keys)
   return sliced.graph(closed_jaxpr)
 
 
@@ -254,7 +338,8 @@ class _Analysis:
   """Propagates log-scale forms through a jaxpr and collects the equations.
 
   A form is a float vector over the layers, or ``None`` for an unscaled value
-  (the zero form); ``_Inside`` tags values computed inside a layer.
+  (the zero form); ``_Inside`` tags values computed inside a normalization
+  layer, ``_Param`` a layer's weight or bias leaf.
   """
 
   def __init__(
@@ -262,7 +347,7 @@ class _Analysis:
     base_names: Sequence[str],
     base_norms: Sequence[bool],
     base_biases: Sequence[bool],
-    layer_leaves: Sequence[int | None],
+    params: Params,
     keys: Sequence[tuple[int, tuple[int, ...]]],
   ):
     self.keys = list(keys)
@@ -272,27 +357,39 @@ class _Analysis:
     ]
     self.norms = [base_norms[b] for b, _ in keys]
     self.biases = [base_biases[b] for b, _ in keys]
-    self.layer_leaves = layer_leaves
-    self.stacked_leaves = {leaf for leaf in layer_leaves if leaf is not None}
+    self.params = params
+    self.layer_leaves = params.layer_leaves(len(base_names))
+    self.stacked_leaves = {p for p in self.layer_leaves if p is not None}
     self.seen: dict[tuple[int, tuple[int, ...]], None] = {}  # marker order
     self.seen_base: set[int] = set()
     self.input_forms: dict[int, np.ndarray] = {}  # at the first call
-    self.current_input: dict[int, np.ndarray] = {}  # at the latest call
     self.rows: list[np.ndarray] = []
     self.notes: list[str] = []
     self.reasons: list[str] = []
     self.zeros: set[Any] = set()
     self.leaf_of: dict[Any, int] = {}  # jaxpr variable -> param leaf
+    # What an unscaled value is, for the notes: "the param 'wpe'", ...
+    self.sources: dict[Any, str] = {}
     # The enclosing scans that slice params: (iteration, leaves sliced).
     self.scans: list[tuple[int, frozenset[int]]] = []
+    self.where = ""  # " at file.py:12 (fn)" of the operation being walked
 
   def graph(self, closed_jaxpr: Any) -> Graph:
     invars = closed_jaxpr.jaxpr.invars
     self.leaf_of = dict(zip(invars, range(len(invars))))
-    outputs = self.run(closed_jaxpr.jaxpr, [None] * len(invars))
-    scaled = [
-      f for f in outputs if f is not None and not isinstance(f, _Inside)
-    ]
+    tags: list[Any] = []
+    for position, var in enumerate(invars):
+      if position in self.params.roles:
+        tags.append(_Param(*self.params.roles[position]))
+        continue
+      tags.append(None)
+      if position < len(self.params.names):
+        self.sources[var] = f"the param {self.params.names[position]!r}"
+      else:
+        self.sources[var] = "the network's input"
+    outputs = self.run(closed_jaxpr.jaxpr, tags)
+    scaled = [self.resolve(f) for f in outputs if not isinstance(f, _Inside)]
+    scaled = [f for f in scaled if f is not None]
     for form in scaled[1:]:  # several outputs share one output scale
       self.require(form - scaled[0], "the network's outputs")
     size = len(self.keys)
@@ -308,13 +405,36 @@ class _Analysis:
       notes=tuple(self.notes),
       reasons=tuple(self.reasons),
       slices=tuple(self.keys),
+      names=tuple(self.layer_names),
     )
 
   def zero(self) -> np.ndarray:
     return np.zeros(len(self.layer_names))
 
+  def unit(self, layer: int) -> np.ndarray:
+    form = self.zero()
+    form[layer] = 1.0
+    return form
+
   def form(self, tag: Any) -> np.ndarray:
+    tag = self.resolve(tag)
     return self.zero() if tag is None else tag
+
+  def resolve(self, tag: Any) -> Any:
+    """A ``_Param`` as the form its leaf carries here; other tags as they are.
+
+    A weight carries e_l; a bias, the form of its layer's output (its first
+    call's input form plus e_l; just e_l for a normalization layer), the one
+    factor ``swr`` gives it.
+    """
+    if not isinstance(tag, _Param):
+      return tag
+    layer = self.layer_id(tag.layer)
+    if tag.role == "weight" or self.norms[layer]:
+      return self.unit(layer)
+    if layer not in self.input_forms:  # used before its layer is called
+      self.input_forms[layer] = self.zero()
+    return self.unit(layer) + self.input_forms[layer]
 
   def report(self, reason: str) -> None:
     if reason not in self.reasons:
@@ -331,15 +451,41 @@ class _Analysis:
     names = [self.layer_names[int(i)] for i in np.flatnonzero(form)]
     return ", ".join(names) if names else "the input"
 
+  def source(self, var: Any) -> str:
+    """What an unscaled operand is: a constant, a param, the input."""
+    if hasattr(var, "val"):
+      value = np.asarray(var.val)
+      return (
+        f"the constant {value.item():g}" if value.size == 1 else ("a constant")
+      )
+    return self.sources.get(var, "a constant")
+
   def run(self, jaxpr: Any, input_tags: list[Any]) -> list[Any]:
     tags: dict[Any, Any] = dict(zip(jaxpr.invars, input_tags))
     read = lambda v: None if hasattr(v, "val") else tags.get(v)
     for eqn in jaxpr.eqns:
+      self.where = _location(eqn)
       results = self.equation(eqn, [read(v) for v in eqn.invars])
       tags.update(zip(eqn.outvars, results))
       if eqn.primitive.name in _SHAPE_ONLY and self.is_zero(eqn.invars[0]):
         self.zeros.update(eqn.outvars)  # e.g. jnp.zeros_like(x) in dropout
+      first = eqn.invars[0] if eqn.invars else None
+      known = first is not None and not hasattr(first, "val")
+      if known and first in self.sources and all(r is None for r in results):
+        self.sources.update(dict.fromkeys(eqn.outvars, self.sources[first]))
     return [read(v) for v in jaxpr.outvars]
+
+  def is_neutral(self, name: str, var: Any) -> bool:
+    """An unscaled operand that keeps ``name`` homogeneous: 0 (ReLU's, a
+    padding's), or -inf in ``max`` and inf in ``min`` (softmax's max)."""
+    if self.is_zero(var):
+      return True
+    infinity = {"max": -np.inf, "min": np.inf}.get(name)
+    return (
+      infinity is not None
+      and hasattr(var, "val")
+      and bool(np.all(np.asarray(var.val) == infinity))
+    )
 
   def is_zero(self, var: Any) -> bool:
     if hasattr(var, "val"):
@@ -352,7 +498,7 @@ class _Analysis:
     if eqn.primitive is layer_marker_p:
       return [self.marker(eqn.params, operand_tags[0])]
     inside = [t for t in operand_tags if isinstance(t, _Inside)]
-    if inside:  # Anything goes inside a layer.
+    if inside:  # A normalization layer's internals are not walked.
       return [inside[0]] * outputs
     if name == "scan":
       return self.scan(eqn, operand_tags)
@@ -366,13 +512,19 @@ class _Analysis:
             self.zeros.add(inner)
           self.pass_leaf(outer, inner)
         return self.run(jaxpr, operand_tags)
-    if all(t is None for t in operand_tags):
+    tags = [self.resolve(t) for t in operand_tags]
+    if all(t is None for t in tags):
       return [None] * outputs
-    return [self.primitive(name, eqn, operand_tags)] * outputs
+    return [self.primitive(name, eqn, tags)] * outputs
 
   def pass_leaf(self, outer: Any, inner: Any) -> None:
-    if not hasattr(outer, "val") and outer in self.leaf_of:
+    """What is known of an operand, for the same value inside a sub-jaxpr."""
+    if hasattr(outer, "val"):
+      return
+    if outer in self.leaf_of:
       self.leaf_of[inner] = self.leaf_of[outer]
+    if outer in self.sources:
+      self.sources[inner] = self.sources[outer]
 
   def scan(self, eqn: Any, tags: list[Any]) -> list[Any]:
     """Walks a scan: per iteration where it slices a layer's params."""
@@ -396,6 +548,8 @@ class _Analysis:
       self.scans.append((index, sliced if per_slice else frozenset()))
       try:
         outputs = self.run(body, [*consts, *carry, *xs])
+        # A slice's params mean this iteration's layer: resolve them here.
+        outputs = [self.resolve(t) for t in outputs]
       finally:
         self.scans.pop()
       new_carry, step_ys = outputs[:num_carry], outputs[num_carry:]
@@ -425,30 +579,29 @@ class _Analysis:
     return self.id_of[key]
 
   def marker(self, params: dict[str, Any], tag: Any) -> Any:
+    """A layer's input or output: walked through, except for norm layers."""
     layer, kind = self.layer_id(params["layer"]), params["kind"]
     name = self.layer_names[layer]
+    is_norm = self.norms[layer]
     if kind == "input":
       form = self.form(tag)
       if layer not in self.input_forms:
         self.input_forms[layer] = form
-      elif self.biases[layer] and not self.norms[layer]:
+      elif self.biases[layer] and not is_norm:
         # One bias factor for every call: the inputs must share a scale.
         self.require(
           form - self.input_forms[layer], f"{name}, called more than once"
         )
-      self.current_input[layer] = form
-      return _Inside(layer)
+      return _Inside(layer) if is_norm else self.resolve(tag)
+    if not is_norm:  # The walk saw what the module computes.
+      return self.resolve(tag)
     if kind == "extra_input":
-      if tag is not None:
+      if self.resolve(tag) is not None:
         self.require(self.form(tag), f"the second input of {name}")
       return _Inside(layer)
     if kind == "extra_output":
       return None
-    own = self.zero()
-    own[layer] = 1.0
-    if self.norms[layer]:
-      return own
-    return own + self.current_input.get(layer, self.zero())
+    return self.unit(layer)
 
   def primitive(self, name: str, eqn: Any, tags: list[Any]) -> Any:
     if name in _SCALE_INVARIANT:
@@ -456,7 +609,7 @@ class _Analysis:
     if name in _HOMOGENEOUS:
       for tag in tags[1:]:
         if tag is not None:
-          self.require(tag, f"`{name}` indexed by a scaled value")
+          self.require(tag, self.note(f"`{name}` indexed by a scaled value"))
       return tags[0]
     if name in _POWERS and tags[0] is not None:
       return _POWERS[name] * tags[0]
@@ -474,22 +627,30 @@ class _Analysis:
     if name in _CONTROL_FLOW:
       scaled = [t for t in tags if t is not None]
       self.report(
-        f"`{name}` after {self.describe(sum(scaled))}: data flow through "
-        "control flow is not followed"
+        f"`{name}` after {self.describe(sum(scaled))}{self.where}: data "
+        "flow through control flow is not followed"
       )
       return scaled[0]
     # Not positively homogeneous (exp, tanh, erf, logistic, log, pow, ...):
     # its scaled inputs must not be scaled at all.
     for tag in tags:
       if tag is not None:
-        self.require(tag, f"`{name}` (not positively homogeneous)")
+        self.require(
+          tag,
+          self.note(
+            f"`{name}` (not positively homogeneous) after {self.describe(tag)}"
+          ),
+        )
     return None
+
+  def note(self, text: str) -> str:
+    return text + self.where
 
   def combine(self, name: str, eqn: Any, tags: list[Any]) -> Any:
     values = eqn.invars[1:] if name == "select_n" else eqn.invars
     value_tags = tags[1:] if name == "select_n" else tags
     if name == "select_n" and tags[0] is not None:
-      self.require(tags[0], "`select_n` chosen by a scaled value")
+      self.require(tags[0], self.note("`select_n` chosen by a scaled value"))
     scaled = [t for t in value_tags if t is not None]
     if not scaled:
       return None
@@ -501,15 +662,37 @@ class _Analysis:
       else f"`{name}`"
     )
     for tag in scaled[1:]:
-      self.require(tag - scaled[0], f"{note} of {self.describe(tag)}")
+      self.require(
+        tag - scaled[0],
+        self.note(
+          f"{note} of [{self.describe(scaled[0])}] and [{self.describe(tag)}]"
+        ),
+      )
     for var, tag in zip(values, value_tags):
-      if tag is None and not self.is_zero(var):
+      if tag is None and not self.is_neutral(name, var):
         self.require(
           scaled[0],
-          f"`{name}` with an unscaled value (a constant, a param outside "
-          "the layers or the network's input)",
+          self.note(
+            f"`{name}` of {self.describe(scaled[0])} with {self.source(var)}"
+          ),
         )
     return scaled[0]
+
+
+def _location(eqn: Any) -> str:
+  """`` at file.py:12 (fn)``: where the operation is in the user's code."""
+  try:
+    where = source_info_util.summarize(eqn.source_info)
+  except Exception:  # pylint: disable=broad-except
+    return ""  # A jax version whose source info reads differently.
+  path, _, rest = where.partition(":")
+  line = rest.split(":")[0].split(" ")[0]
+  function = rest.rpartition(" ")[2] if " " in rest else ""
+  if not line.isdigit():
+    return ""
+  return f" at {os.path.basename(path)}:{line}" + (
+    f" {function}" if function else ""
+  )
 
 
 def _is_form(tag: Any) -> bool:

@@ -26,13 +26,16 @@ runs once per trace in Python and costs nothing inside ``jax.jit``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 import dataclasses
 import re
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from optax_swr import _homogeneity
 
 Path = tuple[Hashable, ...]
 
@@ -95,6 +98,10 @@ class Layer:
       leading axes: the slice's index on those axes, e.g. ``(2,)`` for the
       third block. Each slice is its own layer, with its own norm and
       factor. ``()`` (the default): the whole leaves.
+    traced_from: set by the tracers (leave it ``None``): the trace this
+      layer comes from, so that ``swr`` can tell when a list of traced
+      layers has lost what the trace found (see :class:`Layers`). Not part
+      of the layer's identity (equality, hash, repr).
 
   Example:
     >>> import jax.numpy as jnp
@@ -114,6 +121,9 @@ class Layer:
   path: Path | None = None
   coef: Any = None
   index: tuple[int, ...] = ()
+  traced_from: Trace | None = dataclasses.field(
+    default=None, compare=False, repr=False
+  )
 
   def __post_init__(self):
     weight, bias = _as_path(self.weight), _as_path(self.bias)
@@ -164,25 +174,293 @@ class Layer:
     return self.path, self.index
 
 
-class Layers(tuple):
-  """Layers in forward order, as a tracer returns them.
+LayerSpec = Layer | Path | str
 
-  A tuple of :class:`Layer` values that also carries what the trace found
-  about the network (``graph``: the log-scale equations that keep its
-  function, see ``_homogeneity``), so that ``swr(layers=...)`` keeps residual
-  nets and transformers exact. ``graph`` is ``None`` for a plain chain.
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trace:
+  """What a tracer saw: every layer it traced, and whether it found equations.
+
+  Attributes:
+    caller: the tracer, e.g. ``"layers_from_linen"``.
+    keys: the traced layers' keys (path, slice index), in forward order.
+    has_equations: whether the network is not a chain, so that keeping its
+      function needs the equations of its :class:`Layers`.
   """
 
-  graph: Any
-
-  def __new__(cls, layers: Sequence[Any] = (), graph: Any = None):
-    instance = super().__new__(cls, layers)
-    instance.graph = graph
-    return instance
+  caller: str
+  keys: tuple[tuple[Path | None, tuple[int, ...]], ...]
+  has_equations: bool
 
 
-LayerSpec = Layer | Path | str
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layers(Sequence[Layer]):
+  """A traced network: its layers in forward order and the equations that
+  keep its function.
+
+  The tracers (:func:`layers_from_linen`, :func:`layers_from_nnx`,
+  :func:`layers_from_equinox`) return one; pass it to ``swr(layers=...)`` as
+  it is, or edited with its methods, which keep the equations:
+  :meth:`with_coef` (a layer's own coefficient, 0.0 to leave its weight
+  alone), :meth:`without` (leave layers out of SWR) and :meth:`restrict_to`
+  (the layers an ``nnx.Optimizer(wrt=...)`` trains). It is a sequence of
+  :class:`Layer` values, but a ``list``, a slice or a comprehension of them is
+  only the layers: ``swr`` raises where such a list would lose what keeps the
+  function, and says which method to use. :meth:`chain_rule` is the explicit
+  opt-in to the paper's per-layer rule on a network that is not a chain (the
+  function is not kept).
+
+  Attributes:
+    layers: the :class:`Layer` values, in forward order.
+    graph: the network's log-scale equations (residual merges, attention,
+      non-homogeneous operations; see ``how_it_works``), ``None`` for a chain
+      or under :meth:`chain_rule`.
+    chain_rule_only: whether :meth:`chain_rule` dropped the equations.
+
+  Example:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> import optax_swr
+    >>> class Residual(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     x = nn.Dense(4, name="embed")(x)
+    ...     h = nn.Dense(4, name="down")(nn.relu(nn.Dense(8, name="up")(x)))
+    ...     return nn.Dense(2, name="head")(nn.relu(x + h))
+    >>> x = jnp.ones((1, 3))
+    >>> variables = Residual().init(jax.random.key(0), x)
+    >>> layers = optax_swr.layers_from_linen(Residual(), variables, x)
+    >>> layers
+    Layers(['embed', 'up', 'down', 'head'], equations=1)
+    >>> layers.with_coef({"head": 0.0})[-1].coef
+    0.0
+    >>> layers.without("head")  # its bias keeps its scale: one more equation
+    Layers(['embed', 'up', 'down'], equations=2)
+    >>> tx = optax_swr.swr(1e-3, layers=list(layers))
+    Traceback (most recent call last):
+    ...
+    ValueError: swr: `layers` is a list of layers from layers_from_linen, ...
+  """
+
+  layers: tuple[Layer, ...] = ()
+  graph: Any = None
+  chain_rule_only: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "layers", tuple(self.layers))
+    if not all(isinstance(layer, Layer) for layer in self.layers):
+      raise ValueError(
+        "optax_swr.Layers: every entry must be an optax_swr.Layer; got "
+        f"{[type(layer).__name__ for layer in self.layers]}."
+      )
+    size = len(self.layers)
+    if self.graph is not None and self.graph.input_forms.shape != (size,) * 2:
+      raise ValueError(
+        f"optax_swr.Layers: the equations describe "
+        f"{self.graph.input_forms.shape[0]} layers but {size} were given."
+      )
+
+  def __len__(self) -> int:
+    return len(self.layers)
+
+  def __getitem__(self, index):
+    return self.layers[index]
+
+  def __iter__(self) -> Iterator[Layer]:
+    return iter(self.layers)
+
+  def __repr__(self) -> str:
+    details = ""
+    if self.graph is not None:
+      details = f", equations={len(self.graph.constraints)}"
+    if self.chain_rule_only:
+      details = ", chain_rule_only=True"
+    return f"Layers({list(self.names)}{details})"
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    """The layers' names (``Layer.name``), in forward order."""
+    return tuple(layer.name for layer in self.layers)
+
+  def with_coef(self, coefs: Mapping[str, Any]) -> Layers:
+    """These layers with their own coefficients; the equations are kept.
+
+    Args:
+      coefs: layer name (``Layer.name``; the path of a stack, e.g.
+        ``"blocks/Dense_0"``, sets every slice) -> coefficient: a float in
+        [0, 1] or a schedule, in place of ``swr``'s ``coef`` /
+        ``classifier_coef``. ``0.0`` leaves the layer's weight exactly as the
+        base optimizer made it; its bias still gets the factors that keep the
+        function.
+
+    Returns:
+      A new :class:`Layers`.
+    """
+    coef_of = {}
+    for name, coef in coefs.items():
+      for index in self._select(name, "with_coef"):
+        coef_of[index] = coef
+    layers = tuple(
+      dataclasses.replace(layer, coef=coef_of[i]) if i in coef_of else layer
+      for i, layer in enumerate(self.layers)
+    )
+    return dataclasses.replace(self, layers=layers)
+
+  def without(self, *names: str) -> Layers:
+    """These layers but the named ones, which SWR then leaves alone.
+
+    Their weights and biases keep the base optimizer's updates, and the
+    equations gain what keeps the function with them unscaled: a left-out
+    layer's bias keeps its scale, so the scale of its input is fixed too (in
+    a chain, the product of the factors since the last normalization layer
+    is then 1). To leave only a layer's weight alone, give it coef 0.0 with
+    :meth:`with_coef` instead: that constrains nothing else.
+
+    Args:
+      *names: layer names (``Layer.name``, or the path of a stack).
+
+    Returns:
+      A new :class:`Layers`.
+    """
+    dropped = {i for name in names for i in self._select(name, "without")}
+    return self._edited(
+      [i for i in range(len(self)) if i not in dropped],
+      unscaled_biases=dropped,
+    )
+
+  def restrict_to(self, params: Any) -> Layers:
+    """The layers that ``params`` holds, for an optimizer of part of a model.
+
+    ``nnx.Optimizer(model, tx, wrt=...)`` hands ``swr`` only the params that
+    ``wrt`` selects (e.g. ``nnx.LoRAParam``); a traced layer whose weight is
+    not among them is left out (as by :meth:`without`), and one whose bias is
+    not among them keeps that bias's scale. The equations keep the function.
+
+    Args:
+      params: the params ``swr`` will be given, e.g.
+        ``nnx.state(model, wrt)``.
+
+    Returns:
+      A new :class:`Layers`.
+
+    Raises:
+      ValueError: if ``params`` holds no layer's weight.
+    """
+    present = set(leaf_paths(params))
+    kept, unscaled, layers = [], set(), list(self.layers)
+    for i, layer in enumerate(self.layers):
+      has_weight = layer.weight is None or layer.weight in present
+      has_bias = layer.bias is None or layer.bias in present
+      if has_weight and (layer.weight is not None or layer.bias is not None):
+        kept.append(i)
+      if layer.bias is not None and not has_bias:
+        unscaled.add(i)
+        layers[i] = dataclasses.replace(layer, bias=None)
+      elif not has_weight:
+        unscaled.add(i)
+    if not any(self.layers[i].weight is not None for i in kept):
+      raise ValueError(
+        "Layers.restrict_to: `params` holds none of the traced layers' "
+        f"weights ({list(self.names)}), so SWR would rescale nothing. Pass "
+        "the params the optimizer trains, e.g. nnx.state(model, wrt)."
+      )
+    return self._edited(kept, unscaled_biases=unscaled, layers=layers)
+
+  def chain_rule(self) -> Layers:
+    """These layers without their equations: the paper's per-layer rule.
+
+    Each weight gets the paper's factor and each bias the product of the
+    factors since the last normalization layer, as on a chain. On a network
+    that is not a chain (residual merges, attention, GELU) this bounds every
+    layer's norm, also the ones the equations pin, but it changes the
+    function at every step, as the hyperball optimizers do; measure by how
+    much with :func:`check_proportional`. On a chain it changes nothing.
+
+    Returns:
+      A new :class:`Layers` with ``chain_rule_only=True``.
+    """
+    return Layers(self.layers, None, chain_rule_only=True)
+
+  def _select(self, name: Any, method: str) -> list[int]:
+    matches = [
+      i
+      for i, layer in enumerate(self.layers)
+      if name in (layer.name, "/".join(map(str, layer.path or ())), layer.path)
+    ]
+    if not matches:
+      raise ValueError(
+        f"Layers.{method}: no layer is named {name!r}; the layers are "
+        f"{list(self.names)}."
+      )
+    return matches
+
+  def _edited(
+    self,
+    kept: list[int],
+    unscaled_biases: set[int],
+    layers: Sequence[Layer] | None = None,
+  ) -> Layers:
+    """Keeps the layers ``kept`` (of ``layers``, by default these); the
+    biases of ``unscaled_biases`` (kept or not) keep their scale. The
+    equations follow, so that the function is kept."""
+    norms = [layer.norm for layer in self.layers]
+    biases = [layer.bias is not None for layer in self.layers]
+    graph = self.graph
+    if graph is None and not self.chain_rule_only:
+      graph = _homogeneity.chain_graph(norms)._replace(names=self.names)
+    if graph is not None:
+      graph = graph.edited(kept, sorted(unscaled_biases), norms, biases)
+    layers = self.layers if layers is None else tuple(layers)
+    return Layers(tuple(layers[i] for i in kept), graph, self.chain_rule_only)
+
+
 LayersArg = Sequence[LayerSpec] | Callable[[Any], Sequence[LayerSpec]] | None
+
+
+def check_trace_kept(entries: Sequence[Any], caller: str) -> None:
+  """Raises where a plain list of traced layers lost what their trace found.
+
+  A list (a slice, a comprehension) of a :class:`Layers` value's layers
+  carries neither its equations nor the layers it left out; either changes
+  the function silently. The fix is a method of :class:`Layers`.
+  """
+  traces = {
+    id(entry.traced_from): entry.traced_from
+    for entry in entries
+    if isinstance(entry, Layer) and entry.traced_from is not None
+  }
+  keys = tuple(entry_key(entry) for entry in entries)
+  for trace in traces.values():
+    fix = (
+      "Pass the Layers value the tracer returned, edited with its methods, "
+      "which keep the function: layers.with_coef({name: coef}) (0.0 leaves "
+      "a layer's weight alone), layers.without(name), "
+      "layers.restrict_to(params) for part of a model; or, to give up the "
+      "function for the paper's per-layer rule on purpose, "
+      "layers.chain_rule()."
+    )
+    if trace.has_equations:
+      raise ValueError(
+        f"{caller}: `layers` is a list of layers from {trace.caller}, "
+        "which drops the equations (residual merges, attention, "
+        "non-homogeneous operations) that keep this network's function: "
+        f"SWR would then change it at every step. {fix}"
+      )
+    if keys != trace.keys:
+      missing = [_layer_key_name(k) for k in trace.keys if k not in keys]
+      extra = [_layer_key_name(k) for k in keys if k not in trace.keys]
+      raise ValueError(
+        f"{caller}: `layers` differs from the layers {trace.caller} traced "
+        f"(missing: {missing}; not traced: {extra}; or in another order): "
+        "a layer left out keeps its bias unscaled while the layers before "
+        f"it are rescaled, which changes the function. {fix}"
+      )
+
+
+def _layer_key_name(key: tuple[Path | None, tuple[int, ...]]) -> str:
+  path, index = key
+  return "/".join(map(str, path or ())) + "".join(f"[{i}]" for i in index)
 
 
 class ResolvedLayer(NamedTuple):
@@ -247,7 +525,7 @@ def path_of(key_path: Sequence[Any]) -> Path:
 
 def normalize_layers_arg(
   layers: Any, name: str = "layers", caller: str = "swr"
-) -> tuple[Layer | Path, ...] | Callable[[Any], Any] | None:
+) -> Layers | tuple[Layer | Path, ...] | Callable[[Any], Any] | None:
   """Validates a ``layers`` argument before any params are seen.
 
   Entries are :class:`Layer` values or paths of layer sub-trees (a string is
@@ -256,6 +534,9 @@ def normalize_layers_arg(
   an empty or malformed sequence and for duplicates.
   """
   if layers is None or callable(layers) and not isinstance(layers, Layer):
+    return layers
+  if isinstance(layers, Layers):
+    _check_unique([layer.key for layer in layers], name, caller)
     return layers
   if isinstance(layers, (str, bytes, Layer)) or not isinstance(
     layers, Sequence
@@ -273,8 +554,7 @@ def normalize_layers_arg(
     )
   entries = tuple(_as_entry(entry, name, caller) for entry in layers)
   _check_unique([entry_key(e) for e in entries], name, caller)
-  graph = getattr(layers, "graph", None)
-  return entries if graph is None else Layers(entries, graph)
+  return entries
 
 
 def _as_entry(entry: Any, name: str, caller: str) -> Layer | Path:
@@ -400,7 +680,8 @@ def resolve(
     return ()
   leaves = jax.tree.leaves(params)
   if callable(layers):
-    layers = _call_layers_fn(layers, params, caller)
+    layers = call_layers_fn(layers, params, caller)
+  _check_not_masked(params, layers, caller)
   if layers is None:
     found = _infer_layers(paths, leaves, caller)
   else:
@@ -420,18 +701,65 @@ def resolve(
   return resolved
 
 
-def _call_layers_fn(
+def _check_not_masked(params: Any, layers: Any, caller: str) -> None:
+  """Raises where ``optax.masked`` hid a layer's weight or bias from swr.
+
+  optax.masked hands its inner transformation an ``optax.MaskedNode`` in
+  place of every leaf it masks out; a hidden bias keeps its scale while the
+  layers before it are rescaled, which changes the function.
+  """
+  is_masked = lambda node: isinstance(node, optax.MaskedNode)
+  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
+  masked = [path_of(key) for key, node in flat if is_masked(node)]
+  if not masked:
+    return
+  # A layer's leaf by its name, or by the layers given.
+  roles = (*WEIGHT_NAMES, *BIAS_NAMES)
+  owned = {
+    getattr(entry, role)
+    for entry in layers or ()
+    if isinstance(entry, Layer)
+    for role in ("weight", "bias")
+  }
+  under = [e for e in layers or () if isinstance(e, tuple)]
+  hidden = [
+    path
+    for path in masked
+    if (path and path[-1] in roles)
+    or path in owned
+    or any(path[: len(entry)] == entry for entry in under)
+  ]
+  if hidden:
+    raise ValueError(
+      f"{caller}: optax.masked hides {_describe(hidden)} from swr (they "
+      "reach it as optax.MaskedNode). SWR scales each bias by the factors "
+      "of the layers before it; a hidden bias, or a hidden layer among "
+      "rescaled ones, keeps its scale while the rest is rescaled, and the "
+      "network's function changes. To leave layers alone, give them coef "
+      "0.0 (optax_swr.Layer(..., coef=0.0), or "
+      "traced_layers.with_coef({name: 0.0})), or leave them out with "
+      "traced_layers.without(name): both keep the function. To mask the "
+      "base optimizer only: optax.chain(optax.masked(base, mask), "
+      "optax_swr.swr(...))."
+    )
+
+
+def call_layers_fn(
   layers_fn: Callable[[Any], Any], params: Any, caller: str
 ) -> Any:
+  """The layers a ``layers`` function returns for ``params``, validated."""
   returned = layers_fn(params)
   try:
-    return normalize_layers_arg(returned, caller=caller)
+    layers = normalize_layers_arg(returned, caller=caller)
   except ValueError as error:
     raise ValueError(
       f"{caller}: the `layers` function returned {returned!r}, which is not "
       "a sequence of optax_swr.Layer values or layer paths in forward "
       f"order: {error}"
     ) from None
+  if isinstance(layers, tuple):
+    check_trace_kept(layers, caller)
+  return layers
 
 
 def _infer_layers(
@@ -448,7 +776,70 @@ def _infer_layers(
       f"{', '.join(WEIGHT_NAMES)}, so there is nothing to rescale. Pass "
       "`layers=` with optax_swr.Layer(weight=..., bias=...) values."
     )
-  return [layers[path] for path in infer_layer_order(list(layers), caller)]
+  ordered = [layers[path] for path in infer_layer_order(list(layers), caller)]
+  gap = disconnected(ordered, paths, leaves)
+  if gap is not None:
+    raise ValueError(
+      f"{caller}(layers=None): the layers ordered by their names do not "
+      f"form a chain: {gap}. Two heads on the same features (an actor and a "
+      "critic, say) have numbered names too, and scaling them as a chain "
+      "would change the network's function; optax_swr never guesses. Trace "
+      "the model instead: optax_swr.layers_from_linen(module, variables, "
+      "x), layers_from_nnx(model, x) or layers_from_equinox(model, x)."
+    )
+  return ordered
+
+
+def disconnected(
+  layers: Sequence[Layer], paths: list[Path], leaves: list[Any]
+) -> str | None:
+  """Where a layer's input size is not the previous layer's output size.
+
+  Compared only where the weights' shapes say both without doubt: dense to
+  dense (2-D weights, a norm's scale between), conv to conv, an embedding
+  into a dense layer; a reshape between other kinds (conv to dense) is not
+  checked. Returns a description of the first gap, or None.
+  """
+  index_of = {path: i for i, path in enumerate(paths)}
+  previous = None
+  for layer in layers:
+    sizes = _io_sizes(layer, leaves, index_of)
+    if sizes is None:
+      continue
+    kind, size_in, size_out = sizes
+    if kind == "vector" and previous is not None:
+      kind = previous[1]  # a norm's scale: the features of what it follows
+    if previous is not None and size_in is not None:
+      before, before_kind, before_out = previous
+      if before_kind == kind or (before_kind, kind) == ("embed", "dense"):
+        if size_in != before_out:
+          return (
+            f"{layer.name!r} takes {size_in} features but {before.name!r} "
+            f"before it gives {before_out}"
+          )
+    previous = (layer, "dense" if kind == "embed" else kind, size_out)
+  return None
+
+
+def _io_sizes(
+  layer: Layer, leaves: list[Any], index_of: dict[Path, int]
+) -> tuple[str, int | None, int] | None:
+  """(kind, input size or None, output size) from a layer's weight shape."""
+  if layer.weight is None or layer.index:
+    return None
+  shape = jnp.shape(leaves[index_of[layer.weight]])
+  name = layer.weight[-1]
+  if len(shape) == 1:
+    return "vector", shape[0], shape[0]
+  if name in ("embedding", "embeddings") and len(shape) == 2:
+    return "embed", None, shape[1]
+  if name == "weight":  # PyTorch-style and Equinox: (out, in, *window)
+    return ("dense" if len(shape) == 2 else "conv"), shape[1], shape[0]
+  if len(shape) == 2:  # Flax kernel, Haiku w: (in, out)
+    return "dense", shape[0], shape[1]
+  if len(shape) in (3, 4, 5):  # a convolution's (*window, in, out)
+    return "conv", shape[-2], shape[-1]
+  return None
 
 
 def group_by_layer(paths: list[Path]) -> dict[Path, dict[str, int]]:

@@ -60,8 +60,9 @@ class ProportionalityReport(NamedTuple):
       epsilon in ``apply_fn`` shrunk to about 0 (see
       :func:`check_proportional`): SWR's own error. Its difference from
       ``relative_error`` is, roughly, the epsilons' share. ``None`` where no
-      epsilon was found, or ``apply_fn`` cannot be traced (Python control
-      flow on array values).
+      epsilon was found, or ``apply_fn`` cannot be traced by
+      ``jax.make_jaxpr`` (Python control flow on array values, or side
+      effects such as an NNX model updating its BatchNorm statistics).
   """
 
   relative_error: float
@@ -231,11 +232,9 @@ def _error_without_epsilon(
   """The relative error of ``apply_fn`` with its epsilons shrunk, or None."""
   try:
     closed = jax.make_jaxpr(apply_fn)(*args_before)
-  except (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerIntegerConversionError,
-  ):
+  except Exception:  # pylint: disable=broad-except
+    # Not traceable as a pure function (control flow on values, or state
+    # mutated across traces, e.g. flax's TraceContextError): no estimate.
     return None
   shrunk, count = _shrink_epsilons(closed)
   if not count:

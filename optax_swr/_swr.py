@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 import numbers
 from typing import Any, NamedTuple
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,8 @@ from optax_swr import _fused
 from optax_swr import _homogeneity
 from optax_swr import _layers
 from optax_swr import _norms
+from optax_swr import _tracing
+from optax_swr import _warnings
 
 Path = _layers.Path
 
@@ -196,20 +197,25 @@ def swr(
     _check_coef("classifier_coef", classifier_coef)
   layer_spec = _layers.normalize_layers_arg(layers)
   if isinstance(layer_spec, tuple):
+    _layers.check_trace_kept(layer_spec, "swr")
+  if isinstance(layer_spec, (tuple, _layers.Layers)):
     for entry in layer_spec:
       if isinstance(entry, _layers.Layer) and entry.coef is not None:
         _check_coef(f"Layer({entry.name!r}).coef", entry.coef)
   classifier = _normalize_classifier(classifier, classifier_coef)
   reset_steps = _normalize_reset_steps(reset_norms_at)
-  # The equations a tracer found for residual nets and transformers.
-  graph = getattr(layer_spec, "graph", None)
 
   def resolve(
     params: Any,
-  ) -> tuple[tuple[_layers.ResolvedLayer, ...], list[Any]]:
-    found = _layers.resolve(params, layer_spec)
+  ) -> tuple[tuple[_layers.ResolvedLayer, ...], list[Any], Any]:
+    """The layers in ``params``, their coefficients, and the equations a
+    tracer found for residual nets and transformers (None: a chain)."""
+    spec = layer_spec
+    if callable(spec) and _layers.leaf_paths(params):
+      spec = _layers.call_layers_fn(spec, params, "swr")
+    found = _layers.resolve(params, spec)
     if not found:  # An empty tree (also optax.tree_map_params' placeholder).
-      return (), []
+      return (), [], None
     is_classifier = _classifier_mask(classifier, found)
     coefs = []
     for index, item in enumerate(found):
@@ -218,7 +224,7 @@ def swr(
         coefs.append(item.layer.coef)
       else:
         coefs.append(classifier_coef if is_classifier[index] else coef)
-    return found, coefs
+    return found, coefs, getattr(spec, "graph", None)
 
   def layer_coefs(step_count: jax.Array, coefs: list[Any]) -> list[jax.Array]:
     # One evaluation per distinct coefficient, whatever the number of layers.
@@ -234,11 +240,13 @@ def swr(
         "swr: `params` passed to init is None. Pass the model's params "
         "(e.g. variables['params'] for Flax Linen)."
       )
-    found, _ = resolve(params)
+    found, _, _ = resolve(params)
     if not warned_precision:
       warned_precision = _warn_if_below_resolution(
         jax.tree.leaves(params), found, (coef, classifier_coef)
       )
+    if isinstance(layer_spec, tuple):
+      _warn_if_disconnected(params, found)
     norms = _norms.weight_norms(jax.tree.leaves(params), found)
     ones = jnp.ones_like(norms)
     return SWRState(
@@ -256,7 +264,7 @@ def swr(
     if params is None:
       raise ValueError(_NO_PARAMS_MSG)
     _check_same_structure(updates, params)
-    found, coef_per_layer = resolve(params)
+    found, coef_per_layer, graph = resolve(params)
     update_leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
 
@@ -299,7 +307,7 @@ def swr(
       input_scales = _input_scales(cumulative_scales)
     else:
       layer_scales, cumulative_scales, input_scales = _project(
-        layer_scales, _projection_matrices(graph, found)
+        layer_scales, _projection_matrices(graph, found, coef_per_layer)
       )
       weight_factors = _norms.scalars(layer_scales)
 
@@ -577,7 +585,7 @@ def _warn_if_below_resolution(
       continue  # The advice (float32 master params) is for 16-bit weights.
     resolution = float(jnp.finfo(dtype).eps) / 2
     if largest < resolution:
-      warnings.warn(
+      _warnings.warn(
         f"swr: the layer {layer.path!r} has {dtype} weights, whose "
         f"resolution ({resolution:.1e}) is coarser than the per-step "
         f"rescaling, at most coef = {largest:g} of the weight: rounding "
@@ -587,10 +595,33 @@ def _warn_if_below_resolution(
         "`dtype=jnp.bfloat16` for the computation), or use coef >= "
         f"{resolution:.1e}.",
         LowPrecisionWarning,
-        stacklevel=3,
       )
       return True
   return False
+
+
+def _warn_if_disconnected(
+  params: Any, found: tuple[_layers.ResolvedLayer, ...]
+) -> None:
+  """A hand-written list is the user's word for the order, but two layers
+  whose sizes do not connect are not a chain: say so, by name."""
+  layers = [item.layer for item in found]
+  if any(layer.traced_from is not None for layer in layers):
+    return  # The trace knows the network.
+  gap = _layers.disconnected(
+    layers, _layers.leaf_paths(params), jax.tree.leaves(params)
+  )
+  if gap is not None:
+    _warnings.warn(
+      f"swr: the layers in `layers` do not form a chain: {gap}. Scaled as a "
+      "chain (each bias by the factors of the layers listed before it), the "
+      "network's function changes at every step; two heads on the same "
+      "features (an actor and a critic) are not a chain. Trace the model "
+      "(optax_swr.layers_from_linen / layers_from_nnx / "
+      "layers_from_equinox), which keeps the function; if a reshape joins "
+      "them and they are a chain, filter this warning.",
+      _tracing.NotAChainWarning,
+    )
 
 
 def _largest_coef(
@@ -669,19 +700,38 @@ class _Projection(NamedTuple):
 
 
 def _projection_matrices(
-  graph: Any, found: tuple[_layers.ResolvedLayer, ...]
+  graph: Any, found: tuple[_layers.ResolvedLayer, ...], coefs: list[Any]
 ) -> _Projection:
-  """Computed once per trace, in float64: a small matrix per model."""
+  """Computed once per trace, in float64: a small matrix per model.
+
+  A layer without a weight (a norm without a scale) and one whose
+  coefficient is the constant 0 keep c = 1: one more equation each.
+  """
   size = len(found)
   if graph.input_forms.shape != (size, size):
     raise ValueError(
       f"swr: the traced layers describe {graph.input_forms.shape[0]} layers "
       f"but {size} were found in the params; pass the layers the tracer "
-      "returned, unchanged, or plain paths."
+      "returned (edited with their methods), or plain paths."
     )
-  project = _homogeneity.projection(graph.constraints, size)
+  fixed = [
+    i
+    for i, (layer, coef) in enumerate(zip(found, coefs))
+    if layer.weight_index is None or _is_zero_constant(coef)
+  ]
+  constraints = np.concatenate([graph.constraints, np.eye(size)[fixed]])
+  project = _homogeneity.projection(constraints, size)
   outputs = graph.output_forms([layer.is_norm for layer in found])
   return _Projection(project, outputs @ project, graph.input_forms @ project)
+
+
+def _is_zero_constant(coef: Any) -> bool:
+  if callable(coef):
+    return False
+  try:
+    return float(coef) == 0.0
+  except jax.errors.ConcretizationTypeError:
+    return False  # Injected under jit: its value can change.
 
 
 def _project(

@@ -25,17 +25,18 @@ non-ReLU activations). This module holds what the frameworks share.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 import contextlib
 import dataclasses
 import functools
 from typing import Any
-import warnings
 
 import jax
+import numpy as np
 
 from optax_swr import _homogeneity
 from optax_swr import _layers
+from optax_swr import _warnings
 
 Path = _layers.Path
 
@@ -135,16 +136,16 @@ class CallRecorder:
       self.active.pop()
     return _homogeneity.mark(out, "output", layer)
 
-  def finish(self, closed_jaxpr: Any) -> tuple[_layers.Layer, ...]:
+  def finish(self, closed_jaxpr: Any) -> _layers.Layers:
     """The recorded layers in call order; warns about what is not a chain."""
     order = tuple(self.ids)
     never_called = sorted(self.weighted - set(order), key=str)
     if never_called:
-      warnings.warn(
+      _warnings.warn(
         f"{self.caller}: these layers were never called in the forward "
         "pass, so they are left out of the order and SWR will not rescale "
         f"them: {never_called}.",
-        stacklevel=3,
+        UserWarning,
       )
     names = ["/".join(map(str, path)) for path in order]
     norms = [path in self.norms for path in order]
@@ -153,7 +154,7 @@ class CallRecorder:
       return _layers.Layers(layers)
     biases = [layer.bias is not None for layer in layers]
     graph = _homogeneity.analyze(
-      closed_jaxpr, names, norms, biases, self._param_positions(layers)
+      closed_jaxpr, names, norms, biases, self._params(layers)
     )
     if graph.slices and any(index for _, index in graph.slices):
       layers = tuple(
@@ -163,53 +164,67 @@ class CallRecorder:
       names = [layer.name for layer in layers]
       norms = [layer.norm for layer in layers]
     if graph.reasons:
-      warnings.warn(
-        NotAChainWarning(
-          "SWR cannot keep this network's function exactly: the trace "
-          "does not show how the layers' scales reach its output, so an "
-          "SWR step may change it (it still bounds the weights, Theorem "
-          "2). Measure the effect with optax_swr.check_proportional. "
-          "Found: "
-          + "; ".join(graph.reasons[:6])
-          + ("; ..." if len(graph.reasons) > 6 else "")
-          + "."
-        ),
-        stacklevel=3,
+      _warnings.warn(
+        f"{self.caller}: SWR cannot keep this network's function exactly: "
+        "the trace does not show how the layers' scales reach its output, "
+        "so an SWR step may change it (it still bounds the weights, "
+        "Theorem 2). Measure the effect with optax_swr.check_proportional. "
+        f"Found: {_listed(graph.reasons)}.",
+        NotAChainWarning,
       )
     if graph.is_chain(norms):
-      return _layers.Layers(layers)
+      return self._traced(layers, None)
     self._warn_pinned(graph, names)
-    return _layers.Layers(layers, graph)
+    return self._traced(layers, graph)
 
-  def _warn_pinned(self, graph: Any, names: list[str]) -> None:
-    pinned = [c == "pinned" for c in graph.classes()]
-    if not any(pinned):
-      return
-    why = sorted(set(graph.notes))
-    warnings.warn(
-      ConstrainedLayersWarning(
-        f"{self.caller}: SWR keeps this network's function exactly, but "
-        "the network fixes the scale of some layers, so SWR cannot "
-        f"rescale them (Theorem 2 does not bound them): "
-        f"{[n for n, p in zip(names, pinned) if p]}. Their scale is fixed "
-        f"by: {'; '.join(why[:6])}{'; ...' if len(why) > 6 else ''}."
-      ),
-      stacklevel=3,
+  def _traced(
+    self, layers: tuple[_layers.Layer, ...], graph: Any
+  ) -> _layers.Layers:
+    """The :class:`Layers`, each layer knowing the trace it comes from."""
+    trace = _layers.Trace(
+      self.caller, tuple(layer.key for layer in layers), graph is not None
+    )
+    return _layers.Layers(
+      tuple(dataclasses.replace(l, traced_from=trace) for l in layers), graph
     )
 
-  def _param_positions(
-    self, layers: tuple[_layers.Layer, ...]
-  ) -> list[int | None]:
-    """Each layer's weight (or bias) leaf: its position among the inputs of
-    the traced forward pass, whose first inputs are the params' leaves."""
+  def _warn_pinned(self, graph: Any, names: list[str]) -> None:
+    pinned = np.array([c == "pinned" for c in graph.classes()])
+    if not pinned.any():
+      return
+    # The operations whose equations involve a pinned layer, in the order
+    # the forward pass meets them: the culprit comes first.
+    touches = np.abs(graph.constraints[:, pinned]).sum(axis=1) > 0
+    why = list(dict.fromkeys(n for n, t in zip(graph.notes, touches) if t))
+    _warnings.warn(
+      f"{self.caller}: SWR keeps this network's function exactly, but the "
+      "network fixes the scale of some layers, so SWR cannot rescale them "
+      "(Theorem 2 does not bound them): "
+      f"{[n for n, p in zip(names, pinned) if p]}. Their scale is fixed by: "
+      f"{_listed(why)}.",
+      ConstrainedLayersWarning,
+    )
+
+  def _params(self, layers: tuple[_layers.Layer, ...]) -> _homogeneity.Params:
+    """The layers' weight and bias leaves among the inputs of the traced
+    forward pass, whose first inputs are the params' leaves."""
     position = {path: i for i, path in enumerate(self.paths)}
-    leaves = [layer.weight or layer.bias for layer in layers]
-    return [None if leaf is None else position[leaf] for leaf in leaves]
+    roles = {}
+    for index, layer in enumerate(layers):
+      for role in ("weight", "bias"):
+        leaf = getattr(layer, role)
+        if leaf is not None:
+          roles[position[leaf]] = (index, role)
+    names = ["/".join(map(str, path)) for path in self.paths]
+    return _homogeneity.Params(names, roles)
 
   def _layer(self, path: Path) -> _layers.Layer:
     group = self.groups.get(path, {})
     if path not in self.norms:
-      return _layers.layer_from_group(path, group, self.leaves, self.caller)
+      # Normalization is recognized by the module's type, never by a leaf's
+      # name: a LayerScale gain named `scale` is a weight like any other.
+      layer = _layers.layer_from_group(path, group, self.leaves, self.caller)
+      return dataclasses.replace(layer, norm=False)
     weight = [name for name in _layers.WEIGHT_NAMES if name in group]
     bias = [name for name in _layers.BIAS_NAMES if name in group]
     return _layers.Layer(
@@ -218,6 +233,11 @@ class CallRecorder:
       norm=True,
       path=path,
     )
+
+
+def _listed(items: Sequence[str], limit: int = 8) -> str:
+  more = f"; ... ({len(items) - limit} more)" if len(items) > limit else ""
+  return "; ".join(items[:limit]) + more
 
 
 def _check_no_nested_layers(layers: set[Path], caller: str) -> None:

@@ -131,7 +131,9 @@ def test_without_epsilon_the_error_of_a_wrong_layer_order_stays():
   apply_fn, params, layers = traced_normed_net(nn.tanh)
   exact = optax_swr.check_proportional(apply_fn, params, layers, X)
   assert exact.error_without_epsilon < 1e-5, exact
-  chain_rule = optax_swr.check_proportional(apply_fn, params, tuple(layers), X)
+  chain_rule = optax_swr.check_proportional(
+    apply_fn, params, layers.chain_rule(), X
+  )
   assert chain_rule.error_without_epsilon > 1e-2, chain_rule
 
 

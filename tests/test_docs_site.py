@@ -95,6 +95,12 @@ def test_page_code_runs(page, tmp_path, monkeypatch, capsys):
     )
   printed = capsys.readouterr().out
   assert not re.search(r"\b(nan|inf)\b", printed, re.IGNORECASE), printed
+  # A comment that shows what a print gives must match what it prints.
+  for code in blocks:
+    for shown in re.findall(
+      r"^print\(\w+\)  # (Layers\(\[[^\]]*\]\))", code, re.M
+    ):
+      assert shown in printed, (shown, printed)
 
 
 def test_multihost_snippet_is_the_tested_worker():

@@ -103,7 +103,7 @@ def test_mlp_traced_order_is_the_name_order_and_gives_the_same_steps(
     (("layers", i), ("layers", i, "weight"), ("layers", i, "bias"), False)
     for i in range(3)
   )
-  assert optax_swr.find_layers(params) == traced
+  assert optax_swr.find_layers(params) == tuple(traced)
 
   def train(tx, steps=3):
     def loss(params):
@@ -302,7 +302,7 @@ def test_shared_and_residual_modules_keep_their_function(module):
   report = optax_swr.check_proportional(batched(static), params, layers, X_FLAT)
   assert report.relative_error <= 1e-5, report
   chain_rule = optax_swr.check_proportional(
-    batched(static), params, tuple(layers), X_FLAT
+    batched(static), params, layers.chain_rule(), X_FLAT
   )
   assert chain_rule.relative_error > 1e-3, chain_rule
 
@@ -318,7 +318,7 @@ def test_tanh_mlp_pins_the_layers_before_each_tanh_and_stays_exact():
   report = optax_swr.check_proportional(batched(static), params, layers, X_FLAT)
   assert report.relative_error <= 1e-5, report
   chain_rule = optax_swr.check_proportional(
-    batched(static), params, tuple(layers), X_FLAT
+    batched(static), params, layers.chain_rule(), X_FLAT
   )
   assert chain_rule.relative_error > 1e-2, chain_rule
 
@@ -440,11 +440,21 @@ class TwoInputLayer(eqx.Module):
     return self.c(jax.nn.relu(self.b(h)), skip=h)
 
 
-def test_a_scaled_second_argument_of_a_layer_fixes_its_scale():
-  with pytest.warns(
-    optax_swr.ConstrainedLayersWarning, match="the second input of c"
-  ):
-    optax_swr.layers_from_equinox(TwoInputLayer(jax.random.key(0)), X_FLAT[0])
+def test_a_layer_with_a_second_scaled_argument_is_walked_inside():
+  """The trace sees what SkipLinear does with `skip` (adds its sum to its
+  output): b and c are tied, nothing is pinned, and the function is kept."""
+  model = TwoInputLayer(jax.random.key(0))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    layers = optax_swr.layers_from_equinox(model, X_FLAT[0])
+  assert any(
+    note.startswith("a residual merge of [a, b, c] and [a]")
+    for note in layers.graph.notes
+  ), layers.graph.notes
+  params, static = eqx.partition(model, eqx.is_inexact_array)
+  report = optax_swr.check_proportional(batched(static), params, layers, X_FLAT)
+  assert report.relative_error <= 1e-5, report
+  assert report.constrained_layers == ("b", "c") and not report.pinned_layers
 
 
 def test_filter_jit_training_compiles_once_and_learns(no_chain_warning):
@@ -598,7 +608,7 @@ def test_syncing_a_batch_norm_missing_from_layers_names_it():
   traced = optax_swr.layers_from_equinox(
     model, X_IMAGES, state, apply=batch_norm_apply
   )
-  layers = [layer for layer in traced if layer.path != ("bn",)]
+  layers = traced.without("bn")
   tx = optax_swr.swr(0.5, layers=layers)
   opt_state = tx.init(eqx.filter(model, eqx.is_inexact_array))
   with pytest.raises(

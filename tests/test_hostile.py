@@ -88,13 +88,22 @@ def test_all_zero_weights_stay_finite_and_unscaled_until_they_move():
     jax.tree.map(jnp.zeros_like, params), state, params
   )
   assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero_updates))
-  # Once a weight moves, its reference norm 0 pulls it back by (1 - coef).
+  # Once a weight moves it keeps the base update (c = 1), and the norm it
+  # reached becomes its reference: it is not pulled back to 0.
   grads = random_like(params, 2)
   updates, state = tx.update(grads, state, params)
-  np.testing.assert_allclose(state.layer_scales, [0.5, 0.5], rtol=1e-6)
+  np.testing.assert_allclose(state.layer_scales, [1.0, 1.0])
+  helpers.assert_trees_close(updates, grads, rtol=0, atol=0)
+  moved = optax.apply_updates(params, updates)
   np.testing.assert_allclose(
-    updates["Dense_0"]["kernel"], 0.5 * grads["Dense_0"]["kernel"], rtol=1e-6
+    state.reference_norms,
+    [np.linalg.norm(moved[n]["kernel"]) for n in ("Dense_0", "Dense_1")],
+    rtol=1e-6,
   )
+  # From then on, the layers are rescaled toward those norms.
+  grown = jax.tree.map(lambda p: 2.0 * p, moved)
+  _, state = tx.update(jax.tree.map(jnp.zeros_like, grown), state, grown)
+  np.testing.assert_allclose(state.layer_scales, [0.75, 0.75], rtol=1e-6)
 
 
 def schedule_with_values(values):

@@ -166,3 +166,62 @@ def test_layer_with_two_weights_is_rejected():
 def test_malformed_layers_argument(layers, message):
   with error(message):
     optax_swr.swr(layers=layers)
+
+
+def actor_critic_params():
+  """Two hidden layers, then a policy head (Dense_2) and a value head
+  (Dense_3) on the same features: numbered like a chain, but not one."""
+  return {
+    "Dense_0": {"kernel": leaf(4, 64), "bias": leaf(64)},
+    "Dense_1": {"kernel": leaf(64, 64), "bias": leaf(64)},
+    "Dense_2": {"kernel": leaf(64, 2), "bias": leaf(2)},
+    "Dense_3": {"kernel": leaf(64, 1), "bias": leaf(1)},
+  }
+
+
+def test_name_inference_refuses_two_heads_whose_shapes_do_not_connect():
+  """They were scaled as a chain: 3.5% error, no warning."""
+  expected = re.escape(
+    "do not form a chain: 'Dense_3' takes 64 features but 'Dense_2' before "
+    "it gives 2"
+  )
+  with pytest.raises(ValueError, match=expected + ".*Trace the model"):
+    optax_swr.find_layers(actor_critic_params())
+  with pytest.raises(ValueError, match=expected):
+    optax_swr.swr(1e-3).init(actor_critic_params())
+
+
+def test_a_hand_list_of_two_heads_warns_by_name():
+  layers = [("Dense_0",), ("Dense_1",), ("Dense_2",), ("Dense_3",)]
+  with pytest.warns(
+    optax_swr.NotAChainWarning,
+    match=re.escape("'Dense_3' takes 64 features but 'Dense_2'"),
+  ) as caught:
+    optax_swr.swr(1e-3, layers=layers).init(actor_critic_params())
+  assert caught[0].filename == __file__
+
+
+def test_shapes_that_connect_pass_conv_to_dense_is_not_checked():
+  params = {
+    "Conv_0": {"kernel": leaf(3, 3, 1, 8), "bias": leaf(8)},
+    "Conv_1": {"kernel": leaf(3, 3, 8, 16), "bias": leaf(16)},
+    "Dense_0": {"kernel": leaf(16 * 25, 32), "bias": leaf(32)},
+    "Dense_1": {"kernel": leaf(32, 10), "bias": leaf(10)},
+  }
+  params = {"layers": [params[k] for k in params]}  # numbered by the list
+  assert len(optax_swr.find_layers(params)) == 4
+  params["layers"][1]["kernel"] = leaf(3, 3, 4, 16)
+  with pytest.raises(ValueError, match="'layers/1' takes 4 features"):
+    optax_swr.find_layers(params)
+
+
+def test_a_norm_scale_between_dense_layers_carries_their_width():
+  params = {
+    "layers_0": {"kernel": leaf(4, 8), "bias": leaf(8)},
+    "layers_1": {"scale": leaf(8), "bias": leaf(8)},
+    "layers_2": {"kernel": leaf(8, 3), "bias": leaf(3)},
+  }
+  assert len(optax_swr.find_layers(params)) == 3
+  params["layers_2"]["kernel"] = leaf(5, 3)
+  with pytest.raises(ValueError, match="'layers_2' takes 5 features"):
+    optax_swr.find_layers(params)

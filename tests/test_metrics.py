@@ -372,7 +372,9 @@ def test_balancedness_refuses_layers_that_do_not_chain():
     "read the 4 outputs of ('Dense_0',): its 5 inputs are not a multiple"
   )
   with pytest.raises(ValueError, match=re.escape(message)):
-    metrics.balancedness(params)
+    metrics.balancedness(params, layers=["Dense_0", "Dense_1"])
+  with pytest.raises(ValueError, match="do not form a chain"):
+    metrics.balancedness(params)  # name inference refuses them first
   vector = to_jax({"Dense_0": {"kernel": np.ones(3)}})
   message = "has shape (3,), but a dense or conv kernel has shape [..., in,"
   with pytest.raises(ValueError, match=re.escape(message)):

@@ -93,7 +93,7 @@ def test_residual_and_attention_models_keep_their_function(api, name):
   assert report.relative_error <= 1e-4, report
   assert abs(report.fitted_scale / report.predicted_scale - 1) <= 1e-4
   # The chain rule alone (the layers without their equations) is not exact.
-  plain = optax_swr.check_proportional(apply_fn, params, tuple(layers), x)
+  plain = optax_swr.check_proportional(apply_fn, params, layers.chain_rule(), x)
   assert plain.relative_error > 1e-3, plain
 
 
