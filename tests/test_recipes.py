@@ -65,8 +65,9 @@ def test_schedule_free_needs_swr_inside_for_its_evaluation_params():
   outside = optax.chain(
     optax.contrib.schedule_free_adamw(0.3), optax_swr.swr(1.0)
   )
-  # coef = 1 pins the norms of what SWR sees: inside, the sequence z whose
-  # average x is evaluated (a norm of an average is at most the average).
+  # coef = 1 pins the norm of y + u, the training point plus the base step,
+  # whose rescaled update lands on z; the evaluated average x of the z's
+  # stays within the initial norms (measured, not a theorem).
   assert _eval_norm_growth(inside, lambda s: s).max() <= 1 + 1e-4
   assert _eval_norm_growth(outside, lambda s: s[0]).max() > 1.5
 
