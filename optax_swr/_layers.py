@@ -535,7 +535,7 @@ def normalize_layers_arg(
   """
   if layers is None or callable(layers) and not isinstance(layers, Layer):
     return layers
-  if isinstance(layers, Layers):
+  if isinstance(layers, Layers) and layers:
     _check_unique([layer.key for layer in layers], name, caller)
     return layers
   if isinstance(layers, (str, bytes, Layer)) or not isinstance(

@@ -219,3 +219,8 @@ def test_restrict_to_params_without_any_layer_raises():
   layers = optax_swr.layers_from_nnx(model, X)
   with pytest.raises(ValueError, match="holds none of the traced layers"):
     layers.restrict_to({"something": {"else": jnp.ones(2)}})
+
+
+def test_an_empty_layers_value_is_an_error_not_a_no_op():
+  with pytest.raises(ValueError, match="`layers` is empty"):
+    optax_swr.swr(0.1, layers=optax_swr.Layers(()))
