@@ -133,11 +133,14 @@ def swr(
       the params that returns them. ``None`` infers the layers and their
       order from numbered names (``Dense_0`` ... ``Dense_11``, Haiku's
       ``linear``, ``linear_1``, ...) and raises ``ValueError`` where the tree
-      does not settle the order (see :func:`find_layers`). The
-      :class:`Layers` a tracer returns also carry the network's log-scale
-      equations (residual merges, attention, GELU, ...); ``swr`` then takes,
-      each step, the factors nearest to the paper's (least squares in log
-      space) that keep the function up to one output scale.
+      does not settle the order (see :func:`find_layers`), or whose sizes
+      do not connect (two heads). The :class:`Layers` a tracer returns also
+      carry the network's log-scale equations (residual merges, attention,
+      GELU, ...); ``swr`` then takes, each step, the factors nearest to the
+      paper's (least squares in log space) that keep the function up to one
+      output scale. Edit them with their methods (``with_coef``,
+      ``without``, ``restrict_to``, ``chain_rule``): a list of traced
+      layers that would lose the function is refused.
     classifier: the classifier layers, which use ``classifier_coef``: an int
       ``k`` (the last ``k`` layers) or a sequence of paths.
     classifier_coef: :math:`\lambda_c \in [0, 1]` or a schedule, for the
@@ -159,15 +162,22 @@ def swr(
   after it are unchanged) until its norm first becomes non-zero; that norm
   becomes its reference norm. A layer whose norm is 0 or not finite after
   the base step keeps the base optimizer's update at that step. An empty
-  params tree gives an empty state and passes the updates through. With bfloat16 or float16 weights, a constant ``coef``
-  below half the dtype's epsilon (bf16: 3.9e-3) rescales by less than the
-  weights' resolution: ``init`` warns once (``LowPrecisionWarning``); keep
-  float32 master params.
+  params tree gives an empty state and passes the updates through. With
+  bfloat16 or float16 weights, a constant ``coef`` below half the dtype's
+  epsilon (bf16: 3.9e-3) rescales by less than the weights' resolution:
+  ``init`` warns once (``LowPrecisionWarning``); keep float32 master params.
 
   Raises:
     ValueError: for a coefficient outside [0, 1], malformed ``layers`` or
-      ``classifier``, and (at ``init`` / ``update``) for layers that are not in
-      the params tree or whose order cannot be inferred.
+      ``classifier``, a list of traced layers that lost their equations or
+      a layer; and (at ``init`` / ``update``) for layers that are not in the
+      params tree, whose order cannot be inferred, or that ``optax.masked``
+      hides in part.
+
+  Warns:
+    NotAChainWarning: at ``init``, for a hand-written list of layers whose
+      sizes do not connect.
+    LowPrecisionWarning: see above.
 
   Example:
     >>> import jax
