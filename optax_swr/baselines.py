@@ -56,8 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _dormant
 from optax_swr import _layers
-from optax_swr import metrics
 
 Path = _layers.Path
 
@@ -388,7 +388,7 @@ def redo(
   found = _redo_layers(params, layers)
   hidden = _redo_activations(activations, len(found) - 1)
   _check_redo_shapes(leaves, found, hidden)
-  dormant = tuple(metrics._dormant_units(h, tau) for h in hidden)
+  dormant = tuple(_dormant.dormant_units(h, tau) for h in hidden)
   fresh_masks, zero_masks = _redo_masks(leaves, found, dormant)
   fresh_leaves = jax.tree.leaves(fresh_params)
   new_leaves = [
@@ -451,7 +451,7 @@ def _redo_activations(activations: Any, expected: int) -> list[jax.Array]:
       "function) of every layer but the last, in forward order. The last "
       "layer's outputs are the network's and are never reset."
     )
-  metrics._check_activation_ranks(hidden, "redo")
+  _dormant.check_activation_ranks(hidden, "redo")
   return hidden
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optax_swr import _dormant
 from optax_swr import _layers
 from optax_swr import _norms
 
@@ -458,7 +459,7 @@ def dormant_fraction(
   """
   layers = _as_layer_list(activations)
   _check_tau(tau)
-  dormant = [_dormant_units(h, tau) for h in layers]
+  dormant = [_dormant.dormant_units(h, tau) for h in layers]
   total = sum(d.size for d in dormant)
   return jnp.asarray(sum(jnp.sum(d) for d in dormant) / total, jnp.float32)
 
@@ -474,19 +475,8 @@ def _as_layer_list(activations: Any) -> list[jax.Array]:
       "dormant_fraction: `activations` is empty; pass one array [batch, "
       "..., units] or a list of them, one per layer."
     )
-  _check_activation_ranks(layers, "dormant_fraction")
+  _dormant.check_activation_ranks(layers, "dormant_fraction")
   return layers
-
-
-def _check_activation_ranks(layers: Sequence[Any], caller: str) -> None:
-  """Each layer's activations must have a batch and a units axis."""
-  for index, h in enumerate(layers):
-    if jnp.ndim(h) < 2:
-      raise ValueError(
-        f"{caller}: `activations[{index}]` has shape "
-        f"{jnp.shape(h)}; each layer's activations must be [batch, ..., "
-        "units] (at least 2 axes). Add a units axis with h[:, None]."
-      )
 
 
 def _check_tau(tau: Any) -> None:
@@ -499,15 +489,6 @@ def _check_tau(tau: Any) -> None:
       f"dormant_fraction: `tau` must be >= 0 (Sokar et al. use 0 to 0.1); "
       f"got {tau!r}."
     )
-
-
-def _dormant_units(h: jax.Array, tau: float) -> jax.Array:
-  h = jnp.asarray(h)
-  dtype = jnp.promote_types(h.dtype, jnp.float32)
-  mean_abs = jnp.mean(jnp.abs(h.astype(dtype)), axis=tuple(range(h.ndim - 1)))
-  layer_mean = jnp.mean(mean_abs)
-  safe_mean = jnp.where(layer_mean > 0, layer_mean, 1.0)
-  return mean_abs / safe_mean <= tau
 
 
 def effective_rank(features: jax.Array, delta: float = 0.01) -> jax.Array:
