@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
+from examples import methods
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
-from examples.paper import protocols
 import optax_swr
 
 LANES, STEPS, BATCH = 2, 6, 8
@@ -116,16 +116,21 @@ def test_epoch_order_sees_every_example_once_per_pass():
 
 def test_shrink_perturb_moves_toward_the_networks_own_initial_params():
   layers = (("hidden_0",), ("head",))
-  method = protocols.make_method("snp", (0.25,), layers, layers[-1:], 1e-3)
+  setup = methods.TrainingSetup(layers, head=layers[-1:], lr=1e-3)
+  method = methods.build("snp", (0.25,), setup)
   params = {"w": jnp.array([4.0])}
   initial = {"w": jnp.array([0.0])}
   fresh = {"w": jnp.array([100.0])}
-  moved = method.on_data_change(params, initial, fresh)
+  opt_state = object()  # Kept as it is.
+  moved, kept = method.intervene(
+    methods.InterventionInputs(params, opt_state, initial, fresh)
+  )
   np.testing.assert_allclose(moved["w"], [3.0])  # 0.75 * 4 + 0.25 * 0
-  reset = protocols.make_method("head_reset", (), layers, layers[-1:], 1e-3)
+  assert kept is opt_state
+  reset = methods.build("head_reset", (), setup)
   tree = {"hidden_0": {"kernel": jnp.ones(1)}, "head": {"kernel": jnp.ones(1)}}
   new = {"hidden_0": {"kernel": jnp.zeros(1)}, "head": {"kernel": jnp.zeros(1)}}
-  out = reset.on_data_change(tree, tree, new)
+  out, _ = reset.intervene(methods.InterventionInputs(tree, None, tree, new))
   assert out["head"]["kernel"][0] == 0.0 and out["hidden_0"]["kernel"][0] == 1
 
 

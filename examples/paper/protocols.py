@@ -34,14 +34,15 @@ import optax
 import tqdm
 
 from examples import data
+from examples import methods as methods_lib
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
 from examples.paper import stats
 import optax_swr
-from optax_swr import baselines
 from optax_swr import metrics
 
-METHODS = ("vanilla", "l2", "l2_init", "snp", "head_reset", "swr", "swr_reinit")
+# The registry's methods that need no activations (the protocols record none).
+METHODS = methods_lib.names(needs_activations=False)
 # The paper's best SWR coefficients (lambda_f, lambda_c), PAPER.md.
 PAPER_SWR_COEFS = {
   "warm_start": {
@@ -275,65 +276,6 @@ def load_data(settings: Settings) -> data.Dataset:
   return data.subset(dataset, settings.max_train, settings.max_test)
 
 
-@dataclasses.dataclass
-class Method:
-  """A method's optimizer and what it does at a change of the data.
-
-  ``on_data_change(params, initial_params, fresh_params)`` returns the
-  params to go on with: Shrink & Perturb moves toward the network's own
-  initial params, head reset takes a fresh draw.
-  """
-
-  tx: optax.GradientTransformation
-  on_data_change: Callable[[Any, Any, Any], Any] | None = None
-
-
-def make_method(
-  name: str,
-  coefs: Sequence[float],
-  layers: tuple[tuple[Any, ...], ...],
-  head: tuple[tuple[Any, ...], ...],
-  lr: optax.ScalarOrSchedule,
-  lr_boundaries: Sequence[int] = (),
-) -> Method:
-  """Builds one method of ``METHODS`` for the given layers.
-
-  Args:
-    name: a name of ``METHODS``.
-    coefs: its coefficients: one for ``l2``, ``l2_init`` and ``snp``;
-      ``(lambda_f, lambda_c)`` for ``swr`` and ``swr_reinit``.
-    layers: every layer, in forward order.
-    head: the classifier layers (the end of ``layers``).
-    lr: Adam's learning rate or schedule.
-    lr_boundaries: where the learning rate drops (``swr_reinit`` resets its
-      reference norms there).
-  """
-  adam = optax.adam(lr)
-  if name == "vanilla":
-    return Method(adam)
-  if name == "l2":
-    return Method(optax.chain(baselines.l2(coefs[0]), adam))
-  if name == "l2_init":
-    return Method(optax.chain(baselines.l2_init(coefs[0]), adam))
-  if name == "snp":
-    return Method(
-      adam,
-      lambda p, initial, _: baselines.shrink_perturb(p, initial, coefs[0]),
-    )
-  if name == "head_reset":
-    return Method(
-      adam, lambda p, _, fresh: baselines.reset_layers(p, fresh, head)
-    )
-  rescale = optax_swr.swr(
-    coefs[0],
-    layers=layers,
-    classifier=len(head),
-    classifier_coef=coefs[-1],
-    reset_norms_at=tuple(lr_boundaries) if name == "swr_reinit" else (),
-  )
-  return Method(optax.chain(adam, rescale))
-
-
 @dataclasses.dataclass(frozen=True)
 class Pool:
   """Every example of a data set, and each seed's split.
@@ -488,7 +430,8 @@ def _run_method(
   boundaries = sorted({int(f * total_steps) for f in lr_boundaries_at})
   lr = _learning_rate(settings.lr, boundaries)
   head = layers[-CLASSIFIER_LAYERS[settings.model] :]
-  method = make_method(method_name, coefs, layers, head, lr, boundaries)
+  setup = methods_lib.TrainingSetup(layers, head, lr, lr_boundaries=boundaries)
+  method = methods_lib.build(method_name, coefs, setup)
   engine = Engine(module, method.tx, layers)
   num_classes = int(pool.y.max()) + 1
   variables = variables_per_seed(settings, pool, num_classes)
@@ -515,15 +458,19 @@ def _run_method(
     unit="epoch",
   )
   for number, phase in enumerate(phases):
-    if number and method.on_data_change is not None:
+    if number and method.intervene is not None:
       fresh = variables_per_seed(
         settings, pool, num_classes, 1000 * (number + 1)
       )
-      state = state._replace(
-        params=method.on_data_change(
-          state.params, initial, stack([v["params"] for v in fresh])
+      params, opt_state = method.intervene(
+        methods_lib.InterventionInputs(
+          state.params,
+          state.opt_state,
+          initial,
+          stack([v["params"] for v in fresh]),
         )
       )
+      state = state._replace(params=params, opt_state=opt_state)
     active = np.ones(settings.seeds, bool)
     epochs = np.zeros(settings.seeds, np.int64)
     for _ in range(settings.epochs):

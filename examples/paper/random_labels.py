@@ -36,6 +36,7 @@ import tqdm
 
 from examples import cli
 from examples import data
+from examples import methods as methods_lib
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
 from examples.paper import protocols
@@ -281,8 +282,10 @@ class _Run:
       for seed in range(settings.seeds)
     ]
     layers = optax_swr.layers_from_linen(self.module, variables[0], x[:1])
-    self.method = protocols.make_method(
-      method_name, coefs, layers, layers[-1:], settings.lr
+    self.method = methods_lib.build(
+      method_name,
+      coefs,
+      methods_lib.TrainingSetup(layers, head=layers[-1:], lr=settings.lr),
     )
     self.engine = engine_lib.Engine(self.module, self.method.tx)
     self.state = self.engine.init(variables)
@@ -297,7 +300,7 @@ class _Run:
         [task_labels(seed, task, n, self.num_classes) for seed in range(seeds)]
       )
     )
-    if task and self.method.on_data_change is not None:
+    if task and self.method.intervene is not None:
       fresh = engine_lib.stack(
         [
           self.module.init(
@@ -306,11 +309,12 @@ class _Run:
           for seed in range(seeds)
         ]
       )
-      self.state = self.state._replace(
-        params=self.method.on_data_change(
-          self.state.params, self.initial, fresh
+      params, opt_state = self.method.intervene(
+        methods_lib.InterventionInputs(
+          self.state.params, self.state.opt_state, self.initial, fresh
         )
       )
+      self.state = self.state._replace(params=params, opt_state=opt_state)
 
   def batch_order(self, task: int, steps: int) -> np.ndarray:
     """``[seeds, steps, batch]``: epochs of fresh permutations, per seed."""
