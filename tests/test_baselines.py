@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,9 +35,7 @@ def test_l2_before_sgd_is_gradient_descent_on_the_regularized_loss(setup):
     loss(p, x) + lam / 2 * optax.tree.norm(p, squared=True)
   )
   expected = jax.tree.map(lambda g: -0.1 * g, jax.grad(regularized)(params))
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected
-  )
+  chex.assert_trees_all_close(updates, expected, rtol=1e-5)
 
 
 def test_l2_init_pulls_toward_the_initial_params(setup):
@@ -51,15 +50,13 @@ def test_l2_init_pulls_toward_the_initial_params(setup):
     + lam * optax.tree.norm(jax.tree.map(jnp.subtract, p, params), squared=True)
   )
   expected = jax.tree.map(lambda g: -0.1 * g, jax.grad(regularized)(moved))
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), updates, expected
-  )
+  chex.assert_trees_all_close(updates, expected, rtol=1e-5)
   # At the initial params the pull is zero.
   zeros = jax.tree.map(jnp.zeros_like, params)
   at_init, _ = baselines.l2_init(lam).update(
     zeros, baselines.l2_init(lam).init(params), params
   )
-  assert all((u == 0).all() for u in jax.tree.leaves(at_init))
+  chex.assert_trees_all_equal(at_init, zeros)
 
 
 def test_l2_init_keeps_dtype_and_needs_params():
@@ -91,9 +88,9 @@ def test_reset_layers_replaces_only_the_listed_layers(setup):
   params, _ = setup
   fresh = helpers.mlp_params([3, 4, 2], seed=5)
   out = baselines.reset_layers(params, fresh, [("Dense_1",)])
-  for name, source in [("Dense_0", params), ("Dense_1", fresh)]:
-    for leaf in ("kernel", "bias"):
-      np.testing.assert_array_equal(out[name][leaf], source[name][leaf])
+  chex.assert_trees_all_equal(
+    out, {"Dense_0": params["Dense_0"], "Dense_1": fresh["Dense_1"]}
+  )
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import chex
 from flax import linen as nn
 from flax import nnx
 import jax
@@ -86,14 +87,14 @@ def test_linen_sync_scales_mean_by_s_and_var_by_s_squared():
   np.testing.assert_allclose(scales["BatchNorm_1"], c[1] * c[2], rtol=1e-6)
   stats = jax.tree.map(lambda x: x + 1.0, variables["batch_stats"])
   synced = optax_swr.sync_batch_stats(stats, state, layers)
+  expected = {}
   for name in ("BatchNorm_0", "BatchNorm_1"):
     s = float(scales[name])
-    np.testing.assert_allclose(
-      synced[name]["mean"], s * stats[name]["mean"], rtol=1e-6
-    )
-    np.testing.assert_allclose(
-      synced[name]["var"], s**2 * stats[name]["var"], rtol=1e-6
-    )
+    expected[name] = {
+      "mean": s * stats[name]["mean"],
+      "var": s**2 * stats[name]["var"],
+    }
+  chex.assert_trees_all_close(synced, expected, rtol=1e-6)
 
 
 class NnxCNNBN(nnx.Module):

@@ -16,6 +16,7 @@ import pathlib
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 
@@ -114,7 +115,4 @@ def test_resharded_run_matches_one_device_within_rounding(runs, name):
   # results, in another order than one device does, so float32 rounding
   # differs (relative differences below 1e-6 after 8 steps).
   one_device, sharded = load(runs, "full", "chain"), load(runs, "full", name)
-  for key, value in one_device.items():
-    np.testing.assert_allclose(
-      sharded[key], value, rtol=1e-5, atol=1e-6, err_msg=key
-    )
+  chex.assert_trees_all_close(sharded, one_device, rtol=1e-5, atol=1e-6)

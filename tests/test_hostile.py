@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +63,7 @@ def test_zero_size_layer_keeps_its_update_and_the_others_are_exact():
   updates, state = tx.update(grads, tx.init(params), params)
 
   np.testing.assert_array_equal(state.layer_scales[0], 1.0)
-  assert updates["Dense_0"]["kernel"].shape == (0, 5)
+  chex.assert_shape(updates["Dense_0"]["kernel"], (0, 5))
   np.testing.assert_array_equal(
     updates["Dense_0"]["bias"], grads["Dense_0"]["bias"]
   )
@@ -87,7 +88,9 @@ def test_all_zero_weights_stay_finite_and_unscaled_until_they_move():
   zero_updates, state = tx.update(
     jax.tree.map(jnp.zeros_like, params), state, params
   )
-  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(zero_updates))
+  chex.assert_trees_all_equal(
+    zero_updates, jax.tree.map(jnp.zeros_like, params)
+  )
   # Once a weight moves it keeps the base update (c = 1), and the norm it
   # reached becomes its reference: it is not pulled back to 0.
   grads = random_like(params, 2)
@@ -123,8 +126,7 @@ def test_a_schedule_leaving_the_unit_interval_is_clipped(bad, clipped):
   expected, _ = exact.update(grads, exact.init(params), params)
 
   assert np.all(np.asarray(state.layer_scales) > 0)
-  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_a_nan_schedule_value_leaves_the_layers_unscaled():
@@ -133,8 +135,7 @@ def test_a_nan_schedule_value_leaves_the_layers_unscaled():
   tx = optax_swr.swr(coef=lambda count: jnp.float32(jnp.nan))
   updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
   np.testing.assert_array_equal(state.layer_scales, [1.0, 1.0])
-  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
-    np.testing.assert_array_equal(got, want)
+  chex.assert_trees_all_equal(updates, grads)
 
 
 def test_an_injected_coef_above_one_is_clipped_at_run_time():
@@ -146,8 +147,7 @@ def test_an_injected_coef_above_one_is_clipped_at_run_time():
   updates, state = jax.jit(tx.update)(grads, state, params)
   pinned = optax_swr.swr(coef=1.0)
   expected, _ = pinned.update(grads, pinned.init(params), params)
-  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(updates, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_large_bfloat16_weights_get_a_float32_norm():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -273,7 +274,7 @@ def test_dense_rows_c_mod_channels_are_what_rescaling_channel_c_moves():
   }
   model, x = ConvThenDense(), rng.normal(size=(3, 5, 5, 2))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
-  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, shapes)
+  chex.assert_trees_all_equal_shapes(params, shapes)
   factors = np.array([0.1, 5.0, 2.0])
   rescaled = jax.tree.map(np.copy, params)
   rescaled["Conv_1"]["kernel"] = params["Conv_1"]["kernel"] * factors

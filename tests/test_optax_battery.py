@@ -14,6 +14,7 @@ from collections.abc import Callable
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -175,10 +176,6 @@ def flat(tree):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-def dtypes(tree):
-  return jax.tree.map(lambda x: x.dtype, tree)
-
-
 def types(tree):
   """Tree structure, shapes, dtypes, weak types and shardings of `tree`."""
   return jax.tree.structure(tree), [
@@ -292,7 +289,7 @@ def test_multisteps_accumulates_then_applies_one_step_on_the_mean(case):
   step = jax.jit(multi.update)
   state = multi.init(params)
   first, state = step(micro_grads[0], state, params)
-  assert all((u == 0).all() for u in jax.tree.leaves(first))
+  chex.assert_trees_all_equal(first, jax.tree.map(jnp.zeros_like, params))
   updates, state = step(micro_grads[1], state, params)
 
   mean = jax.tree.map(lambda a, b: (a + b) / 2, *micro_grads)
@@ -329,7 +326,7 @@ def test_updates_keep_param_dtypes_and_the_state_its_types(case, dtype):
   tx = case.build()
   initial = tx.init(params)
   eager_updates, eager_state = tx.update(grads_at(params, 0), initial, params)
-  assert dtypes(eager_updates) == dtypes(params)
+  chex.assert_trees_all_equal_dtypes(eager_updates, params)
   assert types(eager_state) == types(initial)
 
   step = jax.jit(tx.update)
@@ -337,7 +334,7 @@ def test_updates_keep_param_dtypes_and_the_state_its_types(case, dtype):
   for t in range(STEPS):
     updates, state = step(grads_at(params, t), state, params)
     params = optax.apply_updates(params, updates)
-    assert dtypes(updates) == dtypes(params)
+    chex.assert_trees_all_equal_dtypes(updates, params)
     assert types(state) == types(initial)
   assert step._cache_size() == 1
 
@@ -365,7 +362,7 @@ def test_tree_map_params_maps_exactly_the_param_shaped_state(case):
     jax.tree.leaves(labels), jax.tree.leaves(state), jax.tree.leaves(as_bf16)
   ):
     assert after.dtype == (jnp.bfloat16 if label == "param" else before.dtype)
-    assert after.shape == before.shape
+  chex.assert_trees_all_equal_shapes(as_bf16, state)
 
   # Param-shaped state follows the params' shardings; the rest replicates.
   mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))

@@ -114,7 +114,6 @@ def test_wheel_ships_the_package_py_typed_and_license(dist):
     "jax",
     "jaxlib",
     "optax",
-    "chex",
     "numpy",
     "flax",
   }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,7 @@ def test_reset_reference_norms_accepts_the_nnx_optimizer_state():
   new = optax.tree.get(new_state, "reference_norms")[...]
   np.testing.assert_allclose(new, 3 * old, rtol=1e-6)
   # The state keeps nnx.Optimizer's structure, so it can be put back.
-  assert jax.tree.structure(new_state) == jax.tree.structure(
-    optimizer.opt_state
-  )
+  chex.assert_trees_all_equal_structs(new_state, optimizer.opt_state)
   optimizer.opt_state = new_state
   optimizer.update(
     model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
@@ -87,12 +86,13 @@ def test_an_nnx_vmap_ensemble_gets_per_member_norms_with_the_recipe():
   params = nnx.state(ensemble, nnx.Param)
   tx = optax.chain(optax.adam(1e-2), optax_swr.swr(0.5))
   pooled = nnx.Optimizer(ensemble, tx, wrt=nnx.Param)
-  assert optax.tree.get(pooled.opt_state, "reference_norms")[...].shape == (
-    2,
-  )  # one norm per layer over all members: what the recipe avoids
+  # One norm per layer over all members: what the recipe avoids.
+  chex.assert_shape(
+    optax.tree.get(pooled.opt_state, "reference_norms")[...], (2,)
+  )
   optimizer = nnx.Optimizer(ensemble, per_member(tx), wrt=nnx.Param)
   norms = optax.tree.get(optimizer.opt_state, "reference_norms")[...]
-  assert norms.shape == (3, 2)
+  chex.assert_shape(norms, (3, 2))
   for member in range(3):
     one = jax.tree.map(lambda p, m=member: p[m], params)
     np.testing.assert_allclose(

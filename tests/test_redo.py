@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,7 +96,7 @@ def test_a_hand_computed_mlp_reset_of_params_and_adam_moments(mlp):
     },
   }
   # Exact: reset entries are copies or zeros, the others untouched.
-  jax.tree.map(np.testing.assert_array_equal, new, arrays(expected))
+  chex.assert_trees_all_equal(new, arrays(expected))
   reset = {  # every entry that changed above, in or out
     "Dense_0": {
       "kernel": [[1, 0, 0], [1, 0, 0]],
@@ -112,7 +113,7 @@ def test_a_hand_computed_mlp_reset_of_params_and_adam_moments(mlp):
     expected_moment = jax.tree.map(
       lambda r, v=value: v * (1 - r), arrays(reset)
     )
-    jax.tree.map(np.testing.assert_array_equal, moment, expected_moment)
+    chex.assert_trees_all_equal(moment, expected_moment)
   assert int(adam.count) == 7
 
 
@@ -207,7 +208,7 @@ def test_jit_with_a_traced_tau_and_a_sown_dict_gives_the_same_result(mlp):
     )
   )
   jitted = step(params, opt_state, sown, fresh, 0.1)
-  jax.tree.map(np.testing.assert_array_equal, jitted, eager)
+  chex.assert_trees_all_equal(jitted, eager)
 
 
 def test_conv_then_conv_resets_output_channels_and_input_channels():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -213,7 +214,7 @@ def test_zero_norm_layers_get_scale_one_and_zero_reference_shrinks():
   tx = optax_swr.swr(coef=0.5)
   updates, new_state = tx.update(zeros, tx.init(params), zeros)
   assert np.all(np.asarray(new_state.layer_scales) == 1.0)
-  assert all(np.all(np.isfinite(u)) for u in jax.tree.leaves(updates))
+  chex.assert_tree_all_finite(updates)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -272,9 +273,7 @@ def test_large_float16_weights_do_not_overflow_the_norm():
   np.testing.assert_allclose(state.reference_norms, [2400.0], rtol=1e-6)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, state = tx.update(grads, state, params)
-  assert np.all(
-    np.isfinite(np.asarray(updates["Dense_0"]["kernel"], np.float32))
-  )
+  chex.assert_tree_all_finite(updates["Dense_0"]["kernel"])
   np.testing.assert_allclose(state.weight_norms, [2412.0], rtol=1e-6)
 
 

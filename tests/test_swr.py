@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+import chex
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -182,12 +183,8 @@ def test_low_precision_params_get_updates_of_their_dtype_and_a_float32_state(
   updates, state = jax.jit(tx.update)(
     helpers.random_like(params, 5), initial, params
   )
-  for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
-    assert u.dtype == p.dtype
-  shapes_and_dtypes = lambda tree: jax.tree.map(
-    lambda x: (x.shape, x.dtype), tree
-  )
-  assert shapes_and_dtypes(state) == shapes_and_dtypes(initial)
+  chex.assert_trees_all_equal_dtypes(updates, params)
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, initial)
   for name in [
     "reference_norms",
     "layer_scales",
@@ -227,11 +224,11 @@ def test_a_non_finite_update_does_not_spread_to_other_layers(params, bad):
   updates, state = tx.update(grads, reference_state, params)
   assert float(state.layer_scales[1]) == 1.0
   for name in ("Dense_0", "Dense_2"):
-    assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates[name]))
+    chex.assert_tree_all_finite(updates[name])
   # Dense_2's bias factor skips the broken layer's: C_2 = c_0 * 1 * c_2.
   c = np.asarray(state.layer_scales)
   np.testing.assert_allclose(state.cumulative_scales[2], c[0] * c[2], rtol=1e-6)
-  assert np.isfinite(np.asarray(updates["Dense_1"]["bias"])).all()
+  chex.assert_tree_all_finite(updates["Dense_1"]["bias"])
 
 
 def test_lam_zero_is_an_exact_no_op(params):
