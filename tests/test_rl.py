@@ -15,7 +15,11 @@ import numpy as np
 import optax
 import pytest
 
+from examples.rl import envs
 from examples.rl import ppo
+from examples.rl.agent import make_agent
+from examples.rl.config import Config
+from examples.rl.train import make_train
 from optax_swr import baselines
 
 pytest.importorskip("gymnax", reason="needs the [rl] extra")
@@ -24,7 +28,7 @@ pytest.importorskip("gymnax", reason="needs the [rl] extra")
 # seeds (keys 0 and 1, 8 each), the mean return over the second half of the
 # updates is 140 to 214 for vanilla and 137 to 215 for swr (coef 1e-4); a
 # uniformly random policy gets about 22.
-CONFIG = ppo.Config(total_steps=30_000)
+CONFIG = Config(total_steps=30_000)
 SEEDS = 2
 MIN_RETURN = 100.0
 
@@ -52,9 +56,9 @@ def runs():
   """Per method: the env, the jitted vmapped train, its final state, metrics."""
   results = {}
   for method in ("vanilla", "swr"):
-    env, env_params = ppo.make_env("CartPole-v1")
+    env, env_params = envs.make_env("CartPole-v1")
     env = CountingEnv(env)
-    train = ppo.make_train(CONFIG, env, env_params, method)
+    train = make_train(CONFIG, env, env_params, method)
     run = jax.jit(
       jax.vmap(functools.partial(train, num_updates=CONFIG.num_updates))
     )
@@ -141,7 +145,7 @@ def test_train_state_round_trips_through_orbax(runs, tmp_path):
 
 def test_unknown_env_lists_the_valid_ones():
   with pytest.raises(ValueError, match="CartPole-v1.*SpaceInvaders-MinAtar"):
-    ppo.make_env("CartPole-v0")
+    envs.make_env("CartPole-v0")
   with pytest.raises(ValueError, match="unknown gymnax environment 'Pong'"):
     ppo.main(["--env", "Pong", "--methods", "vanilla"])
 
@@ -155,9 +159,9 @@ def test_redo_recycles_dormant_units():
   if not hasattr(baselines, "redo"):
     pytest.skip("this optax_swr has no baselines.redo")
   # tau 0.5: some units are below half their layer's mean activity.
-  config = ppo.Config(total_steps=512, redo_every=2, redo_tau=0.5)
-  env, env_params = ppo.make_env("CartPole-v1")
-  train = ppo.make_train(config, env, env_params, "redo")
+  config = Config(total_steps=512, redo_every=2, redo_tau=0.5)
+  env, env_params = envs.make_env("CartPole-v1")
+  train = make_train(config, env, env_params, "redo")
   runner_state, measured = jax.jit(train, static_argnums=1)(
     jax.random.key(0), 2
   )
@@ -169,9 +173,9 @@ def test_redo_recycles_dormant_units():
 
 
 def test_continuous_actions_are_refused():
-  env, env_params = ppo.make_env("Pendulum-v1")
+  env, env_params = envs.make_env("Pendulum-v1")
   with pytest.raises(ValueError, match="Discrete action space"):
-    ppo.make_agent(CONFIG, env, env_params, "vanilla")
+    make_agent(CONFIG, env, env_params, "vanilla")
 
 
 def test_minatar_games_share_one_padded_interface():
@@ -181,7 +185,7 @@ def test_minatar_games_share_one_padded_interface():
     env = continual.PaddedMinAtar(game)
     obs, _ = env.reset(jax.random.key(0), env.params)
     assert obs.shape == (10, 10, continual.CHANNELS)
-    assert ppo.num_actions(env, env.params) == continual.ACTIONS
+    assert envs.num_actions(env, env.params) == continual.ACTIONS
   with pytest.raises(ValueError, match="choose from: SpaceInvaders, Asterix"):
     continual.PaddedMinAtar("Pong")
 

@@ -35,7 +35,15 @@ import numpy as np
 
 from examples import cli
 from examples.paper import protocols
-from examples.rl import ppo
+from examples.rl import agent
+from examples.rl import envs
+from examples.rl import records
+from examples.rl.config import Config
+from examples.rl.config import add_config_flags
+from examples.rl.config import config_from_flags
+from examples.rl.config import parse_methods
+from examples.rl.train import Metrics
+from examples.rl.train import make_train
 
 GAMES = ("SpaceInvaders", "Asterix", "Breakout", "Freeway", "Seaquest")
 CHANNELS = 10  # Seaquest's; the most of the five
@@ -57,12 +65,12 @@ class PaddedMinAtar:
         f"--games: unknown MinAtar game {game!r}; choose from: "
         f"{', '.join(GAMES)}."
       )
-    if ppo.gymnax is None:
+    if envs.gymnax is None:
       raise ImportError(
         "examples.rl needs gymnax: pip install 'optax-swr[rl]'."
       )
     self.game = game
-    self.env, self.params = ppo.gymnax.make(
+    self.env, self.params = envs.gymnax.make(
       f"{game}-MinAtar", use_minimal_action_set=False
     )
 
@@ -89,33 +97,33 @@ class Runner:
   game's ``train`` compiles once.
   """
 
-  def __init__(self, config: ppo.Config, method: str, games: Sequence[str]):
+  def __init__(self, config: Config, method: str, games: Sequence[str]):
     self.trains = {}
     for game in games:
       env = PaddedMinAtar(game)
-      train = ppo.make_train(config, env, env.params, method)
+      train = make_train(config, env, env.params, method)
       self.trains[game] = jax.jit(
         jax.vmap(functools.partial(train, num_updates=config.num_updates))
       )
     first = PaddedMinAtar(games[0])
-    self.network, self.tx, _ = ppo.make_agent(
+    self.network, self.tx, _ = agent.make_agent(
       config, first, first.params, method
     )
-    self.obs_shape = ppo.observation_shape(first, first.params)
+    self.obs_shape = envs.observation_shape(first, first.params)
 
-  def new_agents(self, keys: jax.Array) -> ppo.RunnerState:
+  def new_agents(self, keys: jax.Array) -> agent.RunnerState:
     return jax.vmap(
-      lambda key: ppo.new_agent(self.network, self.tx, self.obs_shape, key)
+      lambda key: agent.new_agent(self.network, self.tx, self.obs_shape, key)
     )(keys)
 
   def visit(
-    self, game: str, state: ppo.RunnerState
-  ) -> tuple[ppo.RunnerState, ppo.Metrics]:
-    return jax.block_until_ready(self.trains[game](ppo.without_envs(state)))
+    self, game: str, state: agent.RunnerState
+  ) -> tuple[agent.RunnerState, Metrics]:
+    return jax.block_until_ready(self.trains[game](agent.without_envs(state)))
 
 
 def run_method(
-  config: ppo.Config,
+  config: Config,
   method: str,
   games: Sequence[str],
   cycles: int,
@@ -147,13 +155,13 @@ def run_method(
   }
 
 
-def _record(measured: ppo.Metrics, **labels: Any) -> dict[str, Any]:
+def _record(measured: Metrics, **labels: Any) -> dict[str, Any]:
   """A visit's metrics ``[seed, update]`` and its score per seed."""
-  score = ppo.recent_return(measured, SCORED_FRACTION)
+  score = records.recent_return(measured, SCORED_FRACTION)
   return {
     **labels,
-    "score": ppo.json_ready(score),
-    **{k: ppo.json_ready(v) for k, v in measured._asdict().items()},
+    "score": records.json_ready(score),
+    **{k: records.json_ready(v) for k, v in measured._asdict().items()},
   }
 
 
@@ -220,7 +228,7 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", help="write the results to this JSON file")
-  ppo.add_config_flags(parser, exclude=("total_steps", "network"))
+  add_config_flags(parser, exclude=("total_steps", "network"))
   return parser.parse_args(argv)
 
 
@@ -234,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"--games: unknown MinAtar game {game!r}; choose from: "
         f"{', '.join(GAMES)}."
       )
-  methods = ppo.parse_methods(args.methods)
-  config = ppo.config_from_flags(
+  methods = parse_methods(args.methods)
+  config = config_from_flags(
     args, total_steps=args.steps_per_visit, network="cnn"
   )
   keys = jax.random.split(jax.random.key(args.seed), args.seeds)
@@ -250,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "seed": args.seed,
       "scored_fraction": SCORED_FRACTION,
     },
-    "versions": ppo.versions(),
+    "versions": records.versions(),
     "methods": {},
   }
   start = time.perf_counter()

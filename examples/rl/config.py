@@ -1,0 +1,141 @@
+"""What a PPO run is configured with, and the flags that set it.
+
+:class:`Config` holds everything a run needs besides the environment and the
+method; every field is a flag of the scripts (``num_envs`` is
+``--num-envs``), added by :func:`add_config_flags` and read back by
+:func:`config_from_flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import dataclasses
+from typing import Any
+
+from optax_swr import baselines
+
+METHODS = ("vanilla", "swr", "l2", "l2_init", "snp", "redo")
+NETWORKS = ("auto", "mlp", "cnn")
+
+
+def _flag(default: Any, help_text: str) -> Any:
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything a run needs besides the environment and the method.
+
+  Every field is a flag of the script (``num_envs`` is ``--num-envs``).
+  """
+
+  total_steps: int = _flag(200_000, "environment steps per seed")
+  num_envs: int = _flag(8, "environments run in parallel per seed")
+  num_steps: int = _flag(32, "rollout length per environment and update")
+  update_epochs: int = _flag(4, "passes over each rollout")
+  num_minibatches: int = _flag(4, "minibatches per pass")
+  lr: float = _flag(1e-3, "Adam's learning rate (constant)")
+  gamma: float = _flag(0.99, "discount")
+  gae_lambda: float = _flag(0.95, "GAE's lambda")
+  clip_eps: float = _flag(0.2, "PPO's clipping of the ratio and the value")
+  ent_coef: float = _flag(0.01, "weight of the entropy bonus")
+  vf_coef: float = _flag(0.5, "weight of the value loss")
+  max_grad_norm: float = _flag(0.5, "clip of the gradient's global norm")
+  network: str = _flag(
+    "auto", "mlp, cnn, or auto: cnn for [height, width, channels] inputs"
+  )
+  width: int = _flag(64, "units of each of the MLP's two hidden layers")
+  swr_coef: float = _flag(1e-4, "swr: lambda")
+  swr_head_coef: float | None = _flag(
+    None, "swr: lambda of the output layer (default: --swr-coef)"
+  )
+  l2_coef: float = _flag(1e-4, "l2: coef / 2 ||theta||^2 in the loss")
+  l2_init_coef: float = _flag(1e-4, "l2_init: coef ||theta - theta_0||^2")
+  snp_coef: float = _flag(0.2, "snp: weight of theta_0 in the interpolation")
+  snp_every: int = _flag(50, "snp: act after every this many updates")
+  redo_tau: float = _flag(0.1, "redo: dormancy threshold")
+  redo_every: int = _flag(50, "redo: act after every this many updates")
+  dormant_tau: float = _flag(0.1, "threshold of the dormant-fraction metric")
+
+  def __post_init__(self):
+    if self.network not in NETWORKS:
+      raise ValueError(
+        f"Config: network={self.network!r}; choose one of {NETWORKS}."
+      )
+    if self.batch_size % self.num_minibatches:
+      raise ValueError(
+        f"Config: num_envs * num_steps = {self.batch_size} transitions per "
+        f"update do not split into num_minibatches={self.num_minibatches} "
+        "equal minibatches; change one of them."
+      )
+    for name in ("snp_every", "redo_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"Config: {name} must be >= 1.")
+
+  @property
+  def batch_size(self) -> int:
+    """Transitions per update, over all environments."""
+    return self.num_envs * self.num_steps
+
+  @property
+  def minibatch_size(self) -> int:
+    return self.batch_size // self.num_minibatches
+
+  @property
+  def num_updates(self) -> int:
+    """Updates that ``total_steps`` environment steps make (at least 1)."""
+    return max(1, self.total_steps // self.batch_size)
+
+
+def check_method(method: str) -> None:
+  """A clear error for an unknown method or one this optax_swr lacks."""
+  if method not in METHODS:
+    raise ValueError(
+      f"--methods: unknown method {method!r}; choose from: "
+      f"{', '.join(METHODS)}."
+    )
+  if method == "redo" and not hasattr(baselines, "redo"):
+    raise ValueError(
+      "redo needs optax_swr.baselines.redo, which this version of optax_swr "
+      "does not have; run the other methods, or update optax_swr."
+    )
+
+
+def parse_methods(methods: str) -> list[str]:
+  """``"vanilla,swr"`` as a list, each checked with :func:`check_method`."""
+  names = [name.strip() for name in methods.split(",") if name.strip()]
+  if not names:
+    raise ValueError(
+      f"--methods: no method given; choose from: {', '.join(METHODS)}."
+    )
+  for name in names:
+    check_method(name)
+  return names
+
+
+def add_config_flags(
+  parser: argparse.ArgumentParser, exclude: Sequence[str] = ()
+) -> None:
+  """A flag per :class:`Config` field (``num_envs``: ``--num-envs``)."""
+  for field in dataclasses.fields(Config):
+    if field.name in exclude:
+      continue
+    parser.add_argument(
+      "--" + field.name.replace("_", "-"),
+      type=float if field.default is None else type(field.default),
+      default=field.default,
+      help=field.metadata["help"],
+    )
+
+
+def config_from_flags(args: argparse.Namespace, **fixed: Any) -> Config:
+  """The :class:`Config` of parsed flags; ``fixed`` fields have no flag."""
+  return Config(
+    **{
+      field.name: getattr(args, field.name)
+      for field in dataclasses.fields(Config)
+      if field.name not in fixed
+    },
+    **fixed,
+  )
