@@ -55,7 +55,7 @@ FLOOR_WORDS = {
   "adam": 7,
   "adamw": 7,
   "adam+swr": 9,
-  "adam+swr fused": 9,
+  "adam+swr deferred": 9,
   "swr alone": 5,
   "rescale loop": 3,
 }
@@ -83,7 +83,7 @@ _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 def compiled_steps(params: Any) -> dict[str, Any]:
   """Every step of ``FLOOR_WORDS``, compiled for ``params``' shapes, donated."""
   steps = {
-    name: compile_optimizer(make(), params, name in optimizer_step.FUSED)
+    name: compile_optimizer(make(), params, name in optimizer_step.DEFERRED)
     for name, make in optimizer_step.OPTIMIZERS.items()
   }
   steps["swr alone"] = compile_optimizer(
@@ -99,11 +99,11 @@ def compiled_steps(params: Any) -> dict[str, Any]:
 
 
 def compile_optimizer(
-  tx: optax.GradientTransformation, params: Any, fused: bool = False
+  tx: optax.GradientTransformation, params: Any, deferred: bool = False
 ) -> Any:
   """The compiled, donated ``optimizer_step.jitted_step`` of ``tx``."""
   state = jax.eval_shape(tx.init, params)
-  step = optimizer_step.jitted_step(tx, fused)
+  step = optimizer_step.jitted_step(tx, deferred)
   return step.lower(params, state, params).compile()
 
 

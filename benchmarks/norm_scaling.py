@@ -24,7 +24,7 @@ from benchmarks import optimizer_step
 from optax_swr import _norms
 
 DEFAULT_SHAPES = "21M params,100 layers x 256"
-STEPS = ("adam+swr", "adam+swr fused")
+STEPS = ("adam+swr", "adam+swr deferred")
 
 
 def plain_frobenius_norm(weight: jax.Array, scale: jax.Array | None = None):
@@ -107,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> None:
       ("chain ms", ".2f"),
       ("chain plain ms", ".2f"),
       ("chain %", "+.1f"),
-      ("fused ms", ".2f"),
-      ("fused plain ms", ".2f"),
-      ("fused %", "+.1f"),
+      ("deferred ms", ".2f"),
+      ("deferred plain ms", ".2f"),
+      ("deferred %", "+.1f"),
     ],
     [
       (
@@ -118,9 +118,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         1e3 * r["seconds"]["adam+swr"],
         1e3 * r["seconds"]["adam+swr, plain norm"],
         r["scaled_vs_plain_percent"]["adam+swr"],
-        1e3 * r["seconds"]["adam+swr fused"],
-        1e3 * r["seconds"]["adam+swr fused, plain norm"],
-        r["scaled_vs_plain_percent"]["adam+swr fused"],
+        1e3 * r["seconds"]["adam+swr deferred"],
+        1e3 * r["seconds"]["adam+swr deferred, plain norm"],
+        r["scaled_vs_plain_percent"]["adam+swr deferred"],
       )
       for r in rows
     ],

@@ -6,9 +6,9 @@ update, BatchNorm statistics; with SWR also the BatchNorm sync), for the Linen
 zoo's CNN, CNN-BN, VGG-16 and ResNet-18 (and, with ``--models``, the ViT) at
 batch 256 on random 32x32x3 images with 10 classes: adam, adam + swr through
 ``tx.update`` and ``optax.apply_updates``, and adam + swr through
-``optax_swr.update_and_apply`` ("fused"), side by side, with the params,
+``swr(..., deferred=True)`` + ``optax_swr.rescale_params`` ("deferred"), side by side, with the params,
 statistics and optimizer state donated; "paired %" is the median over rounds of
-each round's SWR / Adam ratio (swr / fused), steadier on a busy machine than the
+each round's SWR / Adam ratio (swr / deferred), steadier on a busy machine than the
 lowest medians. SWR's layers are traced with
 ``optax_swr.layers_from_linen``; for ResNet-18 and the ViT, which are not
 chains, ``--projection`` adds a loop that applies SWR without the traced
@@ -49,7 +49,7 @@ def train_loop(
   x: jax.Array,
   y: jax.Array,
   layers: Sequence[optax_swr.Layer] | None = None,
-  fused: bool = False,
+  deferred: bool = False,
 ) -> _timing.Loop:
   """A loop of training steps on a copy of ``variables``, on one batch.
 
@@ -65,9 +65,10 @@ def train_loop(
     x: the images.
     y: the labels.
     layers: the layers ``tx``'s SWR rescales.
-    fused: apply the update with ``optax_swr.update_and_apply``.
+    deferred: ``tx``'s SWR is deferred; end the step with
+      ``optax_swr.rescale_params``.
   """
-  train_step = train_linen.make_train_step(module.apply, tx, layers, fused)
+  train_step = train_linen.make_train_step(module.apply, tx, layers, deferred)
   step = lambda *args: train_step(*args)[:3]
   params = _timing.fresh_copy(variables["params"])
   batch_stats = _timing.fresh_copy(variables.get("batch_stats", {}))
@@ -92,10 +93,15 @@ def model_loops(
     warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
     layers = optax_swr.layers_from_linen(module, variables, x[:1], train=True)
   swr = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
+  fast = optax.chain(
+    optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers, deferred=True)
+  )
   loops = {
     "adam": train_loop(module, variables, optax.adam(1e-3), x, y),
     "adam+swr": train_loop(module, variables, swr, x, y, layers),
-    "adam+swr fused": train_loop(module, variables, swr, x, y, layers, True),
+    "adam+swr deferred": train_loop(
+      module, variables, fast, x, y, layers, deferred=True
+    ),
   }
   if projection and layers.graph is not None:  # the equations' projection
     chain_rule = optax.chain(
@@ -133,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   for name in args.models.split(","):
     loops, size = model_loops(name, args.width, args.batch, args.projection)
     difference = _timing.first_step_difference(
-      loops["adam+swr"], loops["adam+swr fused"]
+      loops["adam+swr"], loops["adam+swr deferred"]
     )
     timings = _timing.compare(loops, args.repeats, args.rounds)
     seconds = {variant: t["seconds"] for variant, t in timings.items()}
@@ -143,12 +149,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "params": size,
         "seconds": seconds,
         "round_medians": {v: t["round_medians"] for v, t in timings.items()},
-        # The chained and fused steps time one rule: equal params after a
+        # The chained and deferred steps time one rule: equal params after a
         # step, up to float rounding.
-        "fused_vs_chain_max_abs": difference,
+        "deferred_vs_chain_max_abs": difference,
         "overhead_percent": 100 * (seconds["adam+swr"] / seconds["adam"] - 1),
-        "fused_overhead_percent": 100
-        * (seconds["adam+swr fused"] / seconds["adam"] - 1),
+        "deferred_overhead_percent": 100
+        * (seconds["adam+swr deferred"] / seconds["adam"] - 1),
         # Each round's medians compared within the round: steadier on a
         # loaded machine than the lowest medians above.
         "paired_percent": {
@@ -180,9 +186,9 @@ def main(argv: Sequence[str] | None = None) -> None:
       ("params", "d"),
       ("adam ms", ".2f"),
       ("adam+swr ms", ".2f"),
-      ("fused ms", ".2f"),
+      ("deferred ms", ".2f"),
       ("overhead %", "+.1f"),
-      ("fused %", "+.1f"),
+      ("deferred %", "+.1f"),
       ("paired %", "s"),
       ("projection %", "s"),
     ],
@@ -192,11 +198,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         r["params"],
         1e3 * r["seconds"]["adam"],
         1e3 * r["seconds"]["adam+swr"],
-        1e3 * r["seconds"]["adam+swr fused"],
+        1e3 * r["seconds"]["adam+swr deferred"],
         r["overhead_percent"],
-        r["fused_overhead_percent"],
+        r["deferred_overhead_percent"],
         "{:+.1f} / {:+.1f}".format(
-          r["paired_percent"]["adam+swr"], r["paired_percent"]["adam+swr fused"]
+          r["paired_percent"]["adam+swr"],
+          r["paired_percent"]["adam+swr deferred"],
         ),
         "-"
         if r["projection_percent"] is None

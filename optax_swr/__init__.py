@@ -27,16 +27,19 @@ from optax_swr._equinox import sync_equinox_batch_stats
 from optax_swr._flax import apply_gradients
 from optax_swr._flax import layers_from_linen
 from optax_swr._flax import layers_from_nnx
+from optax_swr._flax import rescale_nnx
+from optax_swr._flax import rescale_train_state
 from optax_swr._flax import sync_nnx_batch_stats
 from optax_swr._flax import update_nnx
-from optax_swr._fused import NotFusedWarning
-from optax_swr._fused import update_and_apply
 from optax_swr._layers import Layer
 from optax_swr._layers import Layers
 from optax_swr._layers import by_layer
 from optax_swr._layers import find_layers
 from optax_swr._proportional import ProportionalityReport
 from optax_swr._proportional import check_proportional
+from optax_swr._rescale import NotFusedWarning
+from optax_swr._rescale import rescale_params
+from optax_swr._rescale import update_and_apply
 from optax_swr._swr import LowPrecisionWarning
 from optax_swr._swr import SWRState
 from optax_swr._swr import reset_reference_norms
@@ -64,6 +67,9 @@ __all__ = (
   "layers_from_linen",
   "layers_from_nnx",
   "metrics",
+  "rescale_nnx",
+  "rescale_params",
+  "rescale_train_state",
   "reset_reference_norms",
   "swr",
   "sync_batch_stats",

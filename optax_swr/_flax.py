@@ -27,6 +27,7 @@ import jax
 from optax_swr import _batch_stats
 from optax_swr import _layers
 from optax_swr import _tracing
+from optax_swr import _warnings
 
 Path = _layers.Path
 
@@ -225,22 +226,20 @@ def sync_nnx_batch_stats(model: Any, opt_state: Any, layers: Any) -> None:
   nnx.update(model, _batch_stats.sync_batch_stats(stats, opt_state, layers))
 
 
-def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
-  """``state.apply_gradients`` with SWR's scaling fused into the apply.
+def rescale_train_state(state: Any) -> Any:
+  """:func:`rescale_params` for a Flax Linen ``TrainState``.
 
-  The Flax Linen ``TrainState`` form of :func:`update_and_apply`: the same
-  result as ``state.apply_gradients(grads=grads, **kwargs)`` up to float
-  rounding, without the param-sized temporary that the rescaled update needs
-  there. Gradients with an ``overwrite_with_gradient`` collection are handled
-  as Flax handles them.
+  The fast step with ``swr(..., deferred=True)`` in ``state.tx``: keep
+  ``state.apply_gradients`` and add this one call after it, under the same
+  ``jit``. Params with Flax's fp8 ``overwrite_with_gradient`` collection are
+  rescaled in their ``params`` collection, the one ``tx`` updates.
 
   Args:
-    state: a ``flax.training.train_state.TrainState`` (or a subclass).
-    grads: the gradients, with the structure of ``state.params``.
-    **kwargs: other fields to replace, as in ``TrainState.apply_gradients``.
+    state: a ``flax.training.train_state.TrainState`` (or a subclass), just
+      after ``apply_gradients``.
 
   Returns:
-    The new state, with ``step`` incremented.
+    The state with the params rescaled and the applied factors set to 1.
 
   Example:
     >>> import jax
@@ -251,55 +250,44 @@ def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
     >>> import optax_swr
     >>> model = nn.Dense(3)
     >>> params = model.init(jax.random.key(0), jnp.ones((1, 2)))["params"]
-    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3))
+    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, deferred=True))
     >>> state = train_state.TrainState.create(
     ...     apply_fn=model.apply, params=params, tx=tx)
-    >>> grads = jax.tree.map(jnp.ones_like, state.params)
-    >>> state = jax.jit(optax_swr.apply_gradients, donate_argnums=0)(
-    ...     state, grads=grads)
+    >>> @jax.jit
+    ... def step(state, grads):
+    ...   state = state.apply_gradients(grads=grads)
+    ...   return optax_swr.rescale_train_state(state)
+    >>> state = step(state, jax.tree.map(jnp.ones_like, state.params))
     >>> int(state.step)
     1
   """
   # pylint: disable-next=g-import-not-at-top
   from flax.linen.fp8_ops import OVERWRITE_WITH_GRADIENT
 
-  from optax_swr import _fused  # pylint: disable=g-import-not-at-top
+  from optax_swr import _rescale  # pylint: disable=g-import-not-at-top
 
-  overwrite = OVERWRITE_WITH_GRADIENT in grads
-  params = state.params["params"] if overwrite else state.params
-  new_params, new_opt_state = _fused.update_and_apply(
-    state.tx, grads["params"] if overwrite else grads, state.opt_state, params
-  )
-  if overwrite:
-    new_params = {
-      "params": new_params,
-      OVERWRITE_WITH_GRADIENT: grads[OVERWRITE_WITH_GRADIENT],
-    }
-  return state.replace(
-    step=state.step + 1, params=new_params, opt_state=new_opt_state, **kwargs
-  )
+  params = state.params
+  if OVERWRITE_WITH_GRADIENT in params:
+    rescaled, opt_state = _rescale.rescale_params(
+      params["params"], state.opt_state
+    )
+    params = {**params, "params": rescaled}
+  else:
+    params, opt_state = _rescale.rescale_params(params, state.opt_state)
+  return state.replace(params=params, opt_state=opt_state)
 
 
-def update_nnx(optimizer: Any, model: Any, grads: Any, **kwargs: Any) -> None:
-  """``optimizer.update(model, grads)`` with SWR's scaling fused in.
+def rescale_nnx(optimizer: Any, model: Any) -> None:
+  """:func:`rescale_params` for an ``nnx.Optimizer``, in place.
 
-  The NNX form of :func:`update_and_apply`: updates ``model``'s params, the
-  optimizer state and its step in place, as ``nnx.Optimizer.update`` does, up
-  to float rounding, without the param-sized temporary that the rescaled
-  update needs there.
-
-  For an ensemble stacked by ``nnx.vmap``, make one optimizer per member and
-  vmap this function: ``optimizer = nnx.vmap(lambda m: nnx.Optimizer(m, tx,
-  wrt=nnx.Param))(ensemble)``, then ``nnx.vmap(optax_swr.update_nnx)(
-  optimizer, ensemble, grads)``. An optimizer whose ``tx`` is vmapped itself
-  (``jax.vmap(tx.update)``) gives the same numbers through the chained step,
-  with a :class:`NotFusedWarning`.
+  The fast step with ``swr(..., deferred=True)`` in ``optimizer.tx``: keep
+  ``optimizer.update(model, grads)`` and add this one call after it, under
+  the same ``nnx.jit``. For an ensemble made by ``nnx.vmap``, vmap it with
+  the update.
 
   Args:
-    optimizer: the ``nnx.Optimizer`` of ``model``.
-    model: the ``nnx.Module`` whose params to update.
-    grads: the gradients, e.g. from ``nnx.grad``.
-    **kwargs: passed on to ``tx.update`` (``GradientTransformationExtraArgs``).
+    optimizer: the ``nnx.Optimizer`` of ``model``, just after ``update``.
+    model: the ``nnx.Module`` it updates.
 
   Example:
     >>> import jax
@@ -308,26 +296,72 @@ def update_nnx(optimizer: Any, model: Any, grads: Any, **kwargs: Any) -> None:
     >>> from flax import nnx
     >>> import optax_swr
     >>> model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3))
+    >>> tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, deferred=True))
     >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    >>> grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
-    >>> optax_swr.update_nnx(optimizer, model, grads)
+    >>> @nnx.jit
+    ... def step(optimizer, model, grads):
+    ...   optimizer.update(model, grads)
+    ...   optax_swr.rescale_nnx(optimizer, model)
+    >>> step(optimizer, model, jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param)))
     >>> int(optimizer.step[...])
     1
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  from optax_swr import _fused  # pylint: disable=g-import-not-at-top
+  from optax_swr import _rescale  # pylint: disable=g-import-not-at-top
 
-  graph = getattr(optimizer, "graph", None)
-  params = nnx.as_pure(nnx.state(model, optimizer.wrt, graph=graph))
-  new_params, new_opt_state = _fused.update_and_apply(
-    optimizer.tx,
-    nnx.as_pure(nnx.state(grads, optimizer.wrt, graph=graph)),
-    nnx.as_pure(optimizer.opt_state),
-    params,
-    **nnx.as_pure(kwargs),
+  params = nnx.as_pure(nnx.state(model, optimizer.wrt))
+  params, opt_state = _rescale.rescale_params(
+    params, nnx.as_pure(optimizer.opt_state)
   )
-  nnx.update(model, new_params)
-  nnx.update(optimizer.opt_state, nnx.state(new_opt_state, graph=graph))
-  optimizer.step[...] += 1
+  nnx.update(model, params)
+  nnx.update(optimizer.opt_state, nnx.state(opt_state))
+
+
+def apply_gradients(state: Any, *, grads: Any, **kwargs: Any) -> Any:
+  """Deprecated: ``state.apply_gradients``, then :func:`rescale_train_state`
+  where ``state.tx`` has a deferred ``swr``.
+
+  Args:
+    state: a ``flax.training.train_state.TrainState``.
+    grads: the gradients, with the structure of ``state.params``.
+    **kwargs: other fields to replace, as in ``TrainState.apply_gradients``.
+
+  Returns:
+    The new state.
+  """
+  from optax_swr import _rescale  # pylint: disable=g-import-not-at-top
+
+  _warnings.deprecated(
+    "apply_gradients",
+    "state.apply_gradients (+ rescale_train_state)",
+    "call optax_swr.rescale_train_state(state) after state.apply_gradients",
+  )
+  state = state.apply_gradients(grads=grads, **kwargs)
+  if _rescale.has_deferred_swr(state.opt_state):
+    state = rescale_train_state(state)
+  return state
+
+
+def update_nnx(optimizer: Any, model: Any, grads: Any, **kwargs: Any) -> None:
+  """Deprecated: ``optimizer.update(model, grads)``, then
+  :func:`rescale_nnx` where ``optimizer.tx`` has a deferred ``swr``.
+
+  Args:
+    optimizer: the ``nnx.Optimizer`` of ``model``.
+    model: the ``nnx.Module`` whose params to update.
+    grads: the gradients, e.g. from ``nnx.grad``.
+    **kwargs: passed on to ``tx.update``.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from optax_swr import _rescale  # pylint: disable=g-import-not-at-top
+
+  _warnings.deprecated(
+    "update_nnx",
+    "optimizer.update (+ rescale_nnx)",
+    "call optax_swr.rescale_nnx(optimizer, model) after optimizer.update",
+  )
+  optimizer.update(model, grads, **kwargs)
+  if _rescale.has_deferred_swr(nnx.as_pure(optimizer.opt_state)):
+    rescale_nnx(optimizer, model)

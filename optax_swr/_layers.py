@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 import dataclasses
+import functools
 import re
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optax_swr import _homogeneity
@@ -367,6 +369,29 @@ class Layers(Sequence[Layer]):
       )
     return self._edited(kept, unscaled_biases=unscaled, layers=layers)
 
+  @functools.cached_property
+  def projection(self) -> Projection | None:
+    """The log-space maps to function-keeping factors; None for a chain.
+
+    Computed once per value (a small float64 pseudo-inverse), from the
+    equations and the layers that keep c = 1: a layer without a weight, and
+    one whose coefficient is the constant 0 (one more equation each).
+    """
+    if self.graph is None:
+      return None
+    size = len(self.layers)
+    fixed = [
+      i
+      for i, layer in enumerate(self.layers)
+      if layer.weight is None or _is_zero_constant(layer.coef)
+    ]
+    constraints = np.concatenate([self.graph.constraints, np.eye(size)[fixed]])
+    project = _homogeneity.projection(constraints, size)
+    outputs = self.graph.output_forms([layer.norm for layer in self.layers])
+    return Projection(
+      project, outputs @ project, self.graph.input_forms @ project
+    )
+
   def chain_rule(self) -> Layers:
     """These layers without their equations: the paper's per-layer rule.
 
@@ -413,6 +438,44 @@ class Layers(Sequence[Layer]):
       graph = graph.edited(kept, sorted(unscaled_biases), norms, biases)
     layers = self.layers if layers is None else tuple(layers)
     return Layers(tuple(layers[i] for i in kept), graph, self.chain_rule_only)
+
+
+def assign_coefs(layers: Layers, coefs: Sequence[Any]) -> Layers:
+  """``layers`` with the given coefficients, one per layer in order."""
+  if len(coefs) != len(layers.layers):
+    raise ValueError(
+      f"assign_coefs: {len(coefs)} coefficients for {len(layers)} layers."
+    )
+  return dataclasses.replace(
+    layers,
+    layers=tuple(
+      dataclasses.replace(layer, coef=coef)
+      for layer, coef in zip(layers.layers, coefs)
+    ),
+  )
+
+
+class Projection(NamedTuple):
+  """Log-space maps from the paper's factors c* to function-keeping ones.
+
+  Attributes:
+    weights: ``log c = weights @ log c*``, the weights' factors.
+    biases: ``log C = biases @ log c*``, the biases' factors.
+    inputs: ``log s = inputs @ log c*``, the scales of the layers' inputs.
+  """
+
+  weights: np.ndarray
+  biases: np.ndarray
+  inputs: np.ndarray
+
+
+def _is_zero_constant(coef: Any) -> bool:
+  if coef is None or callable(coef):
+    return False
+  try:
+    return float(coef) == 0.0
+  except jax.errors.ConcretizationTypeError:
+    return False  # Injected under jit: its value can change.
 
 
 LayersArg = Sequence[LayerSpec] | Callable[[Any], Sequence[LayerSpec]] | None

@@ -92,25 +92,32 @@ def power_of_two_scale(magnitude: jax.Array) -> jax.Array:
 def weight_norms(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   found: Sequence[ResolvedLayer],
-  scales: Sequence[jax.Array] | None = None,
+  near: jax.Array | None = None,
 ) -> jax.Array:
   """Float32 Frobenius norm of every layer's weight, in layer order."""
-  return stack(layer_norms(leaves, found, scales))
+  return stack(layer_norms(leaves, found, near))
 
 
 def layer_norms(
   leaves: Sequence[jax.Array] | Mapping[int, jax.Array],
   found: Sequence[ResolvedLayer],
-  scales: Sequence[jax.Array] | None = None,
+  near: jax.Array | None = None,
 ) -> list[jax.Array]:
   """The float32 norm of each layer's weight, a scalar per layer.
 
   A layer without a weight (a normalization layer without a scale) has norm 0,
   which :func:`swr` leaves unscaled. The slices of a stacked weight get their
-  norms from one reduction over the leaf's trailing axes. ``scales``, one
-  power of two per layer (see :func:`frobenius_norm`), keeps every norm to
-  one pass over its weight.
+  norms from one reduction over the leaf's trailing axes.
+
+  Args:
+    leaves: the params' leaves (or the weights, by leaf index).
+    found: the layers.
+    near: per layer, a value near its norm (SWR's reference norms): the
+      weights are then scaled by a power of two near its inverse before
+      squaring, one pass over each weight (see :func:`frobenius_norm`);
+      ``None`` takes the scale from max |w|, a second pass.
   """
+  scales = None if near is None else unstack(power_of_two_scale(near))
   per_slice: dict[int, tuple[list[jax.Array], tuple[int, ...]]] = {}
   norms = []
   for index, layer in enumerate(found):
@@ -129,7 +136,7 @@ def layer_norms(
             found, scales, layer.weight_index, weight.shape[:depth]
           )
         per_slice[layer.weight_index] = (
-          scalars(slice_norms(weight, depth, slice_scales).reshape(-1)),
+          unstack(slice_norms(weight, depth, slice_scales).reshape(-1)),
           weight.shape[:depth],
         )
       slices, shape = per_slice[layer.weight_index]
@@ -162,7 +169,7 @@ def stack(values: Sequence[jax.Array]) -> jax.Array:
   return jnp.stack(values)
 
 
-def scalars(vector: jax.Array, chunk: int = 64) -> list[jax.Array]:
+def unstack(vector: jax.Array, chunk: int = 64) -> list[jax.Array]:
   """The entries of a per-layer vector as scalars, from a few kernels.
 
   ``vector[i]`` would put the offset ``i`` into the kernel that rescales

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -25,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_swr import _fused
-from optax_swr import _homogeneity
+from optax_swr import _config
 from optax_swr import _layers
 from optax_swr import _norms
 from optax_swr import _tracing
@@ -63,10 +61,14 @@ class SWRState(NamedTuple):
     input_scales: the factor by which the last update scaled each layer's
       input (C of the layer before it, 1 for the first layer);
       :func:`sync_batch_stats` rescales BatchNorm running statistics by it.
+    deferred_factors: with ``swr(..., deferred=True)``, one entry per leaf
+      of the params: the factor that :func:`rescale_params` applies to it
+      after ``optax.apply_updates`` (``None`` for a leaf SWR leaves alone;
+      per slice for a stacked leaf), 1 once applied; ``()`` otherwise.
 
-  Every field is an array whose shape depends only on the number of layers,
-  so ``optax.tree_map_params`` works on states that contain it. Name the
-  per-layer entries with :func:`by_layer`.
+  Every field is an array or a tuple of arrays whose shapes depend only on
+  the layers, so ``optax.tree_map_params`` works on states that contain it.
+  Name the per-layer entries with :func:`by_layer`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -87,6 +89,7 @@ class SWRState(NamedTuple):
   cumulative_scales: jax.Array
   weight_norms: jax.Array
   input_scales: jax.Array
+  deferred_factors: tuple[jax.Array | None, ...] = ()
 
 
 def swr(
@@ -96,6 +99,7 @@ def swr(
   classifier: int | Sequence[Path | str] | None = None,
   classifier_coef: optax.ScalarOrSchedule | None = None,
   reset_norms_at: Sequence[int] | int | jax.Array = (),
+  deferred: bool = False,
 ) -> optax.GradientTransformation:
   r"""Soft Weight Rescaling: shrinks each layer toward its reference norm.
 
@@ -150,6 +154,12 @@ def swr(
       schedules count) at which the reference norms become the norms of the
       params passed to that update ("SWR + re-init"); pass the boundaries of a
       piecewise-constant learning-rate schedule.
+    deferred: the fast step. ``update`` passes the updates through and keeps
+      each leaf's factor in the state; :func:`rescale_params`, called after
+      ``optax.apply_updates``, applies them: the params become
+      :math:`c (p + u)` as in the chain, up to float rounding, without the
+      param-sized temporary that rescaling the update needs (see
+      :func:`rescale_params`). Forgetting that call leaves SWR undone.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is :class:`SWRState`.
@@ -202,45 +212,14 @@ def swr(
     Oh, Park, Han and Kim, `Recovering Plasticity of Neural Networks via Soft
     Weight Rescaling <https://arxiv.org/abs/2507.04683>`_, 2025.
   """
-  _check_coef("coef", coef)
-  if classifier_coef is not None:
-    _check_coef("classifier_coef", classifier_coef)
-  layer_spec = _layers.normalize_layers_arg(layers)
-  if isinstance(layer_spec, tuple):
-    _layers.check_trace_kept(layer_spec, "swr")
-  if isinstance(layer_spec, (tuple, _layers.Layers)):
-    for entry in layer_spec:
-      if isinstance(entry, _layers.Layer) and entry.coef is not None:
-        _check_coef(f"Layer({entry.name!r}).coef", entry.coef)
-  classifier = _normalize_classifier(classifier, classifier_coef)
-  reset_steps = _normalize_reset_steps(reset_norms_at)
-
-  def resolve(
-    params: Any,
-  ) -> tuple[tuple[_layers.ResolvedLayer, ...], list[Any], Any]:
-    """The layers in ``params``, their coefficients, and the equations a
-    tracer found for residual nets and transformers (None: a chain)."""
-    spec = layer_spec
-    if callable(spec) and _layers.leaf_paths(params):
-      spec = _layers.call_layers_fn(spec, params, "swr")
-    found = _layers.resolve(params, spec)
-    if not found:  # An empty tree (also optax.tree_map_params' placeholder).
-      return (), [], None
-    is_classifier = _classifier_mask(classifier, found)
-    coefs = []
-    for index, item in enumerate(found):
-      if item.layer.coef is not None:
-        _check_coef(f"Layer({item.layer.name!r}).coef", item.layer.coef)
-        coefs.append(item.layer.coef)
-      else:
-        coefs.append(classifier_coef if is_classifier[index] else coef)
-    return found, coefs, getattr(spec, "graph", None)
-
-  def layer_coefs(step_count: jax.Array, coefs: list[Any]) -> list[jax.Array]:
-    # One evaluation per distinct coefficient, whatever the number of layers.
-    values = {id(c): _evaluate(c, step_count) for c in coefs}
-    return [values[id(c)] for c in coefs]
-
+  config = _config.make_config(
+    coef, layers, classifier, classifier_coef, reset_norms_at
+  )
+  if not isinstance(deferred, bool):
+    raise ValueError(
+      f"swr: `deferred` must be True or False; got {deferred!r}. Under "
+      "optax.inject_hyperparams, pass static_args=('deferred',)."
+    )
   warned_precision = False
 
   def init_fn(params: Any) -> SWRState:
@@ -250,16 +229,17 @@ def swr(
         "swr: `params` passed to init is None. Pass the model's params "
         "(e.g. variables['params'] for Flax Linen)."
       )
-    found, _, _ = resolve(params)
+    found = _config.resolve(config, params).layers
+    leaves = jax.tree.leaves(params)
     if not warned_precision:
       warned_precision = _warn_if_below_resolution(
-        jax.tree.leaves(params), found, (coef, classifier_coef)
+        leaves, found, (coef, classifier_coef)
       )
-    if isinstance(layer_spec, tuple):
+    if isinstance(config.layers, tuple):
       _warn_if_disconnected(params, found)
-    norms = _norms.weight_norms(jax.tree.leaves(params), found)
+    norms = _norms.weight_norms(leaves, found)
     ones = jnp.ones_like(norms)
-    return SWRState(
+    state = SWRState(
       step_count=jnp.zeros([], jnp.int32),
       reference_norms=norms,
       layer_scales=ones,
@@ -267,28 +247,29 @@ def swr(
       weight_norms=norms,
       input_scales=ones,
     )
+    if not deferred:
+      return state
+    one = [jnp.ones([], jnp.float32)] * len(found)
+    factors = _leaf_factors(found, one, one, leaves)
+    return state._replace(deferred_factors=_per_leaf(factors, len(leaves)))
 
   def update_fn(
     updates: Any, state: SWRState, params: Any = None
   ) -> tuple[Any, SWRState]:
     if params is None:
       raise ValueError(_NO_PARAMS_MSG)
-    _check_same_structure(updates, params)
-    found, coef_per_layer, graph = resolve(params)
+    _config.check_same_structure(
+      "swr",
+      ("updates", "params"),
+      updates,
+      params,
+      "swr must receive the full params tree that the updates belong to.",
+    )
+    found, projection = _config.resolve(config, params)
     update_leaves, treedef = jax.tree.flatten(updates)
     param_leaves = jax.tree.leaves(params)
-
-    reference_norms = state.reference_norms
-    if reset_steps is not None:
-      reference_norms = jax.lax.cond(
-        jnp.any(state.step_count == reset_steps),
-        lambda: _norms.weight_norms(
-          param_leaves, found, _norm_scales(reference_norms)
-        ),
-        lambda: reference_norms,
-      )
-    # p + u only feeds the norms: the outputs below are written from p and u,
-    # so XLA need not keep a param-sized p + u buffer alive for them.
+    # p + u only feeds the norms: the outputs are written from p and u, so
+    # XLA need not keep a param-sized p + u buffer alive for them.
     moved = {
       layer.weight_index: _norms.moved(
         param_leaves[layer.weight_index], update_leaves[layer.weight_index]
@@ -296,51 +277,16 @@ def swr(
       for layer in found
       if layer.weight_index is not None
     }
-    # Scaled by a power of two near 1 / reference norm before squaring: one
-    # pass over the weight, and no squares out of float32's range.
-    norms = _norms.layer_norms(moved, found, _norm_scales(reference_norms))
-    norm_vector = _norms.stack(norms)
-    coefs = layer_coefs(state.step_count, coef_per_layer)
-    # A layer with reference norm 0 (zero-initialised) gets c = 1 here, and its
-    # first non-zero norm becomes its reference from the next step on.
-    layer_scales = _layer_scales(
-      norm_vector, reference_norms, _norms.stack(coefs)
+    factors, new_state = _rescaling(
+      found, projection, moved, param_leaves, state, config.reset_steps
     )
-    if graph is None:
-      # The same c_l again, one scalar per layer from its own norm: each weight
-      # is then scaled as soon as its norm is known, not after every layer's
-      # (+5% on the paper's CNN training step on a 2-core CPU otherwise).
-      weight_factors = list(
-        map(_layer_scales, norms, _norms.scalars(reference_norms), coefs)
-      )
-      cumulative_scales = _cumulative_scales(layer_scales, found)
-      input_scales = _input_scales(cumulative_scales)
-    else:
-      layer_scales, cumulative_scales, input_scales = _project(
-        layer_scales, _projection_matrices(graph, found, coef_per_layer)
-      )
-      weight_factors = _norms.scalars(layer_scales)
-
-    factors = _leaf_factors(
-      found, weight_factors, _norms.scalars(cumulative_scales), param_leaves
-    )
-    deferred = _fused.active_recorder()
+    if deferred:
+      pending = _per_leaf(factors, len(param_leaves))
+      return updates, new_state._replace(deferred_factors=pending)
     for leaf, factor in factors.items():
-      if deferred is not None:  # update_and_apply scales p + u itself.
-        update_leaves[leaf] = deferred.record(update_leaves[leaf], factor)
-      else:
-        update_leaves[leaf] = _rescaled_update(
-          update_leaves[leaf], param_leaves[leaf], factor
-        )
-
-    new_state = SWRState(
-      step_count=optax.safe_increment(state.step_count),
-      reference_norms=_first_nonzero_norms(reference_norms, norm_vector),
-      layer_scales=layer_scales,
-      cumulative_scales=cumulative_scales,
-      weight_norms=layer_scales * norm_vector,
-      input_scales=input_scales,
-    )
+      update_leaves[leaf] = _rescaled_update(
+        update_leaves[leaf], param_leaves[leaf], factor
+      )
     return jax.tree.unflatten(treedef, update_leaves), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -402,141 +348,86 @@ def reset_reference_norms(
   return jax.tree.map(replace, opt_state, is_leaf=is_swr_state)
 
 
-def _check_coef(name: str, value: Any, caller: str = "swr") -> None:
-  """Raises ValueError unless ``value`` is a schedule or a number in [0, 1]."""
-  if callable(value):
-    return
-  if isinstance(value, bool) or not isinstance(
-    value, (numbers.Real, np.ndarray, np.generic, jax.Array)
-  ):
-    raise ValueError(
-      f"{caller}: `{name}` must be a float in [0, 1] or an optax schedule; got "
-      f"{value!r}."
-    )
-  shape = () if isinstance(value, numbers.Real) else np.shape(value)
-  if shape:
-    raise ValueError(
-      f"{caller}: `{name}` must be a scalar; got an array of shape "
-      f"{shape}. Use `classifier_coef` for a second coefficient."
-    )
-  try:
-    number = float(value)
-  except jax.errors.ConcretizationTypeError:
-    return  # A traced value (inject_hyperparams under jit) can't be checked.
-  if not 0.0 <= number <= 1.0:  # Also rejects NaN.
-    raise ValueError(
-      f"{caller}: `{name}` must be in [0, 1] (0 does nothing, 1 pins every layer "
-      f"at its reference norm); got {number}. The paper uses 1e-4 to 1."
-    )
-
-
-def _normalize_classifier(
-  classifier: Any, classifier_coef: Any
-) -> int | tuple[Path, ...] | None:
-  if classifier is not None and classifier_coef is None:
-    raise ValueError(
-      "swr: `classifier` is set but `classifier_coef` is not, so the "
-      "classifier layers would use `coef` like every other layer. Pass "
-      "classifier_coef=..., or drop `classifier`."
-    )
-  if classifier is None:
-    if classifier_coef is not None:
-      raise ValueError(
-        "swr: `classifier_coef` is set but `classifier` is not, so no layer "
-        "would use it. Pass classifier=k (the last k layers) or a sequence "
-        "of layer paths."
-      )
-    return None
-  if isinstance(classifier, (int, np.integer)) and not isinstance(
-    classifier, bool
-  ):
-    if classifier < 0:
-      raise ValueError(
-        f"swr: `classifier` must be >= 0 (the number of last layers that "
-        f"form the classifier); got {classifier}."
-      )
-    return int(classifier)
-  if isinstance(classifier, (str, bytes)) or not isinstance(
-    classifier, Sequence
-  ):
-    raise ValueError(
-      "swr: `classifier` must be an int k (the last k layers) or a sequence "
-      f"of layer paths; got {classifier!r}. Under "
-      "optax.inject_hyperparams, pass static_args=('classifier',)."
-    )
-  normalized = _layers.normalize_layers_arg(classifier, name="classifier")
-  if not isinstance(normalized, tuple):
-    raise ValueError(
-      f"swr: `classifier` must be an int or a sequence of layer paths; got "
-      f"{classifier!r}."
-    )
-  return tuple(_layers.entry_path(entry) for entry in normalized)
-
-
-def _classifier_mask(
-  classifier: int | tuple[Path, ...] | None,
+def _rescaling(
   found: tuple[_layers.ResolvedLayer, ...],
-) -> np.ndarray:
-  """Static boolean mask over the layers: True for classifier layers."""
-  mask = np.zeros(len(found), dtype=bool)
-  if classifier is None:
-    return mask
-  if isinstance(classifier, int):
-    if classifier > len(found):
-      raise ValueError(
-        f"swr: `classifier={classifier}` asks for more layers than the "
-        f"network has ({len(found)})."
-      )
-    mask[len(found) - classifier :] = True
-    return mask
-  paths = [layer.path for layer in found]  # a stack's slices share a path
-  for path in classifier:
-    if path not in paths:
-      raise ValueError(
-        f"swr: the `classifier` path {path!r} is not one of the rescaled "
-        f"layers {list(dict.fromkeys(paths))}."
-      )
-    mask[[i for i, p in enumerate(paths) if p == path]] = True
-  return mask
+  projection: _layers.Projection | None,
+  weights: dict[int, jax.Array],
+  param_leaves: list[Any],
+  state: SWRState,
+  reset_steps: np.ndarray | None,
+) -> tuple[dict[int, jax.Array], SWRState]:
+  """The core both doors share: new weights -> each leaf's factor, new state.
 
+  Args:
+    found: the layers, each with its coefficient.
+    projection: a traced network's projection; None for a chain.
+    weights: each layer's new weight p + u, by the index of its leaf.
+    param_leaves: the leaves of the params before the step.
+    state: the state before the step.
+    reset_steps: the step counts at which the reference norms are reset.
 
-def _normalize_reset_steps(reset_norms_at: Any) -> np.ndarray | None:
-  try:
-    steps = np.asarray(reset_norms_at)
-  except jax.errors.TracerArrayConversionError:
-    raise ValueError(
-      "swr: `reset_norms_at` must be known when the update is traced; got "
-      "a traced value. Under optax.inject_hyperparams, pass "
-      "static_args=('reset_norms_at',)."
-    ) from None
-  if steps.size == 0:
-    return None
-  if not np.issubdtype(steps.dtype, np.integer) or steps.ndim > 1:
-    raise ValueError(
-      "swr: `reset_norms_at` must be a step count or a sequence of step "
-      f"counts (ints); got {reset_norms_at!r}."
+  Returns:
+    The factor of every leaf SWR rescales, by leaf index (a scalar, or one
+    per slice of a stacked leaf), and the new state.
+  """
+  reference_norms = state.reference_norms
+  if reset_steps is not None:
+    reference_norms = jax.lax.cond(
+      jnp.any(state.step_count == reset_steps),
+      lambda: _norms.weight_norms(param_leaves, found, near=reference_norms),
+      lambda: reference_norms,
     )
-  if (steps < 0).any():
-    raise ValueError(
-      "swr: `reset_norms_at` lists a negative step count "
-      f"({int(steps.min())}), which is never reached; steps count the "
-      "updates done before the reset, from 0."
+  norms = _norms.layer_norms(weights, found, near=reference_norms)
+  coefs = _evaluate_once(
+    [layer.layer.coef for layer in found], state.step_count
+  )
+  norm_vector = _norms.stack(norms)
+  # A layer with reference norm 0 (zero-initialised) gets c = 1 here, and its
+  # first non-zero norm becomes its reference from the next step on.
+  layer_scales = _layer_scales(
+    norm_vector, reference_norms, _norms.stack(coefs)
+  )
+  if projection is None:
+    # The same c_l again, one scalar per layer from its own norm: each weight
+    # is then scaled as soon as its norm is known, not after every layer's
+    # (+5% on the paper's CNN training step on a 2-core CPU otherwise).
+    weight_factors = list(
+      map(_layer_scales, norms, _norms.unstack(reference_norms), coefs)
     )
-  # numpy, not jnp: building the transform must not start a JAX backend
-  # (jax.distributed.initialize has to come first on multi-host setups).
-  return steps.astype(np.int32).reshape(-1)
+    cumulative_scales = _cumulative_scales(layer_scales, found)
+    input_scales = _input_scales(cumulative_scales)
+  else:
+    layer_scales, cumulative_scales, input_scales = _project(
+      layer_scales, projection
+    )
+    weight_factors = _norms.unstack(layer_scales)
+  factors = _leaf_factors(
+    found, weight_factors, _norms.unstack(cumulative_scales), param_leaves
+  )
+  new_state = SWRState(
+    step_count=optax.safe_increment(state.step_count),
+    reference_norms=_first_nonzero_norms(reference_norms, norm_vector),
+    layer_scales=layer_scales,
+    cumulative_scales=cumulative_scales,
+    weight_norms=layer_scales * norm_vector,
+    input_scales=input_scales,
+    deferred_factors=state.deferred_factors,
+  )
+  return factors, new_state
 
 
-def _check_same_structure(updates: Any, params: Any) -> None:
-  # Any: jaxlib ships no stub for PyTreeDef, so mypy can't see its __eq__.
-  structure: Any = jax.tree.structure(updates)
-  if structure != jax.tree.structure(params):
-    raise ValueError(
-      "swr: `updates` and `params` have different tree structures; swr "
-      "must receive the full params tree that the updates belong to.\n"
-      f"updates: {jax.tree.structure(updates)}\n"
-      f"params:  {jax.tree.structure(params)}"
-    )
+def _per_leaf(
+  factors: dict[int, jax.Array], num_leaves: int
+) -> tuple[jax.Array | None, ...]:
+  """The factors as one entry per params leaf, None where SWR does nothing."""
+  return tuple(factors.get(leaf) for leaf in range(num_leaves))
+
+
+def _evaluate_once(coefs: list[Any], step_count: jax.Array) -> list[jax.Array]:
+  """Each layer's coefficient at this step: one evaluation per distinct one,
+  whatever the number of layers."""
+  values = {id(c): _evaluate(c, step_count) for c in coefs}
+  return [values[id(c)] for c in coefs]
 
 
 def _evaluate(coef: optax.ScalarOrSchedule, step_count: jax.Array):
@@ -651,11 +542,6 @@ def _largest_coef(
   return max(values) if values else None
 
 
-def _norm_scales(reference_norms: jax.Array) -> list[jax.Array]:
-  """The power of two each layer's weight is scaled by to take its norm."""
-  return _norms.scalars(_norms.power_of_two_scale(reference_norms))
-
-
 def _layer_scales(
   norms: jax.Array, reference_norms: jax.Array, coefs: jax.Array
 ) -> jax.Array:
@@ -701,51 +587,8 @@ def _cumulative_scales(
   )
 
 
-class _Projection(NamedTuple):
-  """Log-space maps from the paper's factors to function-keeping ones."""
-
-  weights: np.ndarray  # log c = weights @ log c*
-  biases: np.ndarray  # log C = biases @ log c*
-  inputs: np.ndarray  # log s_in = inputs @ log c*
-
-
-def _projection_matrices(
-  graph: Any, found: tuple[_layers.ResolvedLayer, ...], coefs: list[Any]
-) -> _Projection:
-  """Computed once per trace, in float64: a small matrix per model.
-
-  A layer without a weight (a norm without a scale) and one whose
-  coefficient is the constant 0 keep c = 1: one more equation each.
-  """
-  size = len(found)
-  if graph.input_forms.shape != (size, size):
-    raise ValueError(
-      f"swr: the traced layers describe {graph.input_forms.shape[0]} layers "
-      f"but {size} were found in the params; pass the layers the tracer "
-      "returned (edited with their methods), or plain paths."
-    )
-  fixed = [
-    i
-    for i, (layer, coef) in enumerate(zip(found, coefs))
-    if layer.weight_index is None or _is_zero_constant(coef)
-  ]
-  constraints = np.concatenate([graph.constraints, np.eye(size)[fixed]])
-  project = _homogeneity.projection(constraints, size)
-  outputs = graph.output_forms([layer.is_norm for layer in found])
-  return _Projection(project, outputs @ project, graph.input_forms @ project)
-
-
-def _is_zero_constant(coef: Any) -> bool:
-  if callable(coef):
-    return False
-  try:
-    return float(coef) == 0.0
-  except jax.errors.ConcretizationTypeError:
-    return False  # Injected under jit: its value can change.
-
-
 def _project(
-  layer_scales: jax.Array, projection: _Projection
+  layer_scales: jax.Array, projection: _layers.Projection
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The factors nearest (in log space) to the paper's that keep the function.
 

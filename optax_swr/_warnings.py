@@ -53,3 +53,13 @@ def warn(message: str, category: type[Warning]) -> None:
 def _is_library(frame: types.FrameType) -> bool:
   module = frame.f_globals.get("__name__", "")
   return module.partition(".")[0] in _LIBRARIES
+
+
+def deprecated(name: str, now: str, fix: str) -> None:
+  """A ``DeprecationWarning`` for ``name``, which now computes ``now``."""
+  warn(
+    f"{name} is deprecated and will be removed in optax_swr 0.3: it now "
+    f"computes {now}. For the fast step, build "
+    f"optax_swr.swr(..., deferred=True) and {fix}.",
+    DeprecationWarning,
+  )

@@ -61,11 +61,12 @@ def train(
   target,
   noise,
   state=None,
-  fused=False,
+  deferred=False,
 ):
   """Runs tx on g_t = p - target + noise_t; returns every step's params.
 
-  With ``fused``, each step is ``optax_swr.update_and_apply``.
+  With ``deferred``, each step ends with ``optax_swr.rescale_params`` (build
+  ``tx`` with ``swr(..., deferred=True)``).
   """
   state = tx.init(params) if state is None else state
 
@@ -77,10 +78,11 @@ def train(
       target,
       noise_t,
     )
-    if fused:
-      return optax_swr.update_and_apply(tx, grads, state, params)
     updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+    params = optax.apply_updates(params, updates)
+    if deferred:
+      return optax_swr.rescale_params(params, state)
+    return params, state
 
   history = []
   for noise_t in noise:

@@ -58,16 +58,17 @@ def test_issue_example_head_is_not_wiped():
     )
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["chain", "fused"])
+@pytest.mark.parametrize("deferred", [False, True], ids=["chain", "deferred"])
 @pytest.mark.parametrize("coef", [1.0, 0.1])
-def test_zero_head_follows_the_float64_reference(coef, fused):
+def test_zero_head_follows_the_float64_reference(coef, deferred):
   """Adam + SWR with a zero-initialised head, step by step against float64."""
   params = _zero_head_params()
   names = list(params)
   layers = [reference.RefLayer((n, "kernel"), (n, "bias")) for n in names]
-  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=coef))
+  swr = optax_swr.swr(coef=coef, deferred=deferred)
+  tx = optax.chain(optax.adam(1e-2), swr)
   target, noise = helpers.pulling_grads(params, steps=6)
-  history, state = helpers.train(tx, params, target, noise, fused=fused)
+  history, state = helpers.train(tx, params, target, noise, deferred=deferred)
   ref_history = reference.train(
     reference.flatten(params),
     layers,
@@ -126,9 +127,11 @@ class ZeroInitResidual(nn.Module):
     )(nn.relu(x))
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["chain", "fused"])
+@pytest.mark.parametrize("deferred", [False, True], ids=["chain", "deferred"])
 @pytest.mark.parametrize("coef", [1.0, 0.1])
-def test_traced_residual_net_with_zero_init_branches_stays_finite(coef, fused):
+def test_traced_residual_net_with_zero_init_branches_stays_finite(
+  coef, deferred
+):
   """It turned every parameter into NaN at the first step (log 0 in the
   projection). Now the loss and params stay finite, and each SWR step keeps
   the function (checked with zero base updates at the end)."""
@@ -141,7 +144,8 @@ def test_traced_residual_net_with_zero_init_branches_stays_finite(coef, fused):
     warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
     layers = optax_swr.layers_from_linen(model, variables, x)
   assert layers.graph is not None  # the residual merges are equations
-  tx = optax.chain(optax.adam(1e-2), optax_swr.swr(coef=coef, layers=layers))
+  swr = optax_swr.swr(coef=coef, layers=layers, deferred=deferred)
+  tx = optax.chain(optax.adam(1e-2), swr)
   stats = variables["batch_stats"]
 
   def apply_fn(params, x):
@@ -157,11 +161,10 @@ def test_traced_residual_net_with_zero_init_branches_stays_finite(coef, fused):
   @jax.jit
   def step(params, state):
     loss, grads = jax.value_and_grad(loss_fn)(params)
-    if fused:
-      params, state = optax_swr.update_and_apply(tx, grads, state, params)
-    else:
-      updates, state = tx.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    if deferred:
+      params, state = optax_swr.rescale_params(params, state)
     return params, state, loss
 
   params, state = variables["params"], tx.init(variables["params"])

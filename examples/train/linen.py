@@ -74,7 +74,7 @@ def make_train_step(
   apply_fn: Callable[..., Any],
   tx: optax.GradientTransformation,
   layers: Sequence[optax_swr.Layer] | None = None,
-  fused: bool = False,
+  deferred: bool = False,
 ) -> Step:
   """The Linen training step of the examples, not jitted.
 
@@ -96,9 +96,8 @@ def make_train_step(
     tx: the optimizer, e.g. Adam followed by ``optax_swr.swr``.
     layers: the layers ``tx``'s SWR rescales, which ``sync_batch_stats``
       needs for a model with BatchNorm.
-    fused: apply the update with ``optax_swr.update_and_apply`` (SWR's
-      scaling fused into the apply) instead of ``tx.update`` and
-      ``optax.apply_updates``.
+    deferred: ``tx``'s SWR is ``swr(..., deferred=True)``: the step ends
+      with ``optax_swr.rescale_params`` (the fast step).
   """
 
   def step(params, batch_stats, opt_state, images, labels):
@@ -113,13 +112,10 @@ def make_train_step(
       return metrics["loss"], (metrics, updates.get("batch_stats", {}))
 
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(params)
-    if fused:
-      new_params, opt_state = optax_swr.update_and_apply(
-        tx, grads, opt_state, params
-      )
-    else:
-      updates, opt_state = tx.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    if deferred:
+      new_params, opt_state = optax_swr.rescale_params(new_params, opt_state)
     if batch_stats and common.has_swr(opt_state):
       # SWR scaled the layers feeding each BatchNorm; scale its statistics too.
       batch_stats = optax_swr.sync_batch_stats(batch_stats, opt_state, layers)
