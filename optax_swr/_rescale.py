@@ -85,6 +85,7 @@ def rescale_params(params: Any, opt_state: Any) -> tuple[Any, Any]:
       "tx.update returned, for a tx that contains "
       "optax_swr.swr(..., deferred=True)."
     )
+  _check_not_in_schedule_free(opt_state)
   leaves, treedef = jax.tree.flatten(params)
   pending = [
     state.deferred_factors for state in states if state.deferred_factors
@@ -119,6 +120,26 @@ def _is_swr_state(node: Any) -> bool:
 def _swr_states(opt_state: Any) -> list[_swr.SWRState]:
   nodes = jax.tree.leaves(opt_state, is_leaf=_is_swr_state)
   return [node for node in nodes if _is_swr_state(node)]
+
+
+def _check_not_in_schedule_free(opt_state: Any) -> None:
+  """Raises where a deferred swr sits inside ``optax.contrib.schedule_free``.
+
+  Its factors would rescale the evaluated params but not schedule-free's
+  sequence z, from which the next params are built: the norms then grow
+  unchecked (about 3x and 6x in 20 steps in the FAQ's example).
+  """
+  from optax import contrib  # pylint: disable=g-import-not-at-top
+
+  is_wrapper = lambda node: isinstance(node, contrib.ScheduleFreeState)
+  for node in jax.tree.leaves(opt_state, is_leaf=is_wrapper):
+    if is_wrapper(node) and has_deferred_swr(node.base_optimizer_state):
+      raise ValueError(
+        "rescale_params: the deferred swr runs inside "
+        "optax.contrib.schedule_free, whose sequence z its factors cannot "
+        "reach, so the weight norms would grow unchecked. Use "
+        "swr(..., deferred=False) there (see the FAQ on schedule-free)."
+      )
 
 
 def _factors_applied(opt_state: Any) -> Any:

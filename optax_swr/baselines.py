@@ -48,7 +48,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -56,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_swr import _config
 from optax_swr import _dormant
 from optax_swr import _layers
 
@@ -576,29 +576,12 @@ def _zero_at(moment: Any, mask: jax.Array | None) -> Any:
 def _check_coef(
   function: str, name: str, value: Any, upper: float | None
 ) -> None:
-  is_scalar_array = isinstance(value, (jax.Array, np.ndarray, np.generic)) and (
-    np.ndim(value) == 0
-  )
-  if isinstance(value, bool) or not (
-    isinstance(value, numbers.Real) or is_scalar_array
-  ):
-    raise ValueError(f"{function}: `{name}` must be a float; got {value!r}.")
-  try:
-    number = float(value)
-  except jax.errors.ConcretizationTypeError:
-    return  # A traced value (inject_hyperparams under jit) can't be checked.
-  if not (number >= 0 and (upper is None or number <= upper)):
-    bounds = f"in [0, {upper:g}]" if upper is not None else ">= 0"
-    raise ValueError(f"{function}: `{name}` must be {bounds}; got {value}.")
+  _config.check_coef(function, name, value, upper=upper, schedule=False)
 
 
 def _check_same_structure(
   function: str, params: Any, other: Any, name: str = "fresh_params"
 ) -> None:
-  # Any: jaxlib ships no stub for PyTreeDef, so mypy can't see its __eq__.
-  structure: Any = jax.tree.structure(params)
-  if structure != jax.tree.structure(other):
-    raise ValueError(
-      f"{function}: `params` and `{name}` have different tree "
-      "structures; pass params of the same model."
-    )
+  _config.check_same_structure(
+    function, ("params", name), params, other, "pass params of the same model."
+  )

@@ -324,6 +324,11 @@ def test_rescale_params_refuses_what_it_cannot_rescale():
         jax.tree.map(lambda p: jnp.stack([p] * 3), params)
       ),
     )
+  free = optax.contrib.schedule_free(
+    optax.chain(optax.adam(LR), optax_swr.swr(0.1, deferred=True)), 1.0
+  )
+  with pytest.raises(ValueError, match="inside optax.contrib.schedule_free"):
+    optax_swr.rescale_params(params, free.init(params))
   with pytest.raises(ValueError, match="`deferred` must be True or False"):
     optax_swr.swr(0.1, deferred=jnp.asarray(True))
 
