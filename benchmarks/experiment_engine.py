@@ -21,7 +21,7 @@ vanilla Adam and Adam + SWR:
 - (d) the protocol loop as ``examples/paper/protocols.py`` ran it before the
   engine (commit d616e65): seeds one after another, one jitted call per batch, the
   metrics of every epoch computed op by op on the host;
-- (e) ``protocols.run_protocol`` today.
+- (e) ``runner.run_protocol`` today.
 
 Each variant is compiled and warmed up first; then the variants take turns
 ``--rounds`` times, ``--steps`` steps each, and a variant's time is its best
@@ -54,7 +54,7 @@ from benchmarks import _timing
 from examples import data as data_lib
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
-from examples.paper import protocols
+from examples.paper import runner
 import optax_swr
 from optax_swr import metrics
 
@@ -289,7 +289,7 @@ def measure_protocols(args: argparse.Namespace) -> list[dict[str, Any]]:
       args.batch,
     )
     old = time.perf_counter() - start
-    settings = protocols.Settings(
+    settings = runner.Settings(
       protocol="benchmark",
       data="random",
       model=MODEL,
@@ -302,7 +302,7 @@ def measure_protocols(args: argparse.Namespace) -> list[dict[str, Any]]:
       progress=False,
     )
     start = time.perf_counter()
-    protocols.run_protocol(settings, dataset, protocols.all_data)
+    runner.run_protocol(settings, dataset, runner.all_data)
     new = time.perf_counter() - start
     rows.append(
       {

@@ -197,8 +197,8 @@ def test_30_steps_keep_the_function_and_reach_half_the_best_rescaling(
 
 
 def test_beyond_chains_script_pins_free_layers_at_coef_one(tmp_path):
-  """A quick run of ``python -m examples.beyond_chains``: JSON and figure."""
-  from examples import beyond_chains  # pylint: disable=g-import-not-at-top
+  """A quick run of ``python -m examples.paper.beyond_chains``: JSON and figure."""
+  from examples.paper import beyond_chains  # pylint: disable=g-import-not-at-top
 
   out, figure = tmp_path / "b.json", tmp_path / "b.png"
   results = beyond_chains.main(

@@ -30,6 +30,7 @@ pytest.importorskip("sklearn", reason="the notebook needs the [examples] extra")
 pytest.importorskip("matplotlib", reason="the notebook needs the [plots] extra")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from examples import colab_quickstart
 from examples import make_colab_notebook
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -61,10 +62,10 @@ def test_notebook_has_no_outputs_and_opens_on_colab():
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   code = [cell for cell in notebook.cells if cell.cell_type == "code"]
   assert code and all(not c.outputs and c.execution_count is None for c in code)
-  assert make_colab_notebook.COLAB_URL in notebook.cells[0].source
+  assert colab_quickstart.COLAB_URL in notebook.cells[0].source
   install = "\n".join(c.source for c in code)
   assert '"google.colab" in sys.modules' in install
-  assert make_colab_notebook.PIP_SPEC in install
+  assert colab_quickstart.PIP_SPEC in install
 
 
 def test_notebook_cnn_is_the_papers():
@@ -75,7 +76,7 @@ def test_notebook_cnn_is_the_papers():
   from examples.models import linen as models_linen
 
   (source,) = [
-    s for _, cell_id, s in make_colab_notebook.CELLS if cell_id == "model"
+    s for _, cell_id, s in colab_quickstart.CELLS if cell_id == "model"
   ]
   class_source = source[: source.index("\n\n\nmodel = ")]
   namespace = {"nn": models_linen.nn}

@@ -17,7 +17,7 @@ from examples import digits_demo
 from examples.paper import protocols
 from examples.paper import random_labels
 from examples.paper import stats
-from examples.paper import summarize_results
+from examples.paper.tables import common as tables_common
 from examples.rl import continual as rl_continual
 from examples.rl import continual_report
 
@@ -46,10 +46,8 @@ def test_one_pair_has_no_interval_two_pairs_have_the_t_interval():
 
 
 def test_summary_cell_of_one_seed():
-  assert summarize_results.mean_std_cell([0.8123]) == "0.8123 (1 seed, no std)"
-  assert summarize_results.mean_std_cell([0.80, 0.82, 0.84]) == (
-    "0.8200 ± 0.0200"
-  )
+  assert tables_common.mean_std_cell([0.8123]) == "0.8123 (1 seed, no std)"
+  assert tables_common.mean_std_cell([0.80, 0.82, 0.84]) == ("0.8200 ± 0.0200")
 
 
 def random_label_results(seeds: int) -> dict:

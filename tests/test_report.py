@@ -261,3 +261,10 @@ def test_plots_are_pngs(tmp_path, name, result):
   png = plot_results.plot_file(write(tmp_path, name, result), str(tmp_path))
   assert png == str(tmp_path / name.replace(".json", ".png"))
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_beyond_chains_json_is_read_and_has_no_table(tmp_path):
+  # `make results` summarizes every JSON of examples/paper/results; the
+  # beyond-chains numbers are in docs/how_it_works.md, drawn by its script.
+  path = write(tmp_path, "beyond_chains.json", {"config": {}, "models": {}})
+  assert summarize_results.markdown(summarize_results.load([path])) == ""

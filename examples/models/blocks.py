@@ -4,7 +4,7 @@ A pre-LN transformer with a ReLU MLP, a U-Net-like net that joins a skip by
 concatenation, and a SwiGLU MLP block in a residual stream, each in Flax Linen
 (``PreLNReLU``, ``UNetLike``, ``SwiGLU``) and in Flax NNX (``PreLNReLUNnx``,
 ``UNetLikeNnx``, ``SwiGLUNnx``: the same layers, sizes and initialisers).
-Tests and ``python -m examples.beyond_chains`` use them next to the zoos'
+Tests and ``python -m examples.paper.beyond_chains`` use them next to the zoos'
 ResNet-18 and ViT (``examples/models/linen.py``, ``examples/models/nnx.py``).
 
 NNX builds parameters eagerly, so the NNX constructors take the size of the

@@ -20,6 +20,7 @@ import numpy as np
 
 from examples import cli
 from examples.paper import protocols
+from examples.paper import runner
 
 
 def stages(
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args, f"continual_{args.access}", f"continual_{args.access}"
   )
   dataset = protocols.load_data(settings)
-  results = protocols.run_protocol(
+  results = runner.run_protocol(
     settings,
     dataset,
     functools.partial(stages, chunks=args.chunks, access=args.access),

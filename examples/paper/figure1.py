@@ -35,7 +35,6 @@ from examples import cli
 from examples import data
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
-from examples.paper import protocols
 import optax_swr
 
 MODELS = ("mlp", "cnn")  # Chains without normalization: Theorem 1 is exact.
@@ -279,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "num_train": len(dataset.x_train),
       "num_test": len(dataset.x_test),
     },
-    "versions": protocols.versions(),
+    "versions": cli.versions(),
     "factors": list(flags.factors),
     "base_test_acc": base_accuracy,
     **scaling_curves(model, params, layers, dataset, flags.factors),
@@ -287,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results["wall_time_s"] = time.perf_counter() - start
   report(results)
   if flags.out_json:
-    protocols.write_json(flags.out_json, results)
+    cli.write_json(flags.out_json, results)
   if flags.out_png:
     plot(results, flags.out_png)
   return results

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from examples import cli
 from examples.paper import protocols
+from examples.paper import runner
 
 LR_DECAY_AT = (0.5, 0.75)
 
@@ -32,10 +33,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args, "generalization", "warm_start", lr_decay=args.lr_decay
   )
   dataset = protocols.load_data(settings)
-  results = protocols.run_protocol(
+  results = runner.run_protocol(
     settings,
     dataset,
-    protocols.all_data,
+    runner.all_data,
     lr_boundaries_at=LR_DECAY_AT if args.lr_decay else (),
   )
   protocols.finish(results, settings)

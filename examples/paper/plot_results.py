@@ -10,7 +10,8 @@
   norm, the fraction of dormant units and the effective rank; the mean over
   seeds with its 95% t interval.
 * A calibration pilot: vanilla's task-1 training accuracy per checkpoint.
-* A Figure-1 file: the figure of ``examples.paper.figure1``.
+* A Figure-1 file, a beyond-chains file: the figure their scripts draw
+  (``examples.paper.figure1``, ``examples.paper.beyond_chains``).
 
 Each PNG goes to ``--out-dir`` under its JSON file's name. Needs matplotlib
 (the [plots] extra).
@@ -29,9 +30,10 @@ from typing import Any
 import numpy as np
 
 from examples import cli
+from examples.paper import beyond_chains
 from examples.paper import figure1
 from examples.paper import stats
-from examples.paper import summarize_results
+from examples.paper.tables import common
 
 PROTOCOL_PANELS = (
   ("test_acc", "test accuracy"),
@@ -68,9 +70,9 @@ def plot_file(path: str, out_dir: str) -> str:
   os.makedirs(out_dir, exist_ok=True)
   name = os.path.splitext(os.path.basename(path))[0]
   out = os.path.join(out_dir, f"{name}.png")
-  kind = summarize_results.kind_of(results, path)
-  if kind == "figure1":
-    figure1.plot(results, out)
+  kind = common.kind_of(results, path)
+  if kind in ("figure1", "beyond_chains"):  # Their scripts draw them.
+    (figure1 if kind == "figure1" else beyond_chains).plot(results, out)
     return out
   draw = {
     "protocol": plot_protocol,
@@ -117,7 +119,7 @@ def plot_protocol(plt: Any, results: dict[str, Any]) -> Any:
     len({len(s) for s in e["test_acc"]}) > 1 for e in methods.values()
   )
   for axis, (key, label) in zip(np.atleast_1d(axes), panels):
-    for index, name in enumerate(summarize_results.ordered(methods)):
+    for index, name in enumerate(common.ordered(methods)):
       seeds = curves(methods[name], key)
       if seeds is not None:
         draw_epochs(axis, name, seeds, f"C{index % 10}", max(lengths), ragged)
@@ -165,7 +167,7 @@ def protocol_title(results: dict[str, Any], ragged: bool) -> str:
     )
   spread = "each seed" if ragged else "mean ± sample std"
   return (
-    f"{config['protocol']} | {summarize_results.data_name(config)} | "
+    f"{config['protocol']} | {common.data_name(config)} | "
     f"{config['model']} | {budget} | {config['seeds']} seeds, {spread}"
   )
 
@@ -178,7 +180,7 @@ def plot_random_labels(plt: Any, results: dict[str, Any]) -> Any:
   methods = results["methods"]
   figure, axes = plt.subplots(1, len(RANDOM_LABEL_PANELS), figsize=(21, 4.2))
   for axis, (key, label) in zip(axes, RANDOM_LABEL_PANELS):
-    for index, name in enumerate(summarize_results.ordered(methods)):
+    for index, name in enumerate(common.ordered(methods)):
       values = np.asarray(methods[name][key], dtype=float)
       if key == "weight_norms":
         values = values.sum(axis=-1)
@@ -190,7 +192,7 @@ def plot_random_labels(plt: Any, results: dict[str, Any]) -> Any:
   axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
   config = results["config"]
   figure.suptitle(
-    f"random labels | {summarize_results.data_name(config)} | "
+    f"random labels | {common.data_name(config)} | "
     f"{config['num_examples']} examples | {config['tasks']} tasks x "
     f"{config['steps_per_task']} steps | {config['seeds']} seeds, "
     "mean and 95% t interval",
@@ -233,7 +235,7 @@ def plot_calibration(plt: Any, results: dict[str, Any]) -> Any:
   axis.legend(fontsize=8)
   config = results["config"]
   axis.set_title(
-    f"calibration | {summarize_results.data_name(config)} | "
+    f"calibration | {common.data_name(config)} | "
     f"{config['num_examples']} examples | calibrated steps "
     f"{calibration['calibrated_steps']}",
     fontsize=9,

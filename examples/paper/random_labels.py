@@ -39,7 +39,7 @@ from examples import data
 from examples import methods as methods_lib
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
-from examples.paper import protocols
+from examples.paper import runner
 from examples.paper import stats
 import optax_swr
 from optax_swr import metrics
@@ -80,15 +80,14 @@ class Settings:
 def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
   """The settings, and whether to run the calibration pilot instead."""
   parser = cli.parser(__doc__)
-  parser.add_argument(
-    "--data",
-    default=Settings.data,
-    help="digits, fashion_mnist, or an .npz with x_train, y_train, ...",
-  )
-  parser.add_argument(
-    "--methods",
-    default=",".join(METHODS),
-    help=f"comma-separated, from {','.join(METHODS)}",
+  cli.add_common_flags(
+    parser,
+    default_data=Settings.data,
+    methods=",".join(METHODS),
+    allowed_methods=METHODS,
+    seeds=Settings.seeds,
+    batch_size=Settings.batch_size,
+    lr=Settings.lr,
   )
   for name, default in DEFAULT_COEFS.items():
     parser.add_argument(
@@ -100,15 +99,12 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
   parser.add_argument(
     "--steps-per-task", type=int, default=Settings.steps_per_task
   )
-  parser.add_argument("--seeds", type=int, default=Settings.seeds)
   parser.add_argument(
     "--num-examples",
     type=int,
     default=Settings.num_examples,
     help="size of the class-balanced training subset",
   )
-  parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
-  parser.add_argument("--lr", type=float, default=Settings.lr, help="Adam")
   parser.add_argument(
     "--width", type=int, default=Settings.width, help="hidden units"
   )
@@ -119,15 +115,6 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     help="a unit is dormant when its normalized activation is <= this",
   )
   parser.add_argument(
-    "--workers",
-    type=int,
-    default=Settings.workers,
-    help=(
-      "train the methods in this many processes, each on its own CPU core "
-      "(default: one per core on a CPU, 1 on a GPU or TPU)"
-    ),
-  )
-  parser.add_argument(
     "--calibrate",
     action="store_true",
     help=(
@@ -135,27 +122,16 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
       f"print its training accuracy every {CALIBRATION_EVERY} steps"
     ),
   )
-  parser.add_argument("--out", default=None, help="write the JSON here")
-  parser.add_argument("--no-progress", dest="progress", action="store_false")
   args = parser.parse_args(argv)
-  methods = tuple(m for m in args.methods.split(",") if m)
-  unknown = [m for m in methods if m not in METHODS]
-  if not methods or unknown:
-    raise ValueError(
-      f"--methods: unknown {unknown or 'empty list'}; choose from "
-      f"{','.join(METHODS)}."
-    )
-  flags = ["tasks", "steps_per_task", "seeds", "batch_size", "width"]
-  if args.workers is not None:
-    flags.append("workers")
-  for flag in flags:
-    protocols.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-  protocols.check_out_path(args.out)
+  methods = cli.parse_methods(args.methods, METHODS)
+  cli.check_common_flags(args)
+  for flag in ("tasks", "steps_per_task", "width"):
+    cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
   coefs = {
-    name: protocols.parse_coefs(
+    name: cli.parse_coefs(
       f"--{name.replace('_', '-')}",
       getattr(args, name),
-      1.0 if name in ("snp", "swr") else None,
+      methods_lib.REGISTRY[name].max_coef,
     )
     for name in DEFAULT_COEFS
   }
@@ -291,7 +267,7 @@ class _Run:
     self.state = self.engine.init(variables)
     self.initial = engine_lib.stack([v["params"] for v in variables])
     self.labels = jnp.zeros((settings.seeds, len(x)), jnp.int32)
-    self._norms = protocols.lane_metrics(layers)[0]
+    self._norms = runner.lane_metrics(layers)[0]
 
   def new_task(self, task: int) -> None:
     seeds, n = self.settings.seeds, len(self.x)
@@ -429,10 +405,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     methods = {name: entry for (name, _, _), entry in zip(todo, done)}
     bar.close()
     results = {"config": config, "methods": methods}
-  results["versions"] = protocols.versions()
+  results["versions"] = cli.versions()
   results["wall_time_s"] = time.perf_counter() - start
   if settings.out:
-    protocols.write_json(settings.out, results)
+    cli.write_json(settings.out, results)
   print_summary(results)
   return results
 

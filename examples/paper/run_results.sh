@@ -39,7 +39,12 @@ run examples.paper.warm_start "${CONVERGED[@]}" --online-rounds 5 \
 run examples.paper.figure1 --out-json "$OUT/figure1_fashion_mnist_mlp.json" \
   --out-png "$FIGURES/figure1_fashion_mnist_mlp.png"
 
-# 4. The paper's protocols at fixed budgets, 5 seeds.
+# 4. SWR beyond chains (docs/how_it_works.md): five non-chain models, 500
+#    Adam steps each, about 3 minutes.
+run examples.paper.beyond_chains --out "$OUT/beyond_chains.json" \
+  --figure "$FIGURES/beyond_chains.png"
+
+# 5. The paper's protocols at fixed budgets, 5 seeds.
 FIXED=(--seeds 5 --workers 2 --no-progress)
 run examples.paper.warm_start --data digits --model mlp --epochs 20 "${FIXED[@]}" \
   --out "$OUT/warm_start_digits_mlp.json"
@@ -60,7 +65,7 @@ run examples.paper.generalization --data fashion_mnist --epochs 10 --lr-decay \
   "${FIXED[@]}" --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
 
 "$PY" -m examples.paper.summarize_results "$OUT"/*.json --write examples/paper/RESULTS.md
-"$PY" -m examples.paper.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration) \
+"$PY" -m examples.paper.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration -e /beyond_chains) \
   --out-dir "$FIGURES"
 "$PY" docs/make_figures.py
 echo "make results: $((SECONDS - start)) s"

@@ -32,6 +32,7 @@ import numpy as np
 
 from examples import cli
 from examples.paper import protocols
+from examples.paper import runner
 
 
 def rounds(train: np.ndarray, seed: int, count: int) -> list[np.ndarray]:
@@ -59,11 +60,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.error("--online-rounds must be at least 2 (2 is the warm start)")
   settings = protocols.settings_from_flags(args, "warm_start", "warm_start")
   dataset = protocols.load_data(settings)
-  results = protocols.run_protocol(
+  results = runner.run_protocol(
     settings,
     dataset,
     functools.partial(rounds, count=args.online_rounds),
-    extra_runs={"from_scratch": protocols.all_data},
+    extra_runs={"from_scratch": runner.all_data},
   )
   results["config"].update(online_rounds=args.online_rounds)
   protocols.finish(results, settings)

@@ -24,7 +24,7 @@ each SWR variant is from scaling the logits by one constant
 parameters in free, constrained and pinned layers, the distance and the
 largest layer deviation over steps.
 
-  python -m examples.beyond_chains --out examples/paper/results/beyond_chains.json \\
+  python -m examples.paper.beyond_chains --out examples/paper/results/beyond_chains.json \\
       --figure examples/paper/figures/beyond_chains.png
 """
 
@@ -43,7 +43,6 @@ import optax
 from examples import cli
 from examples.models import blocks
 from examples.models import linen as models_linen
-from examples.paper import protocols
 import optax_swr
 from optax_swr import metrics
 
@@ -301,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--out", default=None, help="JSON file to write")
   parser.add_argument("--figure", default=None, help="PNG file to write")
   flags = parser.parse_args(argv)
-  protocols.check_positive("--steps", flags.steps)
+  cli.check_positive("--steps", flags.steps)
   chosen = flags.models.split(",")
   unknown = sorted(set(chosen) - set(models()))
   if unknown:
@@ -309,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   start = time.perf_counter()
   results: dict[str, Any] = {
     "config": vars(flags),
-    "versions": protocols.versions(),
+    "versions": cli.versions(),
     "models": {},
   }
   for name in chosen:
@@ -318,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print_summary(name, model)
   results["wall_time_s"] = time.perf_counter() - start
   if flags.out:
-    protocols.write_json(flags.out, results)
+    cli.write_json(flags.out, results)
   if flags.figure:
     plot(results, flags.figure)
   return results
