@@ -15,9 +15,11 @@ import numpy as np
 import optax
 import pytest
 
+from examples import methods
 from examples.rl import envs
 from examples.rl import ppo
 from examples.rl.agent import make_agent
+from examples.rl.config import METHODS
 from examples.rl.config import Config
 from examples.rl.train import make_train
 from optax_swr import baselines
@@ -151,8 +153,19 @@ def test_unknown_env_lists_the_valid_ones():
 
 
 def test_unknown_method_lists_the_valid_ones():
-  with pytest.raises(ValueError, match="'dqn'.*vanilla, swr, l2, l2_init"):
+  with pytest.raises(ValueError, match="'dqn'.*vanilla,swr,l2,l2_init"):
     ppo.main(["--methods", "vanilla,dqn"])
+
+
+def test_every_method_comes_from_the_registry_with_its_flags():
+  env, env_params = envs.make_env("CartPole-v1")
+  for name in METHODS:
+    _, built, _ = make_agent(CONFIG, env, env_params, name)
+    assert name in methods.REGISTRY
+    if built.intervene is not None:  # an interval flag for each
+      assert CONFIG.intervene_every(name) >= 1
+  swr = Config(swr_coef=1e-3, swr_head_coef=0.0)
+  assert swr.coefs("swr") == (1e-3, 0.0) and CONFIG.coefs("swr") == (1e-4,)
 
 
 def test_redo_recycles_dormant_units():

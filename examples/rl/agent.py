@@ -1,6 +1,7 @@
 """The PPO agent: its network, its optimizer, and the state it trains.
 
-:func:`make_agent` builds the network and the optimizer of a method;
+:func:`make_agent` builds the network, and a method (its optimizer and its
+intervention between updates) from the registry of ``examples.methods``;
 :func:`new_agent` draws a fresh agent from a key; :class:`RunnerState` is
 what ``examples.rl.train``'s ``train`` carries from one update to the next,
 and :func:`without_envs` takes an agent off its environments so that it can
@@ -17,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from examples import methods
 from examples.rl import envs
 from examples.rl.config import Config
 from examples.rl.config import check_method
 from examples.rl.models import ActorCritic
 import optax_swr
-from optax_swr import baselines
 
 
 class TrainState(struct.PyTreeNode):
@@ -73,8 +74,8 @@ def without_envs(runner_state: RunnerState) -> RunnerState:
 
 def make_agent(
   config: Config, env: Any, env_params: Any, method: str
-) -> tuple[ActorCritic, optax.GradientTransformation, optax_swr.Layers]:
-  """The network, the optimizer of ``method`` and the network's layers.
+) -> tuple[ActorCritic, methods.Method, optax_swr.Layers]:
+  """The network, ``method``'s optimizer and intervention, and the layers.
 
   Args:
     config: the run's configuration.
@@ -84,7 +85,9 @@ def make_agent(
     method: one of :data:`examples.rl.config.METHODS`.
 
   Returns:
-    ``(network, tx, layers)``; ``layers`` are in forward order, as
+    ``(network, method, layers)``: ``method`` is the registry's
+    ``examples.methods.Method`` (``method.tx``, the optimizer, and
+    ``method.intervene``); ``layers`` are in forward order, as
     ``optax_swr.layers_from_linen`` traced them.
   """
   check_method(method)
@@ -96,32 +99,26 @@ def make_agent(
   obs = jnp.zeros((1, *shape))
   variables = network.init(jax.random.key(0), obs)
   layers = optax_swr.layers_from_linen(network, variables, obs)
-  return network, make_optimizer(config, method, layers), layers
+  return network, make_method(config, method, layers), layers
 
 
-def make_optimizer(
+def make_method(
   config: Config, method: str, layers: optax_swr.Layers
-) -> optax.GradientTransformation:
-  """Clipping and Adam (``eps=1e-5``, PureJaxRL's), with ``method``'s parts."""
-  adam = [
-    optax.clip_by_global_norm(config.max_grad_norm),
-    optax.adam(config.lr, eps=1e-5),
-  ]
-  if method == "swr":
-    if config.swr_head_coef is None:
-      return optax.chain(*adam, optax_swr.swr(config.swr_coef, layers=layers))
-    head = optax_swr.swr(
-      config.swr_coef,
-      layers=layers,
-      classifier=1,
-      classifier_coef=config.swr_head_coef,
-    )
-    return optax.chain(*adam, head)
-  if method == "l2":  # Loss terms: their gradient is clipped with the loss's.
-    return optax.chain(baselines.l2(config.l2_coef), *adam)
-  if method == "l2_init":
-    return optax.chain(baselines.l2_init(config.l2_init_coef), *adam)
-  return optax.chain(*adam)
+) -> methods.Method:
+  """``method`` from ``examples.methods``' registry, built for this agent.
+
+  On PureJaxRL's Adam (``eps=1e-5``, the gradient's global norm clipped to
+  ``config.max_grad_norm`` first), with the output layer as the head (SWR's
+  ``--swr-head-coef``) and the coefficients of ``config.coefs(method)``.
+  """
+  setup = methods.TrainingSetup(
+    layers,
+    head=layers[-1:],
+    lr=config.lr,
+    eps=1e-5,
+    max_grad_norm=config.max_grad_norm,
+  )
+  return methods.build(method, config.coefs(method), setup)
 
 
 def new_agent(

@@ -13,8 +13,10 @@ from collections.abc import Sequence
 import dataclasses
 from typing import Any
 
-from optax_swr import baselines
+from examples import methods
 
+# The methods of examples.methods.REGISTRY that the agent runs: those whose
+# coefficients (and interval, for an intervention) Config has flags for.
 METHODS = ("vanilla", "swr", "l2", "l2_init", "snp", "redo")
 NETWORKS = ("auto", "mlp", "cnn")
 
@@ -73,6 +75,25 @@ class Config:
       if getattr(self, name) < 1:
         raise ValueError(f"Config: {name} must be >= 1.")
 
+  def coefs(self, method: str) -> tuple[float, ...]:
+    """``method``'s coefficients from the flags, as the registry takes them."""
+    check_method(method)
+    swr = (self.swr_coef,)
+    if self.swr_head_coef is not None:
+      swr += (self.swr_head_coef,)
+    return {
+      "vanilla": (),
+      "swr": swr,
+      "l2": (self.l2_coef,),
+      "l2_init": (self.l2_init_coef,),
+      "snp": (self.snp_coef,),
+      "redo": (self.redo_tau,),
+    }[method]
+
+  def intervene_every(self, method: str) -> int:
+    """The updates between two of ``method``'s interventions."""
+    return {"snp": self.snp_every, "redo": self.redo_every}[method]
+
   @property
   def batch_size(self) -> int:
     """Transitions per update, over all environments."""
@@ -89,28 +110,14 @@ class Config:
 
 
 def check_method(method: str) -> None:
-  """A clear error for an unknown method or one this optax_swr lacks."""
-  if method not in METHODS:
-    raise ValueError(
-      f"--methods: unknown method {method!r}; choose from: "
-      f"{', '.join(METHODS)}."
-    )
-  if method == "redo" and not hasattr(baselines, "redo"):
-    raise ValueError(
-      "redo needs optax_swr.baselines.redo, which this version of optax_swr "
-      "does not have; run the other methods, or update optax_swr."
-    )
+  """A ValueError naming ``--methods`` for a method the agent cannot run."""
+  methods.check_names([method], allowed=METHODS)
 
 
-def parse_methods(methods: str) -> list[str]:
-  """``"vanilla,swr"`` as a list, each checked with :func:`check_method`."""
-  names = [name.strip() for name in methods.split(",") if name.strip()]
-  if not names:
-    raise ValueError(
-      f"--methods: no method given; choose from: {', '.join(METHODS)}."
-    )
-  for name in names:
-    check_method(name)
+def parse_methods(flag: str) -> list[str]:
+  """``"vanilla,swr"`` as a list of names from :data:`METHODS`."""
+  names = [name.strip() for name in flag.split(",") if name.strip()]
+  methods.check_names(names, allowed=METHODS)
   return names
 
 

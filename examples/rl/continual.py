@@ -106,9 +106,10 @@ class Runner:
         jax.vmap(functools.partial(train, num_updates=config.num_updates))
       )
     first = PaddedMinAtar(games[0])
-    self.network, self.tx, _ = agent.make_agent(
+    self.network, built, _ = agent.make_agent(
       config, first, first.params, method
     )
+    self.tx = built.tx
     self.obs_shape = envs.observation_shape(first, first.params)
 
   def new_agents(self, keys: jax.Array) -> agent.RunnerState:

@@ -3,8 +3,9 @@
 A compact PPO in the style of PureJaxRL (Lu et al., 2022): the rollout of
 vmapped environments, GAE and the epochs of minibatch updates are one update,
 ``lax.scan`` runs the updates, and the seeds are vmapped, so a whole run is
-one XLA program. The methods that fight the loss of plasticity plug in as
-optimizer transforms or as actions on the params every few updates:
+one XLA program. The methods that fight the loss of plasticity, built by
+the registry of ``examples.methods``, plug in as optimizer transforms or as
+interventions on the params every few updates:
 
 * ``vanilla``: clip the gradient's global norm, then Adam.
 * ``swr``: the same, then ``optax_swr.swr(--swr-coef)`` on the layers traced

@@ -4,9 +4,9 @@ A compact PPO in the style of PureJaxRL (Lu et al., 2022): the rollout of
 vmapped environments, GAE and the epochs of minibatch updates are one update,
 ``lax.scan`` runs the updates, and the seeds are vmapped, so a whole run is
 one XLA program. The methods that fight the loss of plasticity plug in as
-optimizer transforms (``examples.rl.agent.make_optimizer``) or as actions on
-the params every few updates (Shrink & Perturb, ReDo: ``between_updates``
-in :func:`make_train`).
+optimizer transforms or as interventions on the params every few updates
+(Shrink & Perturb, ReDo), both from the registry of ``examples.methods``
+(see ``examples.rl.agent.make_method``).
 
 The learning rate is constant, so that ``train`` can continue a run, on the
 same or another environment with the same observation and action shapes
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from examples import methods
 from examples.rl import envs
 from examples.rl.agent import RunnerState
 from examples.rl.agent import TrainState
@@ -31,7 +32,6 @@ from examples.rl.config import Config
 from examples.rl.models import ActorCritic
 from examples.rl.models import apply_with_activations
 import optax_swr
-from optax_swr import baselines
 from optax_swr import metrics
 
 
@@ -94,7 +94,8 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
     ``train``; its metrics are a :class:`Metrics` of ``[num_updates]``
     arrays.
   """
-  network, tx, layers = make_agent(config, env, env_params, method)
+  network, built, layers = make_agent(config, env, env_params, method)
+  tx, intervene = built.tx, built.intervene
   obs_shape = envs.observation_shape(env, env_params)
   reset_envs = jax.vmap(env.reset, in_axes=(0, None))
   step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
@@ -189,41 +190,31 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
     return train_state
 
   def between_updates(train_state: TrainState, key, obs) -> TrainState:
-    """Shrink & Perturb or ReDo after every ``*_every``-th update."""
-    if method == "snp":
-      return jax.lax.cond(
-        train_state.updates % config.snp_every == 0,
-        lambda s: s.replace(
-          params=baselines.shrink_perturb(
-            s.params, s.initial_params, config.snp_coef
-          )
-        ),
-        lambda s: s,
-        train_state,
-      )
-    if method == "redo":
+    """The method's intervention, if any, every few updates (see Config)."""
+    if intervene is None:
+      return train_state
 
-      def redo(s: TrainState) -> TrainState:
-        fresh = network.init(key, obs[:1])["params"]
+    def apply_intervention(s: TrainState) -> TrainState:
+      activations = None
+      if methods.REGISTRY[method].needs_activations:
         _, activations = apply_with_activations(network, s.params, obs)
-        params, opt_state, _ = baselines.redo(
-          s.params,
-          s.opt_state,
-          activations,
-          layers,
-          fresh,
-          optimizer=tx,
-          tau=config.redo_tau,
+      params, opt_state = intervene(
+        methods.InterventionInputs(
+          params=s.params,
+          opt_state=s.opt_state,
+          initial_params=s.initial_params,
+          fresh_params=network.init(key, obs[:1])["params"],
+          activations=activations,
         )
-        return s.replace(params=params, opt_state=opt_state)
-
-      return jax.lax.cond(
-        train_state.updates % config.redo_every == 0,
-        redo,
-        lambda s: s,
-        train_state,
       )
-    return train_state
+      return s.replace(params=params, opt_state=opt_state)
+
+    return jax.lax.cond(
+      train_state.updates % config.intervene_every(method) == 0,
+      apply_intervention,
+      lambda s: s,
+      train_state,
+    )
 
   def update(runner_state: RunnerState, _):
     runner_state, (rollout, ended) = jax.lax.scan(
