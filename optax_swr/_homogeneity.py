@@ -29,7 +29,9 @@ positive output scale, exactly when they hold. Only normalization modules,
 recognized by their type, are not walked: they forget the scale of their
 input (up to their epsilon), so their output carries their own e_l.
 Operations the walk cannot see through (control flow) are reported, never
-assumed to be fine.
+assumed to be fine; a higher-order primitive it does not know (see
+``_jax_internals``) is left alone, its operands and the layers called inside
+it pinned to their scale.
 
 A ``scan`` whose scanned operands include a layer's stacked params (``nn.scan``,
 ``nnx.scan`` over ``nnx.vmap``-built blocks) is walked once per iteration:
@@ -40,23 +42,13 @@ scans are walked until their carried forms repeat.
 from __future__ import annotations
 
 from collections.abc import Sequence
-import os
 from typing import Any, NamedTuple
 
 import jax
-from jax.extend import core as jex_core
-from jax.extend import source_info_util
-from jax.interpreters import batching
 import jax.numpy as jnp
 import numpy as np
 
-layer_marker_p = jex_core.Primitive("swr_layer_marker")
-layer_marker_p.def_impl(lambda x, **_: x)
-layer_marker_p.def_abstract_eval(lambda x, **_: x)
-batching.primitive_batchers[layer_marker_p] = lambda args, dims, **params: (
-  layer_marker_p.bind(*args, **params),
-  dims[0],
-)
+from optax_swr import _jax_internals
 
 # y(c x) = c y(x) for c > 0 in the first operand; the others are indices.
 _HOMOGENEOUS = frozenset(
@@ -108,23 +100,6 @@ _COMPARISONS = frozenset({"eq", "ge", "gt", "le", "lt", "ne"})
 _SCALE_INVARIANT = frozenset({"argmax", "argmin", "is_finite", "sign"})
 # Ops that keep a zero constant zero.
 _SHAPE_ONLY = frozenset({"broadcast_in_dim", "convert_element_type", "reshape"})
-_CONTROL_FLOW = frozenset({"cond", "while"})
-# Call-like primitives whose sub-jaxpr maps operands to results one to one.
-_CALL_JAXPR_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
-_CALLS = frozenset(
-  {
-    "pjit",
-    "jit",
-    "closed_call",
-    "core_call",
-    "custom_jvp_call",
-    "custom_vjp_call",
-    "custom_vjp_call_jaxpr",
-    "remat",
-    "remat2",
-    "checkpoint",
-  }
-)
 
 
 def mark(tree: Any, kind: str, layer: int) -> Any:
@@ -138,7 +113,7 @@ def mark(tree: Any, kind: str, layer: int) -> Any:
   leaves, treedef = jax.tree.flatten(tree)
   first = next((i for i, x in enumerate(leaves) if _is_activation(x)), None)
   marked = [
-    layer_marker_p.bind(
+    _jax_internals.layer_marker_p.bind(
       x, kind=kind if i == first else f"extra_{kind}", layer=layer
     )
     if isinstance(x, jax.Array)
@@ -464,7 +439,7 @@ class _Analysis:
     tags: dict[Any, Any] = dict(zip(jaxpr.invars, input_tags))
     read = lambda v: None if hasattr(v, "val") else tags.get(v)
     for eqn in jaxpr.eqns:
-      self.where = _location(eqn)
+      self.where = _jax_internals.location(eqn)
       results = self.equation(eqn, [read(v) for v in eqn.invars])
       tags.update(zip(eqn.outvars, results))
       if eqn.primitive.name in _SHAPE_ONLY and self.is_zero(eqn.invars[0]):
@@ -495,27 +470,52 @@ class _Analysis:
   def equation(self, eqn: Any, operand_tags: list[Any]) -> list[Any]:
     name = eqn.primitive.name
     outputs = len(eqn.outvars)
-    if eqn.primitive is layer_marker_p:
+    if _jax_internals.is_marker(eqn):
       return [self.marker(eqn.params, operand_tags[0])]
     inside = [t for t in operand_tags if isinstance(t, _Inside)]
     if inside:  # A normalization layer's internals are not walked.
       return [inside[0]] * outputs
     if name == "scan":
       return self.scan(eqn, operand_tags)
-    sub_jaxpr = _sub_jaxpr(eqn)
-    if name in _CALLS and sub_jaxpr is not None:
+    body = _jax_internals.call_body(eqn)
+    if body is not None:
       # Even with unscaled operands: layers may be called inside (remat).
-      jaxpr = getattr(sub_jaxpr, "jaxpr", sub_jaxpr)
-      if len(jaxpr.invars) == len(operand_tags):
-        for outer, inner in zip(eqn.invars, jaxpr.invars):
-          if self.is_zero(outer):  # e.g. the 0 of jnp.where(x > 0, x, 0)
-            self.zeros.add(inner)
-          self.pass_leaf(outer, inner)
-        return self.run(jaxpr, operand_tags)
+      for outer, inner in zip(eqn.invars, body.invars):
+        if self.is_zero(outer):  # e.g. the 0 of jnp.where(x > 0, x, 0)
+          self.zeros.add(inner)
+        self.pass_leaf(outer, inner)
+      return self.run(body, operand_tags)
+    sub_jaxprs = _jax_internals.sub_jaxprs(eqn)
+    if sub_jaxprs and name not in _jax_internals.CONTROL_FLOW:
+      return self.unknown_call(eqn, operand_tags, sub_jaxprs)
     tags = [self.resolve(t) for t in operand_tags]
     if all(t is None for t in tags):
       return [None] * outputs
     return [self.primitive(name, eqn, tags)] * outputs
+
+  def unknown_call(
+    self, eqn: Any, operand_tags: list[Any], sub_jaxprs: list[Any]
+  ) -> list[Any]:
+    """A higher-order primitive the walk does not know, kept exact by
+    leaving it alone: its operands must not be scaled and every layer called
+    inside its ``sub_jaxprs`` keeps its scale, so its results carry none."""
+    what = f"`{eqn.primitive.name}` (a higher-order primitive not followed)"
+    for tag in operand_tags:
+      form = self.resolve(tag)
+      if form is not None:
+        self.require(form, self.note(f"{what} after {self.describe(form)}"))
+    inside = [
+      layer
+      for jaxpr in sub_jaxprs
+      for layer in _jax_internals.marked_layers(jaxpr)
+    ]
+    for base in dict.fromkeys(inside):
+      layer = self.layer_id(base)
+      self.require(
+        self.unit(layer),
+        self.note(f"{what} that calls {self.layer_names[layer]}"),
+      )
+    return [None] * len(eqn.outvars)
 
   def pass_leaf(self, outer: Any, inner: Any) -> None:
     """What is known of an operand, for the same value inside a sub-jaxpr."""
@@ -624,7 +624,7 @@ class _Analysis:
     if name in _COMPARISONS:
       self.combine(name, eqn, tags)
       return None
-    if name in _CONTROL_FLOW:
+    if name in _jax_internals.CONTROL_FLOW:
       scaled = [t for t in tags if t is not None]
       self.report(
         f"`{name}` after {self.describe(sum(scaled))}{self.where}: data "
@@ -679,22 +679,6 @@ class _Analysis:
     return scaled[0]
 
 
-def _location(eqn: Any) -> str:
-  """`` at file.py:12 (fn)``: where the operation is in the user's code."""
-  try:
-    where = source_info_util.summarize(eqn.source_info)
-  except Exception:  # pylint: disable=broad-except
-    return ""  # A jax version whose source info reads differently.
-  path, _, rest = where.partition(":")
-  line = rest.split(":")[0].split(" ")[0]
-  function = rest.rpartition(" ")[2] if " " in rest else ""
-  if not line.isdigit():
-    return ""
-  return f" at {os.path.basename(path)}:{line}" + (
-    f" {function}" if function else ""
-  )
-
-
 def _is_form(tag: Any) -> bool:
   return tag is None or isinstance(tag, np.ndarray)
 
@@ -703,13 +687,6 @@ def _same_tag(a: Any, b: Any) -> bool:
   if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
     return bool(np.array_equal(a, b))
   return a is b
-
-
-def _sub_jaxpr(eqn: Any) -> Any:
-  for param in _CALL_JAXPR_PARAMS:
-    if param in eqn.params:
-      return eqn.params[param]
-  return None
 
 
 def projection(constraints: np.ndarray, size: int) -> np.ndarray:
