@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import functools
 from typing import Any
 
 import jax
@@ -94,37 +95,68 @@ def layers_from_equinox(
   recorder = _tracing.CallRecorder(params, "layers_from_equinox")
   norm_types = _tracing.norm_types(eqx.nn)
 
+  def record(path: Path, module: Any) -> Any:
+    is_norm = isinstance(module, norm_types)
+    if not recorder.is_layer(path, is_norm):
+      return module
+    return _recorded_type(module)(module, path, is_norm, recorder)
+
   def forward(params, *args):
-    copy = eqx.combine(params, static)
-    modules = {
-      path: module
-      for path, module in _submodules(copy, eqx.Module)
-      if recorder.is_layer(path, isinstance(module, norm_types))
-    }
-    for path, module in modules.items():
-      _carry_path(module, path)
-    with _tracing.recording_calls(modules, norm_types, recorder):
-      if apply is not None:
-        return apply(copy, *args)
-      return copy(*args, **kwargs)
+    # The layers of a copy are wrapped: the user's model is not touched.
+    copy = _map_modules(eqx.combine(params, static), record)
+    if apply is not None:
+      return apply(copy, *args)
+    return copy(*args, **kwargs)
 
   return recorder.finish(jax.make_jaxpr(forward)(params, *example_args))
 
 
-def _carry_path(module: Any, path: Path) -> None:
-  """Gives the module (a copy, made for the trace) a class that knows ``path``.
+def _map_modules(
+  node: Any, f: Callable[[Path, Any], Any], path: Path = ()
+) -> Any:
+  """``node`` rebuilt with every module in it, itself included, replaced by
+  ``f(path, module)``; inner modules first."""
+  import equinox as eqx  # pylint: disable=g-import-not-at-top
 
-  Blocks stacked with ``eqx.filter_vmap`` and run by ``jax.lax.scan`` are
-  rebuilt inside the scan (``eqx.combine``) as new objects; a pytree keeps
-  its class, so a subclass that carries the path finds them again.
-  """
-  cls = type(module)
-  tagged = type(
-    cls.__name__,
-    (cls,),
-    {_tracing.PATH_ATTRIBUTE: path, "__module__": cls.__module__},
+  is_module = lambda x: x is not node and isinstance(x, eqx.Module)
+  children, treedef = jax.tree_util.tree_flatten_with_path(
+    node, is_leaf=is_module
   )
-  object.__setattr__(module, "__class__", tagged)
+  rebuilt = [
+    _map_modules(child, f, (*path, *_layers.path_of(key_path)))
+    if isinstance(child, eqx.Module)
+    else child
+    for key_path, child in children
+  ]
+  return f(path, jax.tree.unflatten(treedef, rebuilt))
+
+
+@functools.cache
+def _recorded_types() -> tuple[type, type]:
+  """The Equinox modules that wrap a layer in a traced copy: a plain one, and
+  one for stateful layers (``eqx.nn.Sequential`` hands those the state)."""
+  import equinox as eqx  # pylint: disable=g-import-not-at-top
+
+  # The path is a static field: blocks that a model partitions and combines
+  # again inside a ``lax.scan`` are new objects, which still know it.
+  class RecordedLayer(_tracing.RecordedLayer, eqx.Module):
+    module: Any
+    path: Path = eqx.field(static=True)
+    is_norm: bool = eqx.field(static=True)
+    recorder: _tracing.CallRecorder = eqx.field(static=True)
+
+  class RecordedStatefulLayer(RecordedLayer, eqx.nn.StatefulLayer):
+    def is_stateful(self) -> bool:
+      return self.module.is_stateful()
+
+  return RecordedLayer, RecordedStatefulLayer
+
+
+def _recorded_type(module: Any) -> type:
+  import equinox as eqx  # pylint: disable=g-import-not-at-top
+
+  plain, stateful = _recorded_types()
+  return stateful if isinstance(module, eqx.nn.StatefulLayer) else plain
 
 
 def _submodules(node: Any, module_type: type) -> Iterator[tuple[Path, Any]]:

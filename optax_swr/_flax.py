@@ -20,6 +20,7 @@ inside the functions, so ``import optax_swr`` stays cheap.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -167,21 +168,32 @@ def layers_from_nnx(
   norm_types = _tracing.norm_types(nnx)
   graphdef, params, others = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
+  def record(path: tuple[Any, ...], node: Any) -> Any:
+    path, is_norm = tuple(path), isinstance(node, norm_types)
+    if isinstance(node, nnx.Module) and recorder.is_layer(path, is_norm):
+      return _nnx_recorded_layer()(node, path, is_norm, recorder)
+    return node
+
   def forward(params, others, *args):  # the params' leaves come first
-    copy = nnx.merge(graphdef, params, others)
-    modules: dict[Path, Any] = {
-      tuple(path): node
-      for path, node in nnx.iter_graph(copy)
-      if isinstance(node, nnx.Module)
-      and recorder.is_layer(tuple(path), isinstance(node, norm_types))
-    }
-    for path, node in modules.items():  # found again in nnx.scan's copies
-      setattr(node, _tracing.PATH_ATTRIBUTE, path)
-    with _tracing.recording_calls(modules, norm_types, recorder):
-      return copy(*args, **kwargs)
+    # The layers of a copy are wrapped: the user's model is not touched.
+    copy = nnx.recursive_map(record, nnx.merge(graphdef, params, others))
+    return copy(*args, **kwargs)
 
   closed_jaxpr = jax.make_jaxpr(forward)(params, others, *example_args)
   return recorder.finish(closed_jaxpr)
+
+
+@functools.cache
+def _nnx_recorded_layer() -> type:
+  """The NNX module that wraps a layer in a traced copy."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  # NNX keeps the path, static data, in the graph definition of the copy:
+  # the modules that ``nnx.scan`` merges from sliced state still know it.
+  class RecordedLayer(_tracing.RecordedLayer, nnx.Module):
+    pass
+
+  return RecordedLayer
 
 
 def sync_nnx_batch_stats(model: Any, opt_state: Any, layers: Any) -> None:

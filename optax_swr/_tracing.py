@@ -18,18 +18,18 @@ The params tree does not carry the order in which layers run (JAX sorts dict
 keys, NNX sorts attributes, Equinox keeps field order), so the tracers of
 ``_flax`` and ``_equinox`` trace the model once with ``jax.make_jaxpr``
 (shapes only, no FLOPs), route every call of a layer module through a
-:class:`CallRecorder`, and hand the traced data flow to ``_homogeneity``,
-which reports what would break Theorem 1 (skip connections, attention,
-non-ReLU activations). This module holds what the frameworks share.
+:class:`CallRecorder` (by Linen's method interceptor, or by a
+:class:`RecordedLayer` around each layer of the traced copy), and hand the
+traced data flow to ``_homogeneity``, which reports what would break
+Theorem 1 (skip connections, attention, non-ReLU activations). This module
+holds what the frameworks share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-import contextlib
+from collections.abc import Callable, Sequence
 import dataclasses
-import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -255,66 +255,60 @@ def _check_no_nested_layers(layers: set[Path], caller: str) -> None:
       )
 
 
-# Where a framework rebuilds modules inside a transform (``nnx.scan`` merges
-# fresh copies from sliced state), the copies find their path here: NNX keeps
-# the attribute in the module's static structure.
-PATH_ATTRIBUTE = "_optax_swr_path"
 # ``attend``: a tied embedding's output projection (``nnx.Embed.attend``).
-_RECORDED_METHODS = ("__call__", "attend")
+_RECORDED_METHODS = ("attend",)
+_RECORDED_FIELDS = ("module", "path", "is_norm", "recorder")
 
 
-@contextlib.contextmanager
-def recording_calls(
-  modules: dict[Path, Any],
-  norm_types: tuple[type, ...],
-  recorder: CallRecorder,
-) -> Iterator[None]:
-  """Routes ``__call__`` of the given modules through ``recorder``.
+class RecordedLayer:
+  """A layer of a model's copy whose calls a :class:`CallRecorder` marks.
 
-  NNX and Equinox have no method interceptor like Linen's, so the classes'
-  ``__call__`` is wrapped for the duration of the trace and restored
-  afterwards; calls on other instances of those classes pass straight
-  through.
+  The tracers trace a copy of the model in which every layer is wrapped by a
+  module of the framework's own kind that has this behaviour: ``__call__``
+  (and ``attend``) go through the recorder, every other attribute is the
+  layer's own. Nothing of the user's model or classes changes, so a trace in
+  one thread never reaches a model used in another.
+
+  The wrapper holds the layer's path as static data, part of the copy's
+  structure: where a model rebuilds its blocks inside a transform (the
+  merge of ``nnx.scan``, ``eqx.combine`` in a ``lax.scan`` body), the
+  rebuilt wrappers still know their layer.
 
   Args:
-    modules: the module instances to record, by path.
-    norm_types: the classes of normalization modules.
-    recorder: the recorder.
+    module: the layer, in the copy.
+    path: its path in the params.
+    is_norm: whether it is a normalization module.
+    recorder: the recorder of this trace.
   """
-  path_of = {id(module): path for path, module in modules.items()}
-  originals = {}
-  for cls in {type(module) for module in modules.values()}:
-    is_norm = issubclass(cls, norm_types)
-    for method in _RECORDED_METHODS:
-      if not callable(getattr(cls, method, None)):
-        continue
-      originals[cls, method] = cls.__dict__.get(method)
-      wrapped = _recording_call(
-        getattr(cls, method), path_of, is_norm, recorder
-      )
-      setattr(cls, method, wrapped)
-  try:
-    yield
-  finally:
-    for (cls, method), original in originals.items():
-      if original is None:
-        delattr(cls, method)
-      else:
-        setattr(cls, method, original)
 
+  if TYPE_CHECKING:
+    module: Any
+    path: Path
+    is_norm: bool
+    recorder: CallRecorder
 
-def _recording_call(
-  original: Callable[..., Any],
-  path_of: dict[int, Path],
-  is_norm: bool,
-  recorder: CallRecorder,
-) -> Callable[..., Any]:
-  @functools.wraps(original)
-  def call(self, *args, **kwargs):
-    bound = functools.partial(original, self)
-    path = path_of.get(id(self), getattr(self, PATH_ATTRIBUTE, None))
-    if path is None:
-      return bound(*args, **kwargs)
-    return recorder.call(path, is_norm, bound, args, kwargs)
+  def __init__(
+    self, module: Any, path: Path, is_norm: bool, recorder: CallRecorder
+  ):
+    self.module = module
+    self.path = path
+    self.is_norm = is_norm
+    self.recorder = recorder
 
-  return call
+  def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    return self.recorder.call(
+      self.path, self.is_norm, self.module, args, kwargs
+    )
+
+  def __getattr__(self, name: str) -> Any:
+    # Only names the wrapper lacks reach here. Its own fields and private
+    # names are never the layer's: a framework rebuilding the wrapper probes
+    # them before they are set.
+    if name in _RECORDED_FIELDS or name.startswith("_"):
+      raise AttributeError(name)
+    value = getattr(self.module, name)
+    if name not in _RECORDED_METHODS:
+      return value
+    return lambda *args, **kwargs: self.recorder.call(
+      self.path, self.is_norm, value, args, kwargs
+    )
