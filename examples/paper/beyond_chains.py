@@ -22,7 +22,8 @@ and every layer's norm ratio; and, at the last params, how far one step of
 each SWR variant is from scaling the logits by one constant
 (``check_proportional``). One figure row per model: the fraction of
 parameters in free, constrained and pinned layers, the distance and the
-largest layer deviation over steps.
+largest layer deviation over steps. (The committed JSON keeps every 9th
+step: ``examples.paper.compact_results``, which lists them in ``steps``.)
 
   python -m examples.paper.beyond_chains --out examples/paper/results/beyond_chains.json \\
       --figure examples/paper/figures/beyond_chains.png
@@ -272,9 +273,13 @@ def plot(results: dict[str, Any], path: str) -> None:
       row[0].barh([cls], [share], color=f"C{i}")
     row[0].set_xlim(0, 1)
     row[0].set_title(f"{name}: share of weight parameters", fontsize=9)
+    traces = model["variants"]["adam"]["distance"]
+    # All steps, or those examples.paper.compact_results kept.
+    steps = model.get("steps", range(1, len(traces) + 1))
     for variant, label in labels.items():
-      row[1].plot(model["variants"][variant]["distance"], label=label)
-      row[2].plot(model["variants"][variant]["max_log_ratio"], label=label)
+      traces = model["variants"][variant]
+      row[1].plot(steps, traces["distance"], label=label)
+      row[2].plot(steps, traces["max_log_ratio"], label=label)
     row[1].set_yscale("log")
     row[1].set_title(r"$\sum_l \log(\|W_l\| / n_l)^2$, all layers", fontsize=9)
     row[2].set_title(

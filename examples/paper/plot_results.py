@@ -107,6 +107,15 @@ def padded(seeds: Sequence[np.ndarray]) -> np.ndarray:
   return out
 
 
+def trace_epochs(entry: dict[str, Any]) -> list[np.ndarray]:
+  """Each seed's epoch numbers of its traces: all of them, or those that
+  ``examples.paper.compact_results`` kept (``trace_epochs``)."""
+  kept = entry.get("trace_epochs")
+  if kept is not None:
+    return [np.asarray(seed) for seed in kept]
+  return [np.arange(1, len(seed) + 1) for seed in entry["test_acc"]]
+
+
 def plot_protocol(plt: Any, results: dict[str, Any]) -> Any:
   """Test accuracy, weight norms and balancedness per epoch."""
   methods = results["methods"]
@@ -114,15 +123,15 @@ def plot_protocol(plt: Any, results: dict[str, Any]) -> Any:
     p for p in PROTOCOL_PANELS if any(curves(e, p[0]) for e in methods.values())
   ]
   figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
-  lengths = [len(seed) for e in methods.values() for seed in e["test_acc"]]
-  ragged = any(
-    len({len(s) for s in e["test_acc"]}) > 1 for e in methods.values()
-  )
+  epochs = {name: trace_epochs(entry) for name, entry in methods.items()}
+  total = max(int(seed[-1]) for seeds in epochs.values() for seed in seeds)
+  ragged = any(len({int(s[-1]) for s in e}) > 1 for e in epochs.values())
   for axis, (key, label) in zip(np.atleast_1d(axes), panels):
     for index, name in enumerate(common.ordered(methods)):
       seeds = curves(methods[name], key)
       if seeds is not None:
-        draw_epochs(axis, name, seeds, f"C{index % 10}", max(lengths), ragged)
+        color = f"C{index % 10}"
+        draw_epochs(axis, name, seeds, epochs[name], color, total, ragged)
     axis.set_xlabel("epoch")
     axis.set_ylabel(label)
     axis.xaxis.get_major_locator().set_params(integer=True)
@@ -136,21 +145,24 @@ def draw_epochs(
   axis: Any,
   name: str,
   seeds: Sequence[np.ndarray],
+  epochs: Sequence[np.ndarray],
   color: str,
   total: int,
   ragged: bool,
 ) -> None:
-  """One method's curves; ``from_scratch`` ends at epoch ``total``."""
+  """One method's curves at their ``epochs`` (per seed); ``from_scratch``
+  ends at epoch ``total``."""
   style = "--" if name == "from_scratch" else "-"
-  values = padded(seeds)
-  epochs = np.arange(1, values.shape[1] + 1)
-  if name == "from_scratch":
-    epochs += total - values.shape[1]
+  if name == "from_scratch":  # Its longest seed ends with the others.
+    shift = total - max(int(seed[-1]) for seed in epochs)
+    epochs = [seed + shift for seed in epochs]
   if ragged:
-    for number, seed in enumerate(values):
+    for number, (x, seed) in enumerate(zip(epochs, seeds)):
       label = name if number == 0 else None
-      axis.plot(epochs, seed, style, color=color, label=label, linewidth=0.7)
+      axis.plot(x, seed, style, color=color, label=label, linewidth=0.7)
     return
+  values = padded(seeds)
+  epochs = max(epochs, key=len)
   mean = np.nanmean(values, axis=0)
   std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else 0 * mean
   axis.plot(epochs, mean, style, color=color, label=name, linewidth=1.2)

@@ -64,6 +64,9 @@ run examples.paper.generalization --data fashion_mnist --epochs 10 "${FIXED[@]}"
 run examples.paper.generalization --data fashion_mnist --epochs 10 --lr-decay \
   "${FIXED[@]}" --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
 
+# Committed results stay small: per-epoch and per-step traces thinned and
+# rounded; every summary a table reads is kept as written.
+"$PY" -m examples.paper.compact_results "$OUT"/*.json
 "$PY" -m examples.paper.summarize_results "$OUT"/*.json --write examples/paper/RESULTS.md
 "$PY" -m examples.paper.plot_results $(ls "$OUT"/*.json | grep -v -e /sweep_ -e /figure1_ -e _calibration -e /beyond_chains) \
   --out-dir "$FIGURES"
