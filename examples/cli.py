@@ -193,11 +193,11 @@ def check_positive(flag: str, value: int) -> None:
     raise ValueError(f"{flag} must be at least 1; got {value}.")
 
 
-def check_out_path(path: str | None) -> None:
-  """Fails before any training if ``--out`` can't be written."""
+def check_out_path(path: str | None, flag: str = "--out") -> None:
+  """Fails before any training if ``flag``'s file can't be written."""
   if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
     raise ValueError(
-      f"--out: the folder of {path!r} does not exist; create it first."
+      f"{flag}: the folder of {path!r} does not exist; create it first."
     )
 
 

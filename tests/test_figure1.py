@@ -90,6 +90,8 @@ def test_default_factors_are_geometric_with_one():
     (["--factors", "-1"], "--factors"),
     (["--factors", "0.1,ten"], "--factors"),
     (["--epochs", "0"], "--epochs"),
+    (["--out-json", "/no/such/folder/f.json"], "--out-json: the folder"),
+    (["--out-png", "/no/such/folder/f.png"], "--out-png: the folder"),
   ],
 )
 def test_bad_flag_values_name_the_flag(flags, message):

@@ -306,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--figure", default=None, help="PNG file to write")
   flags = parser.parse_args(argv)
   cli.check_positive("--steps", flags.steps)
+  cli.check_out_path(flags.out)
+  cli.check_out_path(flags.figure, "--figure")
   chosen = flags.models.split(",")
   unknown = sorted(set(chosen) - set(models()))
   if unknown:

@@ -80,9 +80,7 @@ def parse_factors(text: str) -> tuple[float, ...]:
 def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
   """Parses and checks the command line."""
   parser = cli.parser(__doc__)
-  parser.add_argument(
-    "--data", default="fashion_mnist", help="a built-in name or FILE.npz"
-  )
+  cli.add_data_flag(parser, "fashion_mnist")
   parser.add_argument("--model", default="mlp", choices=MODELS)
   parser.add_argument("--epochs", type=int, default=5)
   parser.add_argument("--seed", type=int, default=0)
@@ -99,6 +97,8 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
       f"--epochs: got {flags.epochs}; train for at least 1 epoch "
       "(the figure needs a trained network), e.g. --epochs 5."
     )
+  cli.check_out_path(flags.out_json, "--out-json")
+  cli.check_out_path(flags.out_png, "--out-png")
   flags.factors = (
     default_factors() if flags.factors is None else parse_factors(flags.factors)
   )
