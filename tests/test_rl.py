@@ -18,9 +18,11 @@ import pytest
 from examples import methods
 from examples.rl import envs
 from examples.rl import ppo
+from examples.rl import records
 from examples.rl.agent import make_agent
 from examples.rl.config import METHODS
 from examples.rl.config import Config
+from examples.rl.train import Metrics
 from examples.rl.train import make_train
 from optax_swr import baselines
 
@@ -145,6 +147,52 @@ def test_train_state_round_trips_through_orbax(runs, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_json_traces_are_thinned_and_keep_every_episode(runs):
+  """What a script writes: the metrics after updates 1, 1 + k, ..., and the
+  last; the episodes that ended between two of them counted at the second;
+  summaries from every update."""
+  measured = jax.tree.map(np.asarray, runs["swr"][4])
+  num_updates = CONFIG.num_updates
+  config = records.trace_config(num_updates)
+  kept = config["trace_updates"]
+  every = config["trace_every"]
+  assert len(kept) <= records.TRACE_POINTS and every > 1
+  assert kept[:2] == [1, 1 + every] and kept[-1] == num_updates
+  written = json.loads(json.dumps(records.record(measured), allow_nan=False))
+  traced = Metrics(
+    **{name: np.array(written[name], float) for name in Metrics._fields}
+  )
+  index = np.array(kept) - 1
+  np.testing.assert_array_equal(
+    traced.layer_norms, measured.layer_norms[:, index]
+  )
+  np.testing.assert_array_equal(traced.entropy, measured.entropy[:, index])
+  starts = [0, *(index[:-1] + 1)]
+  for point, (start, end) in enumerate(zip(starts, index + 1)):
+    np.testing.assert_array_equal(
+      traced.episodes[:, point], measured.episodes[:, start:end].sum(axis=1)
+    )
+  np.testing.assert_allclose(
+    records.recent_return(traced, fraction=1.0),
+    records.recent_return(measured, fraction=1.0),
+    rtol=1e-6,
+  )
+  last = round(num_updates * records.FINAL_FRACTION)
+  np.testing.assert_allclose(
+    written["final"]["layer_norms"],
+    measured.layer_norms[:, -last:].mean(axis=1),
+    rtol=1e-6,
+  )
+  np.testing.assert_array_equal(
+    written["final"]["returns"], records.recent_return(measured)
+  )
+  for num_updates in (1, 2, 39, 40, 41, 390, 3906):
+    every = records.trace_every(num_updates)
+    kept = records.traced_updates(num_updates, every)
+    assert len(kept) <= records.TRACE_POINTS, num_updates
+    assert kept[0] == 1 and kept[-1] == num_updates
+
+
 def test_unknown_env_lists_the_valid_ones():
   with pytest.raises(ValueError, match="CartPole-v1.*SpaceInvaders-MinAtar"):
     envs.make_env("CartPole-v0")
@@ -224,6 +272,9 @@ def test_continual_first_visit_is_the_fresh_run_and_the_agent_carries_on(
   first, second = run["visits"]
   assert first["returns"] == run["fresh"]["Breakout"]["returns"]
   assert second["weight_norms"] != run["fresh"]["Freeway"]["weight_norms"]
+  traced = len(results["config"]["trace_updates"])
+  assert np.shape(second["layer_norms"]) == (2, traced, 3)  # conv, Dense, head
+  assert np.shape(second["final"]["entropy"]) == (2,)
   breakout, freeway = results["summary"]["vanilla"]
   assert breakout["gap_mean"] == 0.0 and freeway["game"] == "Freeway"
   from examples.rl import continual_report  # pylint: disable=g-import-not-at-top

@@ -157,12 +157,15 @@ def run_method(
 
 
 def _record(measured: Metrics, **labels: Any) -> dict[str, Any]:
-  """A visit's metrics ``[seed, update]`` and its score per seed."""
+  """A visit's score per seed and its metrics, thinned (``records.record``).
+
+  The score, as every summary, is computed from every update.
+  """
   score = records.recent_return(measured, SCORED_FRACTION)
   return {
     **labels,
     "score": records.json_ready(score),
-    **{k: records.json_ready(v) for k, v in measured._asdict().items()},
+    **records.record(measured),
   }
 
 
@@ -258,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "seeds": args.seeds,
       "seed": args.seed,
       "scored_fraction": SCORED_FRACTION,
+      **records.trace_config(config.num_updates),
     },
     "versions": records.versions(),
     "methods": {},

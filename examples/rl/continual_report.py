@@ -1,10 +1,11 @@
 """Tables and a figure from runs of ``examples.rl.continual``.
 
-Merges the JSON files of several runs (one method each, or several), prints a
-Markdown table per game and visit: each method's score, the fresh agent's,
-and their paired per-seed gap with its 95% t interval; and draws one panel per
-game (the gap against the visit) and one of the summed weight norm over the
-whole sequence. Needs matplotlib (the [plots] extra) and scipy.
+Merges the JSON files of several runs (one method each, or several), prints
+Markdown tables: per game and visit, each method's score, the fresh agent's,
+and their paired per-seed gap with its 95% t interval; the gap over the later
+visits; the weights and features at the end of the sequence. Draws one panel
+per game (the gap against the visit) and one of the summed weight norm over
+the whole sequence. Needs matplotlib (the [plots] extra) and scipy.
 
   python -m examples.rl.continual_report examples/rl/results/continual_*.json \\
       --figure examples/rl/figures/continual.png
@@ -90,6 +91,38 @@ def later_visits(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def end_of_sequence(results: dict[str, Any]) -> str:
+  """Markdown: per method, the weights and features after the last visit.
+
+  The summed weight norm after the first update and, as every other column,
+  over the last ``final_fraction`` of the last visit's updates; the dormant
+  fraction and the effective rank also at the end of the first visit. Means
+  over seeds.
+  """
+  visits = len(next(iter(results["methods"].values()))["visits"])
+  lines = [
+    f"| method | summed weight norm, start -> end | dormant fraction, visit 1 "
+    f"-> visit {visits} | effective rank, visit 1 -> visit {visits} | policy "
+    f"entropy, visit {visits} |",
+    "|---|---|---|---|---|",
+  ]
+  for method, run in results["methods"].items():
+    first, last = run["visits"][0], run["visits"][-1]
+    start = _seed_mean([norms[0] for norms in first["weight_norms"]])
+    end = _seed_mean(last["final"]["weight_norms"])
+    cells = [f"{start:.1f} -> {end:.1f}"]
+    for name, digits in (("dormant_fraction", 2), ("effective_rank", 1)):
+      before, after = (_seed_mean(v["final"][name]) for v in (first, last))
+      cells.append(f"{before:.{digits}f} -> {after:.{digits}f}")
+    cells.append(f"{_seed_mean(last['final']['entropy']):.2f}")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _seed_mean(values: Any) -> float:
+  return float(np.mean(rl_plot.as_array(values)))
+
+
 def _later_gaps(results: dict[str, Any], method: str) -> np.ndarray:
   run = results["methods"][method]
   gaps = [
@@ -135,14 +168,16 @@ def figure(results: dict[str, Any], path: str) -> None:
       ax.set_xticks(visits)
       ax.set_title(game)
       ax.set_xlabel("visit")
+    visits = results["methods"][method]["visits"]
     norms = np.concatenate(
-      [
-        rl_plot.as_array(v["weight_norms"])
-        for v in results["methods"][method]["visits"]
-      ],
-      axis=-1,
+      [rl_plot.as_array(v["weight_norms"]) for v in visits], axis=-1
     )
-    axes[-1].plot(np.mean(norms, axis=0), label=method)
+    per_visit = results["config"]["num_updates_per_visit"]
+    traced = np.array(results["config"]["trace_updates"])
+    updates = np.concatenate(
+      [i * per_visit + traced for i in range(len(visits))]
+    )
+    axes[-1].plot(updates, np.mean(norms, axis=0), label=method)
   axes[0].set_ylabel("score minus fresh agent's")
   axes[-1].set_title("sum of layer weight norms")
   axes[-1].set_xlabel("update (all visits)")
@@ -161,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(table(results))
   print()
   print(later_visits(results))
+  print()
+  print(end_of_sequence(results))
   if args.figure:
     figure(results, args.figure)
   return results

@@ -3,9 +3,11 @@
 Four panels against environment steps: the episode return, the summed weight
 norm, the fraction of dormant units and the effective rank of the last hidden
 layer; per method the mean over seeds with its 95% t interval. Each point
-is the mean over the last ``--window`` updates; for the return, the mean
-return of the episodes that ended in them (an update where none ended has
-no return of its own). Needs matplotlib (the [plots] extra) and scipy.
+is the mean over the traced updates of the last ``--window`` updates (the
+JSON keeps every ``trace_every``-th, see ``examples.rl.records``); for the
+return, the mean return of all the episodes that ended in them (an update
+where none ended has no return of its own). Needs matplotlib (the [plots]
+extra) and scipy.
 
   python -m examples.rl.plot --json /tmp/cartpole.json --out /tmp/cartpole.png
 """
@@ -51,17 +53,17 @@ def as_array(values: Any) -> np.ndarray:
 def windowed_mean(
   values: np.ndarray, weights: np.ndarray, window: int
 ) -> np.ndarray:
-  """The weighted mean of each update's last ``window`` values, per seed.
+  """The weighted mean of each point's last ``window`` values, per seed.
 
   Args:
-    values: ``[seed, update]`` (NaN where there is none).
-    weights: ``[seed, update]``: for returns, how many episodes each
-      update's mean is over, so that the result is the mean return of the
+    values: ``[seed, point]``, a trace (NaN where there is none).
+    weights: ``[seed, point]``: for returns, how many episodes each
+      point's mean is over, so that the result is the mean return of the
       episodes that ended in the window.
-    window: updates per window, >= 1.
+    window: points per window, >= 1.
 
   Returns:
-    ``[seed, update]``; NaN where the window holds no weight.
+    ``[seed, point]``; NaN where the window holds no weight.
   """
   weights = np.where(np.isfinite(values), weights, 0.0)
   kernel = np.ones(window)
@@ -99,6 +101,11 @@ def plot(results: dict[str, Any], window: int) -> Any:
   plt = pyplot()
   config = results["config"]
   steps_per_update = config["num_envs"] * config["num_steps"]
+  # Files written before traces were thinned hold every update.
+  every = config.get("trace_every", 1)
+  traced = config.get("trace_updates", range(1, config["num_updates"] + 1))
+  steps = steps_per_update * np.array(traced)
+  points = max(1, round(window / every))
   figure, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
   for axis, (name, label) in zip(axes, PANELS):
     means = []
@@ -109,8 +116,7 @@ def plot(results: dict[str, Any], window: int) -> Any:
         if name == "returns"
         else np.ones_like(values)
       )
-      values = windowed_mean(values, weights, window)
-      steps = steps_per_update * np.arange(1, values.shape[1] + 1)
+      values = windowed_mean(values, weights, points)
       mean, low, high = mean_interval(values)
       axis.plot(steps, mean, color=f"C{color}", label=method, linewidth=1.2)
       axis.fill_between(steps, low, high, color=f"C{color}", alpha=0.15)
@@ -125,7 +131,8 @@ def plot(results: dict[str, Any], window: int) -> Any:
   axes[0].legend(fontsize=7)
   figure.suptitle(
     f"PPO on {config['env']} | {config['seeds']} seeds, mean and 95% t "
-    f"interval | each point: the mean over the last {window} updates",
+    f"interval | each point: the mean over the last {points * every} "
+    f"updates ({points} traced)",
     fontsize=9,
   )
   figure.tight_layout()

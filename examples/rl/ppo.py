@@ -33,11 +33,11 @@ replaces PureJaxRL's tanh, which is not positively homogeneous.
 The agent lives in modules of its own, which every RL protocol imports:
 ``config`` (``Config`` and its flags), ``envs`` (gymnax), ``models`` (the
 network), ``agent`` (optimizer and state), ``train`` (``make_train``) and
-``records`` (what the JSON holds). This script trains each
-method on every seed at once and writes one JSON. The learning rate is constant, so that
-``train`` can continue a run, on the same or another environment with the
-same observation and action shapes (see ``train.make_train`` and
-``agent.without_envs``). From the repository root::
+``records`` (what the JSON holds, traces thinned). This script trains each
+method on every seed at once and writes one JSON. The learning rate is
+constant, so that ``train`` can continue a run, on the same or another
+environment with the same observation and action shapes (see
+``train.make_train`` and ``agent.without_envs``). From the repository root::
 
   python -m examples.rl.ppo --env CartPole-v1 --total-steps 200000 \\
       --seeds 3 --methods vanilla,swr --out /tmp/cartpole.json
@@ -136,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "seed": args.seed,
       "num_updates": config.num_updates,
       "layers": [layer.name for layer in layers],
+      **records.trace_config(config.num_updates),
     },
     "versions": records.versions(),
     "methods": {},
@@ -143,13 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   start = time.perf_counter()
   for method in methods:
     measured, timing = run_method(config, env, env_params, method, keys)
-    results["methods"][method] = {
-      **{
-        name: records.json_ready(value)
-        for name, value in measured._asdict().items()
-      },
-      **timing,
-    }
+    results["methods"][method] = {**records.record(measured), **timing}
     final = records.recent_return(measured)
     print(
       f"{args.env} {method:8s} return (last 10% of updates) "
