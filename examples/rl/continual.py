@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from examples import cli
-from examples.paper import protocols
 from examples.rl import agent
 from examples.rl import envs
 from examples.rl import records
@@ -238,7 +237,7 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_flags(argv)
-  protocols.check_out_path(args.out)
+  cli.check_out_path(args.out)
   games = [g.strip() for g in args.games.split(",") if g.strip()]
   for game in games:
     if game not in GAMES:
@@ -274,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results["wall_time_s"] = time.perf_counter() - start
   results["summary"] = summarize(results)
   if args.out:
-    protocols.write_json(args.out, results)
+    cli.write_json(args.out, results)
   return results
 
 

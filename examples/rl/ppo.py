@@ -57,7 +57,6 @@ import jax
 import numpy as np
 
 from examples import cli
-from examples.paper import protocols
 from examples.rl import envs
 from examples.rl import records
 from examples.rl.agent import make_agent
@@ -122,7 +121,7 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_flags(argv)
-  protocols.check_out_path(args.out)
+  cli.check_out_path(args.out)
   config = config_from_flags(args)
   methods = parse_methods(args.methods)
   env, env_params = envs.make_env(args.env)
@@ -155,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
   results["wall_time_s"] = time.perf_counter() - start
   if args.out:
-    protocols.write_json(args.out, results)
+    cli.write_json(args.out, results)
   return results
 
 

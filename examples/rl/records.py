@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from examples.paper import protocols
+from examples import cli
 from examples.rl.train import Metrics
 
 TRACE_POINTS = 32
@@ -43,7 +43,7 @@ STATE_METRICS = (
 def versions() -> dict[str, str]:
   """Versions of what produced the results, for the JSON."""
   return {
-    **protocols.versions(),
+    **cli.versions(),
     "gymnax": importlib.metadata.version("gymnax"),
   }
 
