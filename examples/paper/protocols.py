@@ -182,9 +182,3 @@ def finish(results: dict[str, Any], settings: runner.Settings) -> None:
     print(f"{name:12s} {accuracy:>24s} {norm:12.2f}")
   if settings.out:
     print(f"results written to {settings.out}")
-
-
-# The RL scripts read these here until they import them from examples.cli.
-check_out_path = cli.check_out_path
-versions = cli.versions
-write_json = cli.write_json
