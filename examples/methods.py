@@ -27,26 +27,20 @@ The supervised protocols (``examples/paper/``) build one per entry::
     methods.InterventionInputs(params, opt_state, initial, fresh)
   )
 
-The RL agent (``examples/rl/``) builds its optimizer and interventions the
-same way, with PureJaxRL's Adam (``eps=1e-5``, the gradient clipped first)
-and its output layer as the head; its config's coefficients map onto each
-method's ``coefs``::
+The RL agent (``examples/rl/agent.py``, ``make_method``) builds its
+optimizer and intervention the same way, with PureJaxRL's Adam (``eps=1e-5``,
+the gradient clipped first) and its output layer as the head; its ``Config``
+maps its flags onto each method's ``coefs`` (``Config.coefs``)::
 
   setup = methods.TrainingSetup(
     layers, head=layers[-1:], lr=config.lr, eps=1e-5,
     max_grad_norm=config.max_grad_norm,
   )
-  coefs = {
-    "swr": (config.swr_coef,) if config.swr_head_coef is None
-    else (config.swr_coef, config.swr_head_coef),
-    "l2": (config.l2_coef,), "l2_init": (config.l2_init_coef,),
-    "snp": (config.snp_coef,), "redo": (config.redo_tau,),
-  }
-  method = methods.build(name, coefs.get(name, ()), setup)
-  # method.tx is the agent's optimizer. Every K updates (snp_every,
-  # redo_every), inside jax.lax.cond, with a fresh draw of the params and,
-  # where methods.REGISTRY[name].needs_activations, the torso's
-  # activations on a minibatch:
+  method = methods.build(name, config.coefs(name), setup)
+  # method.tx is the agent's optimizer. Every K updates
+  # (config.intervene_every(name)), inside jax.lax.cond, with a fresh draw
+  # of the params and, where methods.REGISTRY[name].needs_activations, the
+  # torso's activations on a minibatch (examples/rl/train.py):
   params, opt_state = method.intervene(
     methods.InterventionInputs(
       params, opt_state, initial_params, fresh_params, activations
