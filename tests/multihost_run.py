@@ -185,6 +185,7 @@ def report(
     "swr_state": {
       name: np.asarray(value.addressable_data(0)).tolist()
       for name, value in swr_state._asdict().items()
+      if name != "deferred_factors"  # () for the chained swr
     },
     "swr_state_replicated": all(
       leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(swr_state)
