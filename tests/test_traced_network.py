@@ -224,3 +224,29 @@ def test_restrict_to_params_without_any_layer_raises():
 def test_an_empty_layers_value_is_an_error_not_a_no_op():
   with pytest.raises(ValueError, match="`layers` is empty"):
     optax_swr.swr(0.1, layers=optax_swr.Layers(()))
+
+
+def test_the_projection_is_computed_once_not_at_every_trace(monkeypatch):
+  """The pseudo-inverse belongs to the traced network: neither a second
+  trace of update (another jit, another shape of batch) nor an eager call
+  computes it again."""
+  from optax_swr import _homogeneity
+
+  layers, params, _ = traced(ResidualMLP())
+  calls = []
+  pinv = _homogeneity.projection
+  monkeypatch.setattr(
+    _homogeneity, "projection", lambda *args: calls.append(1) or pinv(*args)
+  )
+  tx = optax.chain(
+    optax.sgd(0.1),
+    optax_swr.swr(0.1, layers=layers, classifier=1, classifier_coef=0.0),
+  )
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for update in (tx.update, jax.jit(tx.update), jax.jit(tx.update)):
+    updates, _ = update(grads, state, params)
+  assert len(calls) == 1
+  # The head's coefficient 0 is in that one projection: its weight is kept.
+  head = optax.apply_updates(params, updates)["head"]["kernel"]
+  np.testing.assert_allclose(head, params["head"]["kernel"] - 0.1, rtol=1e-6)
