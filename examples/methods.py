@@ -287,9 +287,13 @@ def _head_reset(coefs: Sequence[float], setup: TrainingSetup) -> Method:
 def _swr(
   coefs: Sequence[float], setup: TrainingSetup, reset_norms_at: Sequence[int]
 ) -> Method:
+  # A traced Layers value keeps its equations; a tuple of it would drop them.
+  layers = setup.layers
+  if not isinstance(layers, optax_swr.Layers):
+    layers = tuple(layers)
   rescale = optax_swr.swr(
     coefs[0],
-    layers=tuple(setup.layers),
+    layers=layers,
     classifier=len(setup.head),
     classifier_coef=coefs[-1],
     reset_norms_at=tuple(reset_norms_at),
