@@ -85,11 +85,53 @@ def check_schema(results, methods, epochs_per_seed, seeds=2):
   json.dumps(results)  # everything is JSON-ready
 
 
-def test_warm_start_on_a_users_npz(npz, tmp_path):
-  out = tmp_path / "ws.json"
+@pytest.fixture(scope="module")
+def warm(npz, tmp_path_factory):
+  """warm_start.py's every method on the CNN, and the JSON it wrote."""
+  out = tmp_path_factory.mktemp("warm") / "ws.json"
   results = warm_start.main(
     ["--data", npz, "--model", "cnn", "--width", "4", "--out", str(out), *FLAGS]
   )
+  return results, out
+
+
+@pytest.fixture(scope="module")
+def lr_decay(npz, tmp_path_factory):
+  """generalization.py with --lr-decay (4 epochs), and the JSON it wrote."""
+  out = tmp_path_factory.mktemp("lr_decay") / "g.json"
+  results = generalization.main(
+    [
+      "--data",
+      npz,
+      "--model",
+      "mlp",
+      "--lr-decay",
+      "--out",
+      str(out),
+      *FLAGS,
+      "--epochs",
+      "4",
+    ]
+  )
+  return results, out
+
+
+@pytest.fixture(scope="module")
+def sweep(npz):
+  """generalization.py's vanilla and swr, with a second coefficient of swr.
+
+  A method's run depends on its own flags only (each entry is a job of its
+  own, on the same data, batches and initialisation), so the vanilla and swr
+  entries are those of a run without the sweep: the workers test compares
+  them with a run in worker processes.
+  """
+  return generalization.main(
+    ["--data", npz, "--methods", "vanilla,swr", "--swr", "1e-3,0.1", *FLAGS]
+  )
+
+
+def test_warm_start_on_a_users_npz(warm):
+  results, out = warm
   check_schema(
     results,
     ["vanilla", "l2", "l2_init", "snp", "head_reset", "swr", "from_scratch"],
@@ -147,10 +189,8 @@ def test_a_chunk_smaller_than_a_batch_is_refused(npz, tmp_path):
   assert not out.exists()
 
 
-def test_generalization_with_lr_decay_adds_swr_reinit(npz):
-  results = generalization.main(
-    ["--data", npz, "--model", "mlp", "--lr-decay", *FLAGS, "--epochs", "4"]
-  )
+def test_generalization_with_lr_decay_adds_swr_reinit(lr_decay):
+  results, _ = lr_decay
   check_schema(
     results,
     ["vanilla", "l2", "l2_init", "swr", "swr_reinit"],
@@ -204,20 +244,16 @@ def test_fashion_mnist_reports_how_to_install(tmp_path):
     data.load_fashion_mnist(str(tmp_path / "absent"))
 
 
-def test_plots_are_written(npz, tmp_path):
+def test_plots_are_written(lr_decay, tmp_path):
   pytest.importorskip("matplotlib", reason="plots need the [plots] extra")
-  out = tmp_path / "g.json"
-  generalization.main(["--data", npz, "--out", str(out), *FLAGS])
+  _, out = lr_decay  # a generalization run's JSON, as the script wrote it
   png = plot_results.plot_file(str(out), str(tmp_path / "figures"))
   assert png.endswith("g.png")
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_summary_tables_are_generated_into_the_markers(npz, tmp_path):
-  out = tmp_path / "warm.json"
-  warm_start.main(
-    ["--data", npz, "--methods", "vanilla,swr", "--out", str(out), *FLAGS]
-  )
+def test_summary_tables_are_generated_into_the_markers(warm, tmp_path):
+  _, out = warm  # a warm-start run's JSON, as the script wrote it
   report = tmp_path / "RESULTS.md"
   report.write_text(
     "intro\n<!-- tables:begin -->\nold\n<!-- tables:end -->\noutro\n"
@@ -235,22 +271,20 @@ def test_summary_tables_are_generated_into_the_markers(npz, tmp_path):
   assert "| from_scratch |" in text
 
 
-def test_workers_give_the_results_of_one_process(npz):
-  flags = ["--data", npz, "--methods", "vanilla,swr", *FLAGS]
-  here = generalization.main(flags)
+def test_workers_give_the_results_of_one_process(npz, sweep):
+  here = sweep  # one process; its swr λ=0.1 entry is not compared
+  flags = ["--data", npz, "--methods", "vanilla,swr", "--swr", "1e-3", *FLAGS]
   there = generalization.main([*flags, "--workers", "2"])
   assert list(there["methods"]) == ["vanilla", "swr"]
-  for name, entry in here["methods"].items():
-    assert there["methods"][name]["test_acc"] == entry["test_acc"]
+  for name, entry in there["methods"].items():
+    assert here["methods"][name]["test_acc"] == entry["test_acc"]
     np.testing.assert_allclose(
-      there["methods"][name]["weight_norms"], entry["weight_norms"], rtol=1e-5
+      here["methods"][name]["weight_norms"], entry["weight_norms"], rtol=1e-5
     )
 
 
-def test_a_list_of_swr_coefficients_adds_sweep_entries(npz):
-  results = generalization.main(
-    ["--data", npz, "--methods", "vanilla,swr", "--swr", "1e-3,0.1", *FLAGS]
-  )
+def test_a_list_of_swr_coefficients_adds_sweep_entries(npz, sweep):
+  results = sweep
   assert list(results["methods"]) == ["vanilla", "swr", "swr λ=0.1"]
   assert results["methods"]["swr"]["hparams"]["coefs"][0] == 1e-3
   assert results["methods"]["swr λ=0.1"]["hparams"]["coefs"] == [0.1, 0.1]
