@@ -39,6 +39,9 @@ from examples import data
 from examples import methods as methods_lib
 import optax_swr
 
+# The repository root, which the JSON files' recorded paths are relative to.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
   """Ends each flag's help with ``(default: ...)``, help text or not.
@@ -214,8 +217,26 @@ def versions() -> dict[str, str]:
   }
 
 
+def recorded_path(path: str) -> str:
+  """``path`` as a JSON records it: relative to the repository when inside it.
+
+  So that a result names the same file whatever the working directory of
+  the run; a path outside the repository stays absolute.
+  """
+  absolute = os.path.abspath(path)
+  relative = os.path.relpath(absolute, REPOSITORY)
+  return absolute if relative.split(os.sep)[0] == os.pardir else relative
+
+
 def write_json(path: str, results: dict[str, Any]) -> None:
-  """Writes ``results`` to ``path`` whole or not at all (never a partial file)."""
+  """Writes ``results`` to ``path`` whole or not at all (never a partial file).
+
+  A ``results["config"]["out"]`` (the ``--out`` flag as given) is written
+  as :func:`recorded_path` of ``path``; ``results`` itself is left as it is.
+  """
+  config = results.get("config")
+  if isinstance(config, dict) and "out" in config:
+    results = {**results, "config": {**config, "out": recorded_path(path)}}
   temporary = f"{path}.partial"
   try:
     with open(temporary, "w") as file:
