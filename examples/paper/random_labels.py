@@ -2,12 +2,13 @@
 
 A fixed, class-balanced subset of the training set (``--num-examples``) is
 learned again and again, each task with fresh uniformly random labels, by one
-network whose optimizer state is never reset and which gets no signal that
-the task changed (Lyle et al., 2023; Kumar et al., 2023). Memorizing random
-labels needs all of a network's capacity, so the training accuracy a method
-reaches on task t, compared with task 1, measures how much plasticity it
-kept. Model: the paper's MLP 784-100-100-10 (any input shape, flattened);
-Adam lr 1e-3, batch 32.
+network whose optimizer state is never reset (Lyle et al., 2023; Kumar et
+al., 2023). Only Shrink & Perturb and head reset are told when the task
+changes (they act at each switch); the other methods get no signal of it.
+Memorizing random labels needs all of a network's capacity, so the training
+accuracy a method reaches on task t, compared with task 1, measures how much
+plasticity it kept. Model: the paper's MLP 784-100-100-10 (any input shape,
+flattened); Adam lr 1e-3, batch 32.
 
 Methods: ``vanilla``, ``l2`` (loss + lam/2 ||theta||^2), ``l2_init`` (loss +
 lam ||theta - theta_0||^2), ``snp`` (Shrink & Perturb toward theta_0 at each

@@ -20,7 +20,8 @@ run examples.paper.random_labels --calibrate --steps-per-task 4000 \
   --no-progress --out "$OUT/random_labels_calibration.json"
 run examples.paper.random_labels --no-progress --workers 2 \
   --out "$OUT/random_labels_fashion_mnist.json"
-# The baselines get a sweep too, as SWR does (4 coefficients above).
+# The baselines get a smaller sweep than SWR (4 coefficients above): L2 and L2
+# Init 2 values each with the main run, Shrink & Perturb 3.
 run examples.paper.random_labels --no-progress --workers 2 \
   --methods l2,l2_init,snp --l2 1e-3 --l2-init 1e-3 --snp 0.5,0.8 \
   --out "$OUT/random_labels_baseline_sweep_fashion_mnist.json"

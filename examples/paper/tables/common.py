@@ -24,9 +24,11 @@ STATS_NOTE = (
   "the mean of per-seed differences with its 95% t interval [low, high]."
 )
 PULL_NOTE = (
-  "λ × steps: SWR's coefficient λ_f times the optimizer steps taken; a "
-  "norm's excess over its initial value shrinks by about exp(−λ × steps) "
-  "(≪ 1: SWR barely acted; ≫ 1: it pinned the norms)."
+  "λ × steps: SWR's coefficient λ_f times the optimizer steps taken. On "
+  "its own SWR would shrink a norm's excess over its initial value by about "
+  "exp(−λ × steps); against the optimizer's growth the norm settles where "
+  "the two balance. ≪ 1: SWR barely acted; ≫ 1: the norms reached that "
+  "balance, which is near their initial values only for a large λ."
 )
 
 
