@@ -17,6 +17,7 @@
 ``metrics.dormant_fraction`` counts them and ``baselines.redo`` resets them;
 both read a layer's activations through this module, so the two agree on
 what a dormant unit is and on which activations they accept.
+``baselines.continual_backprop`` reads the same mean absolute activations.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ def check_activation_ranks(activations: Sequence[Any], caller: str) -> None:
       )
 
 
+def mean_abs(h: jax.Array) -> jax.Array:
+  """Each unit's mean absolute activation ``[units]``, in float32 or wider.
+
+  The mean runs over the batch and every axis before the units (the pixels
+  of a conv layer's channels-last output).
+  """
+  h = jnp.asarray(h)
+  dtype = jnp.promote_types(h.dtype, jnp.float32)
+  return jnp.mean(jnp.abs(h.astype(dtype)), axis=tuple(range(h.ndim - 1)))
+
+
 def dormant_units(h: jax.Array, tau: float) -> jax.Array:
   """A boolean mask ``[units]``: the units of ``h`` that are tau-dormant.
 
@@ -46,9 +58,7 @@ def dormant_units(h: jax.Array, tau: float) -> jax.Array:
   every axis before the units) is at most ``tau`` times the layer's mean over
   units; a layer whose activations are all zero has every unit dormant.
   """
-  h = jnp.asarray(h)
-  dtype = jnp.promote_types(h.dtype, jnp.float32)
-  mean_abs = jnp.mean(jnp.abs(h.astype(dtype)), axis=tuple(range(h.ndim - 1)))
-  layer_mean = jnp.mean(mean_abs)
+  unit_means = mean_abs(h)
+  layer_mean = jnp.mean(unit_means)
   safe_mean = jnp.where(layer_mean > 0, layer_mean, 1.0)
-  return mean_abs / safe_mean <= tau
+  return unit_means / safe_mean <= tau

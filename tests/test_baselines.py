@@ -84,6 +84,27 @@ def test_shrink_perturb_interpolates_leafwise():
   ]
 
 
+def test_shrink_and_perturb_shrinks_toward_zero_and_adds_the_fresh_draw():
+  params = {"a": jnp.array([4.0, -2.0]), "b": jnp.array([1.0], jnp.bfloat16)}
+  fresh = {"a": jnp.array([1.0, 3.0]), "b": jnp.array([2.0], jnp.bfloat16)}
+  out = baselines.shrink_and_perturb(
+    params, fresh, shrink=0.5, noise_scale=0.25
+  )
+  # 0.5 * 4 + 0.25 * 1, 0.5 * -2 + 0.25 * 3, 0.5 * 1 + 0.25 * 2
+  np.testing.assert_allclose(out["a"], [2.25, -0.25])
+  assert out["b"].dtype == jnp.bfloat16 and float(out["b"][0]) == 1.0
+  chex.assert_trees_all_equal(
+    baselines.shrink_and_perturb(params, fresh, 1.0, 0.0), params
+  )
+  # With theta_0 as the draw and weights 1 - coef and coef: shrink_perturb.
+  chex.assert_trees_all_close(
+    baselines.shrink_and_perturb(params, fresh, 0.75, 0.25),
+    baselines.shrink_perturb(params, fresh, 0.25),
+  )
+  jitted = jax.jit(baselines.shrink_and_perturb)(params, fresh, 0.5, 0.25)
+  chex.assert_trees_all_close(jitted, out)
+
+
 def test_reset_layers_replaces_only_the_listed_layers(setup):
   params, _ = setup
   fresh = helpers.mlp_params([3, 4, 2], seed=5)
@@ -110,6 +131,26 @@ def test_reset_layers_replaces_only_the_listed_layers(setup):
       lambda: baselines.shrink_perturb({"a": 1.0}, {"b": 1.0}, 0.5),
       "shrink_perturb: `params` and `initial_params` have different tree "
       "structures",
+    ),
+    (
+      lambda: baselines.shrink_and_perturb({}, {}, 1.5, 0.1),
+      "shrink_and_perturb: `shrink` must be in [0, 1]; got 1.5",
+    ),
+    (
+      lambda: baselines.shrink_and_perturb({}, {}, 0.5, -1e-3),
+      "shrink_and_perturb: `noise_scale` must be >= 0; got -0.001",
+    ),
+    (
+      lambda: baselines.shrink_and_perturb({"a": 1.0}, {"b": 1.0}, 0.5, 0.1),
+      "shrink_and_perturb: `params` and `fresh_params` have different tree "
+      "structures",
+    ),
+    (
+      lambda: baselines.shrink_and_perturb(
+        {"a": jnp.ones(3)}, {"a": jnp.ones(2)}, 0.5, 0.1
+      ),
+      "shrink_and_perturb: `fresh_params` has a leaf of shape (2,) where "
+      "`params` has (3,)",
     ),
     (
       lambda: baselines.reset_layers(
