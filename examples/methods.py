@@ -5,27 +5,33 @@ to the params (and the optimizer state) between updates, e.g. at a change of
 the data (Shrink & Perturb, head reset) or every K updates (ReDo). Each
 entry of :data:`REGISTRY` builds a :class:`Method` from its coefficients and
 a :class:`TrainingSetup` (the network's layers, the base optimizer); *when*
-an intervention runs is the protocol's choice.
+an intervention runs is the protocol's choice, except for a *step hook*
+(:class:`StepHook`: continual backprop every step, ReDo every K steps), which
+the experiment engine (``examples/paper/engine.py``) runs inside its training
+loop on each batch's activations, with a state of its own.
 
-A new method is one entry: a builder decorated with :func:`register`::
+A new method is one entry: a builder decorated with :func:`register`, as
+``adamw``'s::
 
   @register("adamw", coefs=("weight_decay",))
   def _adamw(coefs, setup):
-    \"\"\"Adam with decoupled weight decay.\"\"\"
+    \"\"\"AdamW: Adam with decoupled weight decay (optax.adamw).\"\"\"
     return Method(setup.adam(weight_decay=coefs[0]))
 
-Every protocol that takes ``--methods`` then accepts it (those without
-activations skip methods with ``needs_activations``).
+Every supervised protocol that takes ``--methods`` then accepts it, once
+it has a flag for each coefficient (``examples/paper/protocols.py``,
+``examples/paper/task_sequence.py``); the RL agent runs the methods its
+``Config`` has flags for.
 
 The supervised protocols (``examples/paper/``) build one per entry::
 
   setup = methods.TrainingSetup(layers, head=layers[-2:], lr=1e-3)
   method = methods.build("swr", (1e-3, 1e-2), setup)
   tx = method.tx
-  # at each change of the data, on the lane-stacked state:
-  params, opt_state = method.intervene(
-    methods.InterventionInputs(params, opt_state, initial, fresh)
-  )
+  engine = engine_lib.Engine(module, tx, layers, hook=method.step_hook)
+  # at each change of the data, one lane at a time (vmapped):
+  if method.at_task_switch is not None:
+    state = engine_lib.intervene(method.at_task_switch, state, initial, fresh)
 
 The RL agent (``examples/rl/agent.py``, ``make_method``) builds its
 optimizer and intervention the same way, with PureJaxRL's Adam (``eps=1e-5``,
@@ -76,6 +82,9 @@ class TrainingSetup:
       (None: no clipping).
     lr_boundaries: steps where the learning rate drops (``swr_reinit``
       resets its reference norms there).
+    redo_every: the updates between two recyclings of the step hooks of
+      ``redo`` and ``swr_redo`` (Sokar et al. use 1000 in supervised
+      learning).
   """
 
   layers: Layers
@@ -84,6 +93,7 @@ class TrainingSetup:
   eps: float = 1e-8
   max_grad_norm: float | None = None
   lr_boundaries: Sequence[int] = ()
+  redo_every: int = 1000
 
   def adam(self, weight_decay: float = 0.0) -> optax.GradientTransformation:
     """The base optimizer: Adam (AdamW with ``weight_decay``), clipped first."""
@@ -108,6 +118,10 @@ class InterventionInputs(NamedTuple):
     activations: the output of every layer but the last, after its
       activation function, on a batch (``baselines.redo``'s argument); only
       read by methods with ``needs_activations``.
+
+  A step hook gets ``initial_params=None`` (the engine does not carry them)
+  and the activations of the batch of the step that just ran, computed with
+  the params before its update.
   """
 
   params: Any
@@ -118,21 +132,57 @@ class InterventionInputs(NamedTuple):
 
 
 Intervention = Callable[[InterventionInputs], tuple[Any, Any]]
+HookApply = Callable[[InterventionInputs, Any], tuple[Any, Any, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepHook:
+  """What a method does inside the training loop, every ``every`` updates.
+
+  The engine runs it after update ``k`` (counted over the whole run, from 1)
+  wherever ``k % every == 0``, inside ``jax.lax.cond``, on one lane.
+
+  Attributes:
+    every: the updates between two calls (1: after every update).
+    init: ``init(params) -> state``: the hook's own state (continual
+      backprop's utilities and ages; ``()`` for none), carried from step to
+      step by the engine.
+    apply: ``apply(inputs, state) -> (params, opt_state, state)``; see
+      :class:`InterventionInputs` for what a hook's inputs hold.
+  """
+
+  every: int
+  init: Callable[[Any], Any]
+  apply: HookApply
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A method's optimizer and its intervention between updates.
+  """A method's optimizer and what it does between updates.
 
   Attributes:
     tx: the optimizer.
-    intervene: ``intervene(inputs) -> (params, opt_state)``, or None for a
-      method that only optimizes. Whether it reads ``inputs.activations``
-      is its registry entry's ``needs_activations``.
+    intervene: ``intervene(inputs) -> (params, opt_state)``, run where the
+      caller chooses (at a change of the data; the RL agent every K
+      updates), or None. Whether it reads ``inputs.activations`` is its
+      registry entry's ``needs_activations``.
+    step_hook: run by the experiment engine inside its training loop, or
+      None.
   """
 
   tx: optax.GradientTransformation
   intervene: Intervention | None = None
+  step_hook: StepHook | None = None
+
+  @property
+  def at_task_switch(self) -> Intervention | None:
+    """What a supervised protocol runs at each change of the data.
+
+    ``intervene``, unless the method acts inside the training loop: ReDo's
+    ``intervene`` is for callers without the engine's loop (the RL agent);
+    in the engine its step hook recycles every ``redo_every`` steps instead.
+    """
+    return None if self.step_hook is not None else self.intervene
 
 
 Builder = Callable[[Sequence[float], TrainingSetup], Method]
@@ -313,12 +363,12 @@ def _swr_reinit(coefs: Sequence[float], setup: TrainingSetup) -> Method:
   return _swr(coefs, setup, reset_norms_at=setup.lr_boundaries)
 
 
-@register("redo", coefs=("tau",), needs_activations=True)
-def _redo(coefs: Sequence[float], setup: TrainingSetup) -> Method:
-  """ReDo: recycles the units whose normalized activation is <= tau."""
-  tx = setup.adam()
+def _redo_hook(
+  tx: optax.GradientTransformation, tau: float, setup: TrainingSetup
+) -> StepHook:
+  """ReDo every ``setup.redo_every`` steps, on the batch's activations."""
 
-  def intervene(inputs: InterventionInputs) -> tuple[Any, Any]:
+  def apply(inputs: InterventionInputs, state: Any) -> tuple[Any, Any, Any]:
     params, opt_state, _ = baselines.redo(
       inputs.params,
       inputs.opt_state,
@@ -326,8 +376,100 @@ def _redo(coefs: Sequence[float], setup: TrainingSetup) -> Method:
       setup.layers,
       inputs.fresh_params,
       optimizer=tx,
-      tau=coefs[0],
+      tau=tau,
     )
+    return params, opt_state, state
+
+  return StepHook(setup.redo_every, lambda params: (), apply)
+
+
+@register("redo", coefs=("tau",), needs_activations=True)
+def _redo(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """ReDo: recycles the units whose normalized activation is <= tau."""
+  tx = setup.adam()
+  hook = _redo_hook(tx, coefs[0], setup)
+
+  def intervene(inputs: InterventionInputs) -> tuple[Any, Any]:
+    params, opt_state, _ = hook.apply(inputs, ())
     return params, opt_state
 
+  return Method(tx, intervene, hook)
+
+
+@register("adamw", coefs=("weight_decay",))
+def _adamw(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """AdamW: Adam with decoupled weight decay (optax.adamw)."""
+  return Method(setup.adam(weight_decay=coefs[0]))
+
+
+@register("snp_noise", coefs=("shrink", "noise_scale"), max_coef=1.0)
+def _snp_noise(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """Ash & Adams' Shrink & Perturb: shrink theta + noise_scale theta_fresh."""
+  shrink, noise_scale = coefs
+
+  def intervene(inputs: InterventionInputs) -> tuple[Any, Any]:
+    params = baselines.shrink_and_perturb(
+      inputs.params,
+      inputs.fresh_params,
+      shrink=shrink,
+      noise_scale=noise_scale,
+    )
+    return params, inputs.opt_state
+
+  return Method(setup.adam(), intervene)
+
+
+@register("full_reset")
+def _full_reset(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """A fresh network and optimizer state at each change (the reference)."""
+  del coefs
+  tx = setup.adam()
+
+  def intervene(inputs: InterventionInputs) -> tuple[Any, Any]:
+    return inputs.fresh_params, tx.init(inputs.fresh_params)
+
   return Method(tx, intervene)
+
+
+# Continual backprop's utility decay and maturity (Dohare et al., 2024).
+CBP_DECAY_RATE = 0.99
+CBP_MATURITY = 100
+
+
+@register(
+  "cbp", coefs=("replacement_rate",), max_coef=1.0, needs_activations=True
+)
+def _cbp(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """Continual backprop: every step, fresh units for the least useful ones."""
+  tx = setup.adam()
+
+  def init(params: Any) -> Any:
+    return baselines.continual_backprop_init(params, setup.layers)
+
+  def apply(inputs: InterventionInputs, state: Any) -> tuple[Any, Any, Any]:
+    params, opt_state, state, _ = baselines.continual_backprop(
+      inputs.params,
+      inputs.opt_state,
+      state,
+      inputs.activations,
+      setup.layers,
+      inputs.fresh_params,
+      optimizer=tx,
+      replacement_rate=coefs[0],
+      decay_rate=CBP_DECAY_RATE,
+      maturity_threshold=CBP_MATURITY,
+    )
+    return params, opt_state, state
+
+  return Method(tx, step_hook=StepHook(1, init, apply))
+
+
+@register(
+  "swr_redo", coefs=("lambda", "tau"), max_coef=1.0, needs_activations=True
+)
+def _swr_redo(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """SWR (lambda) plus ReDo's recycling (tau) every redo_every steps."""
+  # A positive rescale keeps every pre-activation's sign: SWR alone cannot
+  # revive a dead unit.
+  tx = _swr(coefs[:1], setup, reset_norms_at=()).tx
+  return Method(tx, step_hook=_redo_hook(tx, coefs[1], setup))

@@ -14,6 +14,7 @@ from examples import methods
 from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
 import optax_swr
+from optax_swr import baselines
 
 LANES, STEPS, BATCH = 2, 6, 8
 
@@ -59,6 +60,104 @@ def test_one_loop_equals_the_step_by_step_loop(model):
   if model == "cnn_bn":  # BatchNorm statistics moved and stayed in sync
     stats = jax.tree.leaves(state.batch_stats)
     assert stats and all(np.all(np.isfinite(s)) for s in stats)
+
+
+def _hand_activations(params, x):
+  """The MLP's post-ReLU hidden outputs, written out."""
+  first = jax.nn.relu(
+    x.reshape(len(x), -1) @ params["hidden_0"]["kernel"]
+    + params["hidden_0"]["bias"]
+  )
+  second = jax.nn.relu(
+    first @ params["hidden_1"]["kernel"] + params["hidden_1"]["bias"]
+  )
+  return [first, second]
+
+
+def _cbp_hook(tx, layers):
+  """Continual backprop that replaces units from the first steps on."""
+
+  def apply(inputs, state):
+    params, opt_state, state, _ = baselines.continual_backprop(
+      inputs.params,
+      inputs.opt_state,
+      state,
+      inputs.activations,
+      layers,
+      inputs.fresh_params,
+      optimizer=tx,
+      replacement_rate=0.5,
+      maturity_threshold=1,
+    )
+    return params, opt_state, state
+
+  return methods.StepHook(
+    1, lambda p: baselines.continual_backprop_init(p, layers), apply
+  )
+
+
+@pytest.mark.parametrize("name", ["cbp", "swr_redo"])
+def test_a_step_hook_in_the_loop_equals_calling_it_by_hand(name):
+  plain, variables, x, y, order = setup("mlp")
+  module = plain.module
+  layers = optax_swr.layers_from_linen(module, variables[0], x[:1])
+  training = methods.TrainingSetup(
+    layers, head=layers[-1:], lr=1e-2, redo_every=2
+  )
+  if name == "cbp":
+    tx = optax.adam(1e-2)
+    hook = _cbp_hook(tx, layers)
+  else:  # every 2 steps, tau 0.5: units are recycled
+    method = methods.build("swr_redo", (0.1, 0.5), training)
+    tx, hook = method.tx, method.step_hook
+  engine = engine_lib.Engine(module, tx, hook=hook)
+  state, online = engine.train(
+    engine.init(variables, hook_seeds=[7, 8]), jnp.asarray(x), y, order
+  )
+  replaced = False
+  for lane, seed in enumerate([7, 8]):
+    single = engine_lib.lane(engine.init(variables, hook_seeds=[7, 8]), lane)
+    accuracies = []
+    for k, index in enumerate(order[lane], start=1):
+      before = single.params
+      single, accuracy = engine.step(single, x[index], y[lane][index])
+      accuracies.append(float(accuracy))
+      carry = single.hook._replace(step=jnp.int32(k))
+      if k % hook.every == 0:
+        fresh = module.init(jax.random.fold_in(jax.random.key(seed), k), x[:1])
+        inputs = methods.InterventionInputs(
+          single.params,
+          single.opt_state,
+          None,
+          fresh["params"],
+          _hand_activations(before, x[index]),
+        )
+        params, opt_state, hook_state = jax.jit(hook.apply)(inputs, carry.state)
+        changed = jax.tree.leaves(
+          jax.tree.map(lambda a, b: bool((a != b).any()), params, single.params)
+        )
+        replaced |= any(changed)
+        single = single._replace(params=params, opt_state=opt_state)
+        carry = carry._replace(state=hook_state)
+      single = single._replace(hook=carry)
+    got = engine_lib.lane(state, lane)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      (got._replace(hook=None), got.hook.state),
+      (single._replace(hook=None), single.hook.state),
+    )
+    assert int(got.hook.step) == STEPS
+    np.testing.assert_allclose(online[lane], np.mean(accuracies), atol=1e-6)
+  assert replaced  # the hook did act
+
+
+def test_the_hook_activations_are_the_steps_post_relu_outputs():
+  engine, variables, x, _, _ = setup("mlp")
+  params = variables[0]["params"]
+  got = engine_lib.hook_activations(engine.module, {"params": params}, x[:5])
+  want = _hand_activations(params, x[:5])
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_a_lane_with_zero_steps_is_left_as_it_is():
