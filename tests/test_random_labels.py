@@ -66,6 +66,15 @@ def test_swr_1_projects_every_layer_to_its_initial_norm(results):
   assert (vanilla[:, 1].sum(-1) > norms[:, 1].sum(-1) * 1.01).all()
 
 
+def test_the_methods_in_the_loop_run_there_and_get_no_switch_signal():
+  flags = ["--methods", "full_reset,redo", "--redo-every", "30"]
+  methods = random_labels.main([*TINY, *flags, "--redo", "0.5"])["methods"]
+  assert methods["full_reset"]["hparams"]["task_switch"] is True
+  redo = methods["redo"]["hparams"]
+  assert redo["task_switch"] is False and redo["hook_every"] == 30
+  assert redo["coefs"] == [0.5]
+
+
 def test_every_method_of_a_seed_sees_the_same_labels():
   first = random_labels.task_labels(3, 1, 50, 10)
   np.testing.assert_array_equal(first, random_labels.task_labels(3, 1, 50, 10))
@@ -105,7 +114,8 @@ def test_calibration_reports_the_first_budget_that_reaches_the_target():
   "flags, message",
   [
     (["--tasks", "0"], "--tasks must be at least 1; got 0"),
-    (["--methods", "vanilla,adamw"], "--methods: unknown ['adamw']"),
+    (["--methods", "vanilla,adamx"], "--methods: unknown ['adamx']"),
+    (["--cbp", "2"], "--cbp: every coefficient must be in [0, 1]"),
     (["--swr", "2"], "--swr: every coefficient must be in [0, 1]"),
     (["--l2-init", "x"], "--l2-init: 'x' is not a comma-separated list"),
     (["--num-examples", "8"], "--num-examples 8: need at least one batch"),

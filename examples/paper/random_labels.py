@@ -30,22 +30,16 @@ import dataclasses
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from examples import cli
 from examples import data
-from examples import methods as methods_lib
-from examples.models import linen as models_linen
 from examples.paper import engine as engine_lib
-from examples.paper import runner
-from examples.paper import stats
-import optax_swr
-from optax_swr import metrics
+from examples.paper import task_sequence
 
-METHODS = ("vanilla", "l2", "l2_init", "snp", "head_reset", "swr")
+METHODS = task_sequence.METHODS
+DEFAULT_METHODS = ("vanilla", "l2", "l2_init", "snp", "head_reset", "swr")
 DEFAULT_COEFS = {
   "l2": "1e-4",
   "l2_init": "1e-2",
@@ -59,44 +53,21 @@ CALIBRATION_EVERY = 250
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(task_sequence.Settings):
   """The flags of one run."""
 
-  data: str = "fashion_mnist"
-  methods: tuple[str, ...] = METHODS
-  coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+  methods: tuple[str, ...] = DEFAULT_METHODS
   tasks: int = 20
   steps_per_task: int = 3250
   seeds: int = 5
   num_examples: int = 1200
   batch_size: int = 32
-  lr: float = 1e-3
-  width: int = 100
   dormant_tau: float = 0.0
-  workers: int | None = None
-  progress: bool = True
-  out: str | None = None
 
 
 def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
   """The settings, and whether to run the calibration pilot instead."""
-  parser = cli.parser(__doc__)
-  cli.add_common_flags(
-    parser,
-    default_data=Settings.data,
-    methods=",".join(METHODS),
-    allowed_methods=METHODS,
-    seeds=Settings.seeds,
-    batch_size=Settings.batch_size,
-    lr=Settings.lr,
-  )
-  for name, default in DEFAULT_COEFS.items():
-    parser.add_argument(
-      f"--{name.replace('_', '-')}",
-      default=default,
-      help=f"{name}'s coefficients, comma-separated",
-    )
-  parser.add_argument("--tasks", type=int, default=Settings.tasks)
+  parser = task_sequence.make_parser(__doc__, Settings(), DEFAULT_COEFS)
   parser.add_argument(
     "--steps-per-task", type=int, default=Settings.steps_per_task
   )
@@ -105,9 +76,6 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     type=int,
     default=Settings.num_examples,
     help="size of the class-balanced training subset",
-  )
-  parser.add_argument(
-    "--width", type=int, default=Settings.width, help="hidden units"
   )
   parser.add_argument(
     "--dormant-tau",
@@ -124,47 +92,15 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
     ),
   )
   args = parser.parse_args(argv)
-  methods = cli.parse_methods(args.methods, METHODS)
-  cli.check_common_flags(args)
-  for flag in ("tasks", "steps_per_task", "width"):
-    cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
-  coefs = {
-    name: cli.parse_coefs(
-      f"--{name.replace('_', '-')}",
-      getattr(args, name),
-      methods_lib.REGISTRY[name].max_coef,
-    )
-    for name in DEFAULT_COEFS
-  }
-  settings = Settings(
-    data=args.data,
-    methods=methods,
-    coefs=coefs,
-    tasks=args.tasks,
+  cli.check_positive("--steps-per-task", args.steps_per_task)
+  settings = task_sequence.settings_from_args(
+    Settings,
+    args,
     steps_per_task=args.steps_per_task,
-    seeds=args.seeds,
     num_examples=args.num_examples,
-    batch_size=args.batch_size,
-    lr=args.lr,
-    width=args.width,
     dormant_tau=args.dormant_tau,
-    workers=args.workers,
-    progress=args.progress,
-    out=args.out,
   )
   return settings, args.calibrate
-
-
-def entries(settings: Settings) -> list[tuple[str, str, tuple[float, ...]]]:
-  """``(entry name, method, coefficients)``; one entry per coefficient."""
-  result = []
-  for method in settings.methods:
-    values = settings.coefs.get(method, ())
-    if len(values) <= 1:
-      result.append((method, method, values))
-    else:
-      result += [(f"{method}_{v:g}", method, (v,)) for v in values]
-  return result
 
 
 def training_subset(
@@ -245,53 +181,29 @@ def calibrate(
 
 
 class _Run:
-  """One method over all seeds (lanes): its engine, state and task labels."""
+  """One method over all seeds (lanes), on the subset and each task's labels."""
 
   def __init__(self, settings, x, num_classes, method_name, coefs):
     self.settings = settings
     self.x = jnp.asarray(x)
     self.num_classes = num_classes
-    self.module = models_linen.MLP(
-      hidden=(settings.width,) * 2, num_classes=num_classes
+    self.lanes = task_sequence.Lanes(
+      settings, x[:1], num_classes, method_name, coefs
     )
-    variables = [
-      self.module.init(jax.random.key(seed), x[:1])
-      for seed in range(settings.seeds)
-    ]
-    layers = optax_swr.layers_from_linen(self.module, variables[0], x[:1])
-    self.method = methods_lib.build(
-      method_name,
-      coefs,
-      methods_lib.TrainingSetup(layers, head=layers[-1:], lr=settings.lr),
-    )
-    self.engine = engine_lib.Engine(self.module, self.method.tx)
-    self.state = self.engine.init(variables)
-    self.initial = engine_lib.stack([v["params"] for v in variables])
     self.labels = jnp.zeros((settings.seeds, len(x)), jnp.int32)
-    self._norms = runner.lane_metrics(layers)[0]
+    self.everything = np.broadcast_to(
+      np.arange(len(x)), (settings.seeds, len(x))
+    )
 
   def new_task(self, task: int) -> None:
+    """The task's labels, and the method's intervention at the switch."""
     seeds, n = self.settings.seeds, len(self.x)
     self.labels = jnp.asarray(
       np.stack(
         [task_labels(seed, task, n, self.num_classes) for seed in range(seeds)]
       )
     )
-    if task and self.method.intervene is not None:
-      fresh = engine_lib.stack(
-        [
-          self.module.init(
-            jax.random.key(1000 * (task + 1) + seed), self.x[:1]
-          )["params"]
-          for seed in range(seeds)
-        ]
-      )
-      params, opt_state = self.method.intervene(
-        methods_lib.InterventionInputs(
-          self.state.params, self.state.opt_state, self.initial, fresh
-        )
-      )
-      self.state = self.state._replace(params=params, opt_state=opt_state)
+    self.lanes.switch_task(task)
 
   def batch_order(self, task: int, steps: int) -> np.ndarray:
     """``[seeds, steps, batch]``: epochs of fresh permutations, per seed."""
@@ -309,33 +221,17 @@ class _Run:
 
   def train(self, order: np.ndarray) -> np.ndarray:
     """Trains every seed on its batches; returns the online accuracy."""
-    self.state, online = self.engine.train(
-      self.state, self.x, self.labels, order
-    )
-    return online
+    return self.lanes.train(self.x, self.labels, order)
 
   def train_accuracy(self) -> np.ndarray:
-    everything = np.broadcast_to(
-      np.arange(len(self.x)), (self.settings.seeds, len(self.x))
-    )
-    return self.engine.accuracy(self.state, self.x, self.labels, everything)
+    return self.lanes.accuracy(self.x, self.labels, self.everything)
 
   def diagnostics(self) -> dict[str, np.ndarray]:
     """Weight norms, dormant fraction and srank of every lane."""
-    everything = np.broadcast_to(
-      np.arange(len(self.x)), (self.settings.seeds, len(self.x))
+    hidden = self.lanes.hidden_metrics(
+      self.x, self.everything, self.settings.dormant_tau
     )
-    hidden = self.engine.features(self.state, self.x, everything)
-    tau = self.settings.dormant_tau
-    dormant = jax.vmap(lambda *h: metrics.dormant_fraction(list(h), tau))(
-      *hidden
-    )
-    rank = jax.vmap(metrics.effective_rank)(hidden[-1])
-    return {
-      "weight_norms": np.asarray(self._norms(self.state.params)),
-      "dormant_fraction": np.asarray(dormant),
-      "effective_rank": np.asarray(rank),
-    }
+    return {"weight_norms": self.lanes.weight_norms(), **hidden}
 
 
 def run_method(settings, x, num_classes, method_name, coefs) -> dict[str, Any]:
@@ -357,19 +253,10 @@ def run_method(settings, x, num_classes, method_name, coefs) -> dict[str, Any]:
     record["task_online_acc"].append(online)
     for key, value in run.diagnostics().items():
       record[key].append(value)
-  # Stored [task][seed, ...]; the JSON is [seed][task, ...].
-  result = {
-    key: np.swapaxes(np.array(values), 0, 1).tolist()
-    for key, values in record.items()
-  }
-  result["hparams"] = {
-    "method": method_name,
-    "coefs": list(coefs),
-    "lr": settings.lr,
-    "total_steps": settings.tasks * settings.steps_per_task,
-  }
-  result["seconds"] = time.perf_counter() - start
-  return result
+  total_steps = settings.tasks * settings.steps_per_task
+  return task_sequence.method_result(
+    record, run.lanes, coefs, total_steps, start
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -389,29 +276,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "calibration": calibrate(settings, x, dataset.num_classes),
     }
   else:
-    todo = entries(settings)
-    bar = tqdm.tqdm(
-      total=len(todo) * settings.tasks,
-      disable=not settings.progress,
-      desc="random labels",
-      unit="task",
+    methods = task_sequence.run_entries(
+      settings, run_method, (x, dataset.num_classes), "random labels"
     )
-    jobs = [
-      (settings, x, dataset.num_classes, method, coefs)
-      for _, method, coefs in todo
-    ]
-    done = engine_lib.run_jobs(
-      run_method, jobs, settings.workers, lambda: bar.update(settings.tasks)
-    )
-    methods = {name: entry for (name, _, _), entry in zip(todo, done)}
-    bar.close()
     results = {"config": config, "methods": methods}
-  results["versions"] = cli.versions()
-  results["wall_time_s"] = time.perf_counter() - start
-  if settings.out:
-    cli.write_json(settings.out, results)
-  print_summary(results)
-  return results
+  return task_sequence.finish(results, settings, start, print_summary)
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -435,24 +304,14 @@ def print_summary(results: dict[str, Any]) -> None:
     f"{config['seeds']} seeds; +- is the sample std (ddof=1); the paired "
     "difference from vanilla has a 95% t interval"
   )
-  print(
-    f"{'method':14s} {'task 1':>18s} {'last task':>18s} {'last - vanilla':>28s}"
+
+  def scores(entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    accuracy = np.array(entry["task_train_acc"])
+    return accuracy[:, 0], accuracy[:, -1]
+
+  task_sequence.print_comparison(
+    results["methods"], scores, ("task 1", "last task")
   )
-  methods = results["methods"]
-  for name, entry in methods.items():
-    acc = np.array(entry["task_train_acc"])
-    first = stats.mean_std_text(acc[:, 0], "+-")
-    last = stats.mean_std_text(acc[:, -1], "+-")
-    difference = (
-      str(
-        stats.paired(
-          acc[:, -1], np.array(methods["vanilla"]["task_train_acc"])[:, -1]
-        )
-      )
-      if "vanilla" in methods and name != "vanilla"
-      else ""
-    )
-    print(f"{name:14s} {first:>18s} {last:>18s} {difference:>28s}")
   print(f"wall time {results['wall_time_s']:.0f} s")
 
 
