@@ -9,7 +9,8 @@ coefficients (:func:`settings_from_flags`), run with
 Methods (PAPER.md "Experiments"): ``vanilla`` (Adam), ``l2``, ``l2_init``,
 ``snp`` (Shrink & Perturb), ``head_reset``, ``swr`` and ``swr_reinit`` (SWR
 with its reference norms reset where the learning rate drops), from the
-registry in ``examples/methods.py``.
+registry in ``examples/methods.py``, and its other methods (``adamw``,
+``snp_noise``, ``full_reset``, ``redo``, ``cbp``, ``swr_redo``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ PAPER_SWR_COEFS = {
 # The paper sweeps these baselines but does not publish the chosen values;
 # these sit inside its sweeps (L2 1e-5..1e-1, S&P 0.2..0.8).
 BASELINE_COEFS = {"l2": 1e-4, "l2_init": 1e-4, "snp": 0.2}
+# The other methods of the registry, with their usual defaults: optax.adamw's
+# weight decay, Sokar et al.'s tau and interval for supervised learning,
+# Dohare et al.'s replacement rate.
+OTHER_COEFS = {
+  "adamw": 1e-4,
+  "snp_noise_shrink": 0.8,
+  "snp_noise_scale": 0.2,
+  "redo": 0.1,
+  "cbp": 1e-4,
+}
+REDO_EVERY = 1000
 SWR_MAX_COEF = methods_lib.REGISTRY["swr"].max_coef
 
 
@@ -83,6 +95,25 @@ def add_flags(parser: argparse.ArgumentParser, default_methods: str) -> None:
     default=BASELINE_COEFS["snp"],
     help="Shrink & Perturb's weight of the fresh params",
   )
+  for name, help_text in (
+    ("adamw", "AdamW's decoupled weight decay"),
+    ("snp_noise_shrink", "snp_noise: the factor on the params"),
+    ("snp_noise_scale", "snp_noise: the factor on the fresh draw"),
+    ("redo", "redo and swr_redo: the dormancy threshold tau"),
+    ("cbp", "continual backprop's replacement rate"),
+  ):
+    parser.add_argument(
+      f"--{name.replace('_', '-')}",
+      type=float,
+      default=OTHER_COEFS[name],
+      help=help_text,
+    )
+  parser.add_argument(
+    "--redo-every",
+    type=int,
+    default=REDO_EVERY,
+    help="redo and swr_redo: steps between two recyclings",
+  )
   parser.add_argument(
     "--swr",
     default=None,
@@ -115,6 +146,7 @@ def settings_from_flags(
   methods = cli.parse_methods(args.methods, runner.METHODS)
   cli.check_common_flags(args)
   cli.check_positive("--epochs", args.epochs)
+  cli.check_positive("--redo-every", args.redo_every)
   if args.until_train_acc is not None and not 0 < args.until_train_acc <= 1:
     raise ValueError(
       f"--until-train-acc must be in (0, 1]; got {args.until_train_acc}."
@@ -133,6 +165,11 @@ def settings_from_flags(
     "snp": (args.snp,),
     "swr": swr_coefs,
     "swr_reinit": swr_coefs,
+    "adamw": (args.adamw,),
+    "snp_noise": (args.snp_noise_shrink, args.snp_noise_scale),
+    "redo": (args.redo,),
+    "cbp": (args.cbp,),
+    "swr_redo": (swr_coefs[0], args.redo),
   }
   sweep = tuple(swr_values[1:]) if "swr" in methods else ()
   return runner.Settings(
@@ -148,6 +185,7 @@ def settings_from_flags(
     max_train=args.max_train,
     max_test=args.max_test,
     coefs=coefs,
+    redo_every=args.redo_every,
     until_train_acc=args.until_train_acc,
     swr_sweep=sweep,
     workers=args.workers,

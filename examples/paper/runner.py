@@ -33,8 +33,9 @@ from examples.paper import engine as engine_lib
 import optax_swr
 from optax_swr import metrics
 
-# The registry's methods that need no activations (the protocols record none).
-METHODS = methods_lib.names(needs_activations=False)
+# Every method of the registry: the engine gives the step hooks (ReDo,
+# continual backprop) each batch's activations.
+METHODS = methods_lib.names()
 # Fully connected layers at the end: the classifier for SWR's lambda_c and for
 # head reset ("for the MLP only the last").
 CLASSIFIER_LAYERS = {
@@ -64,6 +65,7 @@ class Settings:
   max_train: int | None = None
   max_test: int | None = None
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+  redo_every: int = 1000
   until_train_acc: float | None = None
   swr_sweep: tuple[float, ...] = ()
   workers: int | None = None
@@ -228,9 +230,15 @@ def _run_method(
   boundaries = sorted({int(f * total_steps) for f in lr_boundaries_at})
   lr = _learning_rate(settings.lr, boundaries)
   head = layers[-CLASSIFIER_LAYERS[settings.model] :]
-  setup = methods_lib.TrainingSetup(layers, head, lr, lr_boundaries=boundaries)
+  setup = methods_lib.TrainingSetup(
+    layers,
+    head,
+    lr,
+    lr_boundaries=boundaries,
+    redo_every=settings.redo_every,
+  )
   method = methods_lib.build(method_name, coefs, setup)
-  engine = engine_lib.Engine(module, method.tx, layers)
+  engine = engine_lib.Engine(module, method.tx, layers, method.step_hook)
   num_classes = int(pool.y.max()) + 1
   variables = variables_per_seed(settings, pool, num_classes)
   state = engine.init(variables)
@@ -256,19 +264,16 @@ def _run_method(
     unit="epoch",
   )
   for number, phase in enumerate(phases):
-    if number and method.intervene is not None:
+    if number and method.at_task_switch is not None:
       fresh = variables_per_seed(
         settings, pool, num_classes, 1000 * (number + 1)
       )
-      params, opt_state = method.intervene(
-        methods_lib.InterventionInputs(
-          state.params,
-          state.opt_state,
-          initial,
-          engine_lib.stack([v["params"] for v in fresh]),
-        )
+      state = engine_lib.intervene(
+        method.at_task_switch,
+        state,
+        initial,
+        engine_lib.stack([v["params"] for v in fresh]),
       )
-      state = state._replace(params=params, opt_state=opt_state)
     active = np.ones(settings.seeds, bool)
     epochs = np.zeros(settings.seeds, np.int64)
     for _ in range(settings.epochs):
