@@ -1,0 +1,142 @@
+"""Permuted inputs: its tasks, its JSON, its errors (examples/paper)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from examples.paper import permuted_inputs
+
+TINY = [
+  "--data",
+  "digits",
+  "--tasks",
+  "3",
+  "--examples-per-task",
+  "160",
+  "--seeds",
+  "2",
+  "--batch-size",
+  "16",
+  "--workers",
+  "1",
+  "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  out = tmp_path_factory.mktemp("pi") / "pi.json"
+  # adamw with weight decay 0 is Adam: vanilla's run, if it sees the same
+  # permutations and examples in the same order.
+  flags = [
+    "--methods",
+    "vanilla,adamw,snp_noise,cbp",
+    "--adamw",
+    "0",
+    "--out",
+    str(out),
+  ]
+  returned = permuted_inputs.main([*TINY, *flags])
+  assert json.loads(out.read_text()) == json.loads(json.dumps(returned))
+  return returned
+
+
+def test_json_schema(results):
+  assert set(results) == {"config", "versions", "wall_time_s", "methods"}
+  methods = results["methods"]
+  assert list(methods) == ["vanilla", "adamw", "snp_noise", "cbp"]
+  for entry in methods.values():
+    online = np.array(entry["task_online_acc"])
+    assert online.shape == (2, 3) and ((0 <= online) & (online <= 1)).all()
+    assert np.array(entry["weight_norms"]).shape == (2, 3, 3)
+    for key in ("first_task_test_acc", "last_task_test_acc"):
+      accuracy = np.array(entry[key])
+      assert (
+        accuracy.shape == (2,) and ((0 <= accuracy) & (accuracy <= 1)).all()
+      )
+    assert entry["hparams"]["total_steps"] == 3 * 10
+  told = {name: e["hparams"]["task_switch"] for name, e in methods.items()}
+  assert told == {
+    "vanilla": False,
+    "adamw": False,
+    "snp_noise": True,
+    "cbp": False,
+  }
+  assert methods["cbp"]["hparams"]["hook_every"] == 1
+  assert methods["snp_noise"]["hparams"]["coefs"] == [0.8, 0.2]
+  config = results["config"]
+  assert config["steps_per_task"] == 10 and config["input_dim"] == 64
+
+
+def test_every_method_sees_the_same_tasks(results):
+  methods = results["methods"]
+  for key in ("task_online_acc", "first_task_test_acc", "weight_norms"):
+    np.testing.assert_array_equal(
+      methods["adamw"][key], methods["vanilla"][key]
+    )
+  # Shrink & Perturb acts at each switch: it leaves task 1 alone only.
+  snp = np.array(methods["snp_noise"]["task_online_acc"])
+  vanilla = np.array(methods["vanilla"]["task_online_acc"])
+  np.testing.assert_array_equal(snp[:, 0], vanilla[:, 0])
+  assert (snp[:, 1:] != vanilla[:, 1:]).any()
+
+
+def test_tasks_are_fixed_per_seed_and_task():
+  permutation, examples = permuted_inputs.task_draw(3, 1, 500, 64, 100)
+  assert sorted(permutation) == list(range(64))
+  assert len(set(examples)) == 100 and examples.max() < 500
+  again = permuted_inputs.task_draw(3, 1, 500, 64, 100)
+  np.testing.assert_array_equal(permutation, again[0])
+  np.testing.assert_array_equal(examples, again[1])
+  for other in [(3, 2), (4, 1)]:
+    different = permuted_inputs.task_draw(*other, 500, 64, 100)
+    assert (different[0] != permutation).any()
+    assert (different[1] != examples).any()
+
+
+def test_calibration_finds_the_first_task_count_with_a_loss():
+  results = permuted_inputs.main([*TINY, "--calibrate", "--tasks", "12"])
+  calibration = results["calibration"]
+  table = calibration["table"]
+  assert [row["tasks"] for row in table] == [10, 12]
+  online = np.array(calibration["online_acc"])
+  assert online.shape == (2, 12)
+  first = online[:, :5].mean(1)
+  np.testing.assert_allclose(table[0]["first"], first)
+  np.testing.assert_allclose(table[0]["last"], online[:, 5:10].mean(1))
+  below = [row["tasks"] for row in table if row["difference"][2] < 0]
+  assert calibration["calibrated_tasks"] == (below[0] if below else None)
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--tasks", "0"], "--tasks must be at least 1; got 0"),
+    (["--methods", "vanilla,adamx"], "--methods: unknown ['adamx']"),
+    (["--snp-noise-shrink", "2"], "--snp-noise-shrink: every coefficient"),
+    (["--redo-every", "0"], "--redo-every must be at least 1"),
+    (
+      ["--examples-per-task", "100000"],
+      "--examples-per-task 100000: a task needs at least one batch",
+    ),
+    (["--examples-per-task", "8"], "--examples-per-task 8: a task needs"),
+  ],
+)
+def test_bad_flags_are_clear_errors_and_leave_no_json(flags, message, tmp_path):
+  out = tmp_path / "never.json"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    permuted_inputs.main([*TINY, *flags, "--out", str(out)])
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_data_file_without_a_test_set_is_refused(tmp_path):
+  missing = tmp_path / "missing.npz"
+  np.savez(missing, x_train=np.zeros((40, 4)), y_train=np.zeros(40, int))
+  with pytest.raises(
+    ValueError, match=r"lacks the arrays \['x_test', 'y_test'\]"
+  ):
+    permuted_inputs.main([*TINY, "--data", str(missing)])
