@@ -63,12 +63,18 @@ CALIBRATION_TASKS = (10, 20, 50, 100, 200, 500, 1000)
 
 @dataclasses.dataclass(frozen=True)
 class Settings(task_sequence.Settings):
-  """The flags of one run."""
+  """The flags of one run.
+
+  ``tasks``: the calibration (``--calibrate --tasks 200``, Fashion-MNIST, 5
+  seeds) found vanilla's online accuracy on the last 5 tasks below that on
+  the first 5 from 10 tasks on (-0.009 [-0.016, -0.002]; 50 tasks: -0.028
+  [-0.032, -0.023]); 50 is the issue's floor.
+  """
 
   methods: tuple[str, ...] = DEFAULT_METHODS
   tasks: int = 50
   examples_per_task: int = 10_000
-  seeds: int = 3
+  seeds: int = 5
   batch_size: int = 16
 
 
