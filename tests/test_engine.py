@@ -115,6 +115,8 @@ def test_a_step_hook_in_the_loop_equals_calling_it_by_hand(name):
     engine.init(variables, hook_seeds=[7, 8]), jnp.asarray(x), y, order
   )
   replaced = False
+  init, apply = jax.jit(module.init), jax.jit(hook.apply)
+  activations = jax.jit(_hand_activations)
   for lane, seed in enumerate([7, 8]):
     single = engine_lib.lane(engine.init(variables, hook_seeds=[7, 8]), lane)
     accuracies = []
@@ -124,15 +126,15 @@ def test_a_step_hook_in_the_loop_equals_calling_it_by_hand(name):
       accuracies.append(float(accuracy))
       carry = single.hook._replace(step=jnp.int32(k))
       if k % hook.every == 0:
-        fresh = module.init(jax.random.fold_in(jax.random.key(seed), k), x[:1])
+        fresh = init(jax.random.fold_in(jax.random.key(seed), k), x[:1])
         inputs = methods.InterventionInputs(
           single.params,
           single.opt_state,
           None,
           fresh["params"],
-          _hand_activations(before, x[index]),
+          activations(before, x[index]),
         )
-        params, opt_state, hook_state = jax.jit(hook.apply)(inputs, carry.state)
+        params, opt_state, hook_state = apply(inputs, carry.state)
         changed = jax.tree.leaves(
           jax.tree.map(lambda a, b: bool((a != b).any()), params, single.params)
         )
