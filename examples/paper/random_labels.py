@@ -16,6 +16,12 @@ task switch), ``head_reset`` (a fresh last layer at each switch) and ``swr``;
 each coefficient flag takes a comma-separated list, and a method with several
 coefficients becomes one entry per coefficient (``swr_0.001``). SWR with
 coefficient 1 projects every layer back to its initial norm after each step.
+Also (not run by default): ``adamw``; ``snp_noise`` (Ash & Adams' Shrink &
+Perturb) and ``full_reset`` (a fresh network and optimizer state), which are
+told of each switch and act there, as ``snp`` and ``head_reset``; ``redo``,
+``swr_redo`` (every ``--redo-every`` steps) and ``cbp`` (every step), which
+act inside the training loop on each batch's activations. A method with
+several coefficient flags gets one entry per combination of their values.
 
   python -m examples.paper.random_labels                 # the defaults
   python -m examples.paper.random_labels --calibrate     # the pilot
