@@ -75,6 +75,21 @@ def test_the_methods_in_the_loop_run_there_and_get_no_switch_signal():
   assert redo["coefs"] == [0.5]
 
 
+def test_a_seed_run_on_its_own_is_its_lane_of_a_run_of_many(results):
+  """--first-seed runs seeds apart (selection seeds, reporting seeds): seed 1
+  alone gives what it gave as the second lane, intervention included."""
+  flags = ["--methods", "vanilla,snp", "--first-seed", "1", "--seeds", "1"]
+  alone = random_labels.main([*TINY, *flags])
+  assert alone["config"]["first_seed"] == 1
+  for name in ("vanilla", "snp"):
+    for key in ("task_train_acc", "weight_norms"):
+      np.testing.assert_allclose(
+        alone["methods"][name][key][0],
+        results["methods"][name][key][1],
+        rtol=1e-5,
+      )
+
+
 def test_every_method_of_a_seed_sees_the_same_labels():
   first = random_labels.task_labels(3, 1, 50, 10)
   np.testing.assert_array_equal(first, random_labels.task_labels(3, 1, 50, 10))
@@ -114,6 +129,7 @@ def test_calibration_reports_the_first_budget_that_reaches_the_target():
   "flags, message",
   [
     (["--tasks", "0"], "--tasks must be at least 1; got 0"),
+    (["--first-seed", "999"], "--first-seed 999: the seeds run must lie in"),
     (["--methods", "vanilla,adamx"], "--methods: unknown ['adamx']"),
     (["--cbp", "2"], "--cbp: every coefficient must be in [0, 1]"),
     (["--swr", "2"], "--swr: every coefficient must be in [0, 1]"),

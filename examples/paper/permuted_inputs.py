@@ -175,7 +175,7 @@ class _Run:
         self.x_train.shape[1],
         self.settings.examples_per_task,
       )
-      for seed in range(self.settings.seeds)
+      for seed in self.settings.seed_ids
     ]
     permutations, examples = zip(*per_seed)
     return np.stack(permutations), np.stack(examples)

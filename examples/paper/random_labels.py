@@ -203,10 +203,13 @@ class _Run:
 
   def new_task(self, task: int) -> None:
     """The task's labels, and the method's intervention at the switch."""
-    seeds, n = self.settings.seeds, len(self.x)
+    n = len(self.x)
     self.labels = jnp.asarray(
       np.stack(
-        [task_labels(seed, task, n, self.num_classes) for seed in range(seeds)]
+        [
+          task_labels(seed, task, n, self.num_classes)
+          for seed in self.settings.seed_ids
+        ]
       )
     )
     self.lanes.switch_task(task)
@@ -221,7 +224,7 @@ class _Run:
           self.settings.batch_size,
           steps,
         )
-        for seed in range(self.settings.seeds)
+        for seed in self.settings.seed_ids
       ]
     )
 

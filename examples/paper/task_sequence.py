@@ -64,6 +64,8 @@ COEF_FLAGS: dict[str, tuple[str, ...]] = {
   "swr_redo": ("swr_redo", "swr_redo_tau"),
 }
 METHODS = tuple(COEF_FLAGS)
+# Seeds are below this; a fresh draw at task t uses the key MAX_SEED * t + seed.
+MAX_SEED = 1000
 # Defaults of the coefficient flags; a protocol overrides some.
 DEFAULT_COEFS = {
   "l2": "1e-4",
@@ -93,6 +95,7 @@ class Settings:
   coefs: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
   tasks: int = 20
   seeds: int = 5
+  first_seed: int = 0
   batch_size: int = 32
   lr: float = 1e-3
   width: int = 100
@@ -100,6 +103,11 @@ class Settings:
   workers: int | None = None
   progress: bool = True
   out: str | None = None
+
+  @property
+  def seed_ids(self) -> range:
+    """The seeds run, one per lane: ``first_seed`` and the next ones."""
+    return range(self.first_seed, self.first_seed + self.seeds)
 
 
 SettingsT = TypeVar("SettingsT", bound=Settings)
@@ -130,6 +138,15 @@ def make_parser(
   )
   add_method_flags(parser, coef_defaults)
   parser.add_argument("--tasks", type=int, default=defaults.tasks)
+  parser.add_argument(
+    "--first-seed",
+    type=int,
+    default=defaults.first_seed,
+    help=(
+      "run the seeds first-seed .. first-seed + seeds - 1 (selection seeds "
+      "apart from the reporting ones)"
+    ),
+  )
   return parser
 
 
@@ -144,12 +161,19 @@ def settings_from_args(
   methods = cli.parse_methods(args.methods, METHODS)
   cli.check_common_flags(args)
   cli.check_positive("--tasks", args.tasks)
+  if not 0 <= args.first_seed <= MAX_SEED - args.seeds:
+    raise ValueError(
+      f"--first-seed {args.first_seed}: the seeds run must lie in "
+      f"[0, {MAX_SEED}) (the keys of fresh draws start at {MAX_SEED}); "
+      f"ask for at most {MAX_SEED - args.seeds} with --seeds {args.seeds}."
+    )
   return settings_class(
     data=args.data,
     methods=methods,
     coefs=parse_coef_flags(args),
     tasks=args.tasks,
     seeds=args.seeds,
+    first_seed=args.first_seed,
     batch_size=args.batch_size,
     lr=args.lr,
     width=args.width,
@@ -264,7 +288,7 @@ class Lanes:
     )
     variables = [
       self.module.init(jax.random.key(seed), x_example)
-      for seed in range(settings.seeds)
+      for seed in settings.seed_ids
     ]
     self.layers = optax_swr.layers_from_linen(
       self.module, variables[0], x_example
@@ -282,7 +306,7 @@ class Lanes:
     self.engine = engine_lib.Engine(
       self.module, self.method.tx, hook=self.method.step_hook
     )
-    self.state = self.engine.init(variables)
+    self.state = self.engine.init(variables, hook_seeds=settings.seed_ids)
     self.initial = engine_lib.stack([v["params"] for v in variables])
     self._norms = runner.lane_metrics(self.layers)[0]
 
@@ -299,9 +323,9 @@ class Lanes:
     fresh = engine_lib.stack(
       [
         self.module.init(
-          jax.random.key(1000 * (task + 1) + seed), self.x_example
+          jax.random.key(MAX_SEED * (task + 1) + seed), self.x_example
         )["params"]
-        for seed in range(self.settings.seeds)
+        for seed in self.settings.seed_ids
       ]
     )
     self.state = engine_lib.intervene(
