@@ -13,6 +13,7 @@ dependencies only, and runs the README's usage line there. It is marked slow
 from __future__ import annotations
 
 import email.parser
+import importlib.metadata
 import os
 import pathlib
 import subprocess
@@ -176,28 +177,25 @@ USAGE = textwrap.dedent(
 def test_wheel_installs_in_a_fresh_venv_and_runs_the_usage_line(dist, tmp_path):
   venv = tmp_path / "venv"
   # No --system-site-packages. The venv gets no pip of its own (ensurepip: 5
-  # s): this pip installs into it (--python, pip >= 22.3), resolving the
-  # wheel's dependencies against the venv alone, and writes no .pyc files
-  # (10 s; Python compiles what the usage line imports).
-  run(sys.executable, "-m", "venv", "--without-pip", venv)
+  # s) where this pip can install into it (--python, pip >= 22.3), resolving
+  # the wheel's dependencies against the venv alone; no .pyc files are
+  # written (10 s; Python compiles what the usage line imports).
   python = venv / "bin" / "python"
+  pip_version = tuple(
+    map(int, importlib.metadata.version("pip").split(".")[:2])
+  )
+  if pip_version >= (22, 3):
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    pip = [sys.executable, "-m", "pip", "--python", python]
+  else:
+    run(sys.executable, "-m", "venv", venv)
+    pip = [python, "-m", "pip"]
   env = {
     k: v
     for k, v in os.environ.items()
     if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
   }
-  run(
-    sys.executable,
-    "-m",
-    "pip",
-    "--python",
-    python,
-    "install",
-    "--quiet",
-    "--no-compile",
-    dist["wheel"],
-    env=env,
-  )
+  run(*pip, "install", "--quiet", "--no-compile", dist["wheel"], env=env)
   # -I: neither the working directory nor PYTHONPATH is on sys.path, so this
   # imports the installed wheel, not the checkout.
   result = run(
