@@ -82,9 +82,10 @@ def test_notebook_cnn_is_the_papers():
   namespace = {"nn": models_linen.nn}
   exec(class_source, namespace)  # pylint: disable=exec-used
   x = jnp.zeros((1, 32, 32, 3))
-  ours = namespace["CNN"]().init(jax.random.key(0), x)
-  theirs = models_linen.CNN().init(jax.random.key(0), x)
-  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  # The params' shapes and dtypes, from an abstract init: nothing compiles.
+  init = lambda module: jax.eval_shape(module.init, jax.random.key(0), x)
+  ours, theirs = init(namespace["CNN"]()), init(models_linen.CNN())
+  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
   assert shapes(ours) == shapes(theirs)
 
 
