@@ -290,7 +290,7 @@ def test_tied_embedding_attend_is_traced_in_linen_and_nnx():
 
 
 def test_eval_mode_batch_norm_is_checked_with_synced_statistics():
-  module, _ = models_linen.create("cnn_bn", 3, (8, 8, 1), width=4)
+  module = zoo_linen("cnn_bn", 4)  # create's module, without its own init
   x = jax.random.normal(jax.random.key(0), (32, 8, 8, 1))
   variables = module.init(jax.random.key(1), x, train=False)
   _, mutated = module.apply(variables, x, train=True, mutable=["batch_stats"])
