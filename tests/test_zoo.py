@@ -21,6 +21,7 @@ WIDTH = {
   "cnn": 4,
   "cnn_bn": 4,
   "vgg16": 4,
+  "vgg_bn": 4,
   "resnet18": 4,
   "transformer": 16,
 }

@@ -2,8 +2,10 @@
 
 The same models, with the same names and the same parameters, as
 ``examples/models/linen.py``: the paper's four *chain* networks (MLP, CNN,
-CNN-BN, VGG-16) and two networks that are not chains (ResNet-18, a small
-ViT-style transformer).
+CNN-BN, VGG-16), a small VGG with BatchNorm (``vgg_bn``), and two networks
+that are not chains (ResNet-18, a small ViT-style transformer). Models with
+convolutions take ``conv_impl`` (``"xla"`` or ``"patches"``), as in the Linen
+zoo.
 
 NNX builds parameters eagerly, so constructors take the input size
 (``in_features`` for the MLP, ``in_shape=(height, width, channels)`` for image
@@ -32,6 +34,8 @@ import math
 from flax import nnx
 import jax
 
+from examples.models import patch_conv
+
 # Framework-independent pieces shared by both zoos.
 from examples.models.shapes import ALL_MODELS  # noqa: F401 (the same names as the Linen zoo)
 from examples.models.shapes import BN_EPSILON
@@ -45,6 +49,7 @@ from examples.models.shapes import num_patches
 from examples.models.shapes import pooled_size
 from examples.models.shapes import resnet18_blocks
 from examples.models.shapes import vgg16_convs
+from examples.models.shapes import vgg_bn_convs
 
 # flax < 0.12 has no nnx.List; a plain list of modules worked there.
 List = getattr(nnx, "List", list)
@@ -107,6 +112,7 @@ class CNN(nnx.Module):
     channels: output channels of both convolutions.
     hidden: units of the hidden fully connected layer.
     use_batch_norm: whether to normalize after each convolution.
+    conv_impl: how the convolutions compute (``"xla"`` or ``"patches"``).
     rngs: the initialisation's random streams.
   """
 
@@ -117,11 +123,17 @@ class CNN(nnx.Module):
     channels: int = 16,
     hidden: int = 100,
     use_batch_norm: bool = False,
+    conv_impl: patch_conv.ConvImpl = "xla",
     *,
     rngs: nnx.Rngs,
   ):
     height, width, in_channels = check_image_shape(in_shape, "in_shape")
-    conv_args = dict(padding=1, use_bias=not use_batch_norm, rngs=rngs)
+    conv_args = dict(
+      padding=1,
+      use_bias=not use_batch_norm,
+      rngs=rngs,
+      **patch_conv.conv_kwargs(conv_impl),
+    )
     self.conv1 = nnx.Conv(in_channels, channels, (5, 5), **conv_args)
     self.bn1 = _batch_norm(channels, rngs) if use_batch_norm else None
     self.conv2 = nnx.Conv(channels, channels, (5, 5), **conv_args)
@@ -152,15 +164,96 @@ class CNNBN(CNN):
     num_classes: int = 10,
     channels: int = 16,
     hidden: int = 100,
+    conv_impl: patch_conv.ConvImpl = "xla",
     *,
     rngs: nnx.Rngs,
   ):
     super().__init__(
-      in_shape, num_classes, channels, hidden, use_batch_norm=True, rngs=rngs
+      in_shape,
+      num_classes,
+      channels,
+      hidden,
+      use_batch_norm=True,
+      conv_impl=conv_impl,
+      rngs=rngs,
     )
 
 
-class VGG16(nnx.Module):
+class VGG(nnx.Module):
+  """A VGG: 3x3 convolutions [BatchNorm] ReLU [max-pool], then FC layers.
+
+  The body of ``VGG16`` and ``VGGBN``. Convolutions (padding SAME) follow
+  ``layout``'s ``(channels, pool_after)``; ``classifier`` gives the hidden
+  fully connected layers' units. Layers run ``convs[i]`` [``norms[i]``],
+  then ``fc1``, ``fc2``, ... and ``head``.
+
+  Args:
+    in_shape: ``(height, width, channels)`` of one image.
+    layout: ``(channels, pool_after)`` of every convolution.
+    classifier: units of each hidden fully connected layer.
+    num_classes: size of the logits.
+    use_batch_norm: whether to put BatchNorm between each conv and its ReLU.
+    conv_impl: how the convolutions compute (``"xla"`` or ``"patches"``).
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    layout: Sequence[tuple[int, bool]],
+    classifier: Sequence[int],
+    num_classes: int,
+    use_batch_norm: bool,
+    conv_impl: patch_conv.ConvImpl,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    height, image_width, in_channels = check_image_shape(in_shape, "in_shape")
+    channels = [in_channels] + [out for out, _ in layout]
+    self.convs = List(
+      [
+        nnx.Conv(
+          channels_in,
+          channels_out,
+          (3, 3),
+          padding="SAME",
+          use_bias=not use_batch_norm,
+          rngs=rngs,
+          **patch_conv.conv_kwargs(conv_impl),
+        )
+        for channels_in, channels_out in zip(channels[:-1], channels[1:])
+      ]
+    )
+    self.norms = (
+      List([_batch_norm(out, rngs) for out in channels[1:]])
+      if use_batch_norm
+      else None
+    )
+    self.pool_after = tuple(pool_after for _, pool_after in layout)
+    size = (height, image_width)
+    for _ in range(sum(self.pool_after)):
+      size = pooled_size(size)
+    units = [math.prod(size) * channels[-1], *classifier]
+    self.hidden_fc = tuple(f"fc{index}" for index in range(1, len(units)))
+    for name, units_in, units_out in zip(self.hidden_fc, units, units[1:]):
+      setattr(self, name, nnx.Linear(units_in, units_out, rngs=rngs))
+    self.head = nnx.Linear(units[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for index, conv in enumerate(self.convs):
+      x = conv(x)
+      if self.norms is not None:
+        x = self.norms[index](x)
+      x = nnx.relu(x)
+      if self.pool_after[index]:
+        x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    for name in self.hidden_fc:
+      x = nnx.relu(getattr(self, name)(x))
+    return self.head(x)
+
+
+class VGG16(VGG):
   """VGG-16 (configuration D), a ``classifier_width`` classifier, no dropout.
 
   Thirteen 3x3 convolutions (padding SAME) with ReLU and a 2x2 max-pool after
@@ -176,6 +269,7 @@ class VGG16(nnx.Module):
     width: base width; 64 is VGG-16, 8 a tiny VGG for tests.
     classifier_width: units of the two hidden fully connected layers.
     use_batch_norm: whether to put BatchNorm between each conv and its ReLU.
+    conv_impl: how the convolutions compute (``"xla"`` or ``"patches"``).
     rngs: the initialisation's random streams.
   """
 
@@ -186,51 +280,57 @@ class VGG16(nnx.Module):
     width: int = 64,
     classifier_width: int = 4096,
     use_batch_norm: bool = False,
+    conv_impl: patch_conv.ConvImpl = "xla",
     *,
     rngs: nnx.Rngs,
   ):
-    height, image_width, in_channels = check_image_shape(in_shape, "in_shape")
-    layout = vgg16_convs(width)
-    channels = [in_channels] + [out for out, _ in layout]
-    self.convs = List(
-      [
-        nnx.Conv(
-          channels_in,
-          channels_out,
-          (3, 3),
-          padding="SAME",
-          use_bias=not use_batch_norm,
-          rngs=rngs,
-        )
-        for channels_in, channels_out in zip(channels[:-1], channels[1:])
-      ]
+    super().__init__(
+      in_shape,
+      vgg16_convs(width),
+      (classifier_width, classifier_width),
+      num_classes,
+      use_batch_norm,
+      conv_impl,
+      rngs=rngs,
     )
-    self.norms = (
-      List([_batch_norm(out, rngs) for out in channels[1:]])
-      if use_batch_norm
-      else None
-    )
-    self.pool_after = tuple(pool_after for _, pool_after in layout)
-    size = (height, image_width)
-    for _ in range(sum(self.pool_after)):
-      size = pooled_size(size)
-    features = math.prod(size) * channels[-1]
-    self.fc1 = nnx.Linear(features, classifier_width, rngs=rngs)
-    self.fc2 = nnx.Linear(classifier_width, classifier_width, rngs=rngs)
-    self.head = nnx.Linear(classifier_width, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for index, conv in enumerate(self.convs):
-      x = conv(x)
-      if self.norms is not None:
-        x = self.norms[index](x)
-      x = nnx.relu(x)
-      if self.pool_after[index]:
-        x = max_pool_2x2(x)
-    x = x.reshape(x.shape[0], -1)
-    x = nnx.relu(self.fc1(x))
-    x = nnx.relu(self.fc2(x))
-    return self.head(x)
+
+class VGGBN(VGG):
+  """A small VGG with BatchNorm: 2 x (2 x (conv 3x3 -> BN -> ReLU), pool), FC.
+
+  ``width``, ``width``, pool, ``2 width``, ``2 width``, pool (32, 32, 64, 64
+  by default), convolutions without bias, then FC (``hidden`` units) -> ReLU
+  -> FC. A chain network: SWR's proportionality theorem holds. Layers run
+  ``convs[i]``, ``norms[i]`` for i = 0..3, ``fc1``, ``head``.
+
+  Args:
+    in_shape: ``(height, width, channels)`` of one image.
+    num_classes: size of the logits.
+    width: channels of the first stage; the second has twice as many.
+    hidden: units of the hidden fully connected layer.
+    conv_impl: how the convolutions compute (``"xla"`` or ``"patches"``).
+    rngs: the initialisation's random streams.
+  """
+
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    num_classes: int = 10,
+    width: int = 32,
+    hidden: int = 128,
+    conv_impl: patch_conv.ConvImpl = "xla",
+    *,
+    rngs: nnx.Rngs,
+  ):
+    super().__init__(
+      in_shape,
+      vgg_bn_convs(width),
+      (hidden,),
+      num_classes,
+      True,
+      conv_impl,
+      rngs=rngs,
+    )
 
 
 class BasicBlock(nnx.Module):
@@ -245,10 +345,13 @@ class BasicBlock(nnx.Module):
     in_features: int,
     features: int,
     stride: int = 1,
+    conv_impl: patch_conv.ConvImpl = "xla",
     *,
     rngs: nnx.Rngs,
   ):
-    conv_args = dict(use_bias=False, rngs=rngs)
+    conv_args = dict(
+      use_bias=False, rngs=rngs, **patch_conv.conv_kwargs(conv_impl)
+    )
     self.conv1 = nnx.Conv(
       in_features, features, (3, 3), stride, padding=1, **conv_args
     )
@@ -286,6 +389,7 @@ class ResNet18(nnx.Module):
     num_classes: size of the logits.
     width: channels of the stem and the first stage.
     stages: BasicBlocks per stage.
+    conv_impl: how the convolutions compute (``"xla"`` or ``"patches"``).
     rngs: the initialisation's random streams.
   """
 
@@ -295,17 +399,26 @@ class ResNet18(nnx.Module):
     num_classes: int = 10,
     width: int = 64,
     stages: Sequence[int] = (2, 2, 2, 2),
+    conv_impl: patch_conv.ConvImpl = "xla",
     *,
     rngs: nnx.Rngs,
   ):
     _, _, in_channels = check_image_shape(in_shape, "in_shape")
     self.stem_conv = nnx.Conv(
-      in_channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs
+      in_channels,
+      width,
+      (3, 3),
+      padding=1,
+      use_bias=False,
+      rngs=rngs,
+      **patch_conv.conv_kwargs(conv_impl),
     )
     self.stem_bn = _batch_norm(width, rngs)
     blocks, in_features = [], width
     for features, stride in resnet18_blocks(width, stages):
-      blocks.append(BasicBlock(in_features, features, stride, rngs=rngs))
+      blocks.append(
+        BasicBlock(in_features, features, stride, conv_impl, rngs=rngs)
+      )
       in_features = features
     self.blocks = List(blocks)
     self.head = nnx.Linear(in_features, num_classes, rngs=rngs)
@@ -359,6 +472,8 @@ class TransformerEncoder(nnx.Module):
     heads: attention heads; must divide ``dim``.
     mlp_dim: hidden units of each block's MLP.
     patch_size: height and width of a patch in pixels.
+    conv_impl: how the patch embedding computes (``"xla"`` or
+      ``"patches"``).
     rngs: the initialisation's random streams.
   """
 
@@ -371,13 +486,20 @@ class TransformerEncoder(nnx.Module):
     heads: int = 4,
     mlp_dim: int = 128,
     patch_size: int = 4,
+    conv_impl: patch_conv.ConvImpl = "xla",
     *,
     rngs: nnx.Rngs,
   ):
     tokens = num_patches(in_shape, patch_size)
     patch = (patch_size, patch_size)
     self.patch_embed = nnx.Conv(
-      in_shape[-1], dim, patch, patch, padding="VALID", rngs=rngs
+      in_shape[-1],
+      dim,
+      patch,
+      patch,
+      padding="VALID",
+      rngs=rngs,
+      **patch_conv.conv_kwargs(conv_impl),
     )
     init = jax.nn.initializers.normal(POS_EMBEDDING_STDDEV)
     self.pos_embedding = nnx.Param(init(rngs.params(), (tokens, dim)))
@@ -401,6 +523,7 @@ MODELS: dict[str, type[nnx.Module]] = {
   "cnn": CNN,
   "cnn_bn": CNNBN,
   "vgg16": VGG16,
+  "vgg_bn": VGGBN,
   "resnet18": ResNet18,
   "transformer": TransformerEncoder,
 }
@@ -413,6 +536,7 @@ def create(
   *,
   width: int | None = None,
   seed: int = 0,
+  conv_impl: patch_conv.ConvImpl | None = None,
 ) -> nnx.Module:
   """Builds a model of the zoo, in training mode.
 
@@ -424,12 +548,16 @@ def create(
     width: ``None`` for the paper's sizes, or a smaller width for tests; see
       ``examples.models.shapes.model_kwargs`` for what it means for each model.
     seed: seed of the initialisation.
+    conv_impl: how convolutions compute: ``"xla"``
+      (``lax.conv_general_dilated``) or ``"patches"``
+      (``examples/models/patch_conv.py``); ``None``: ``"patches"`` on the
+      CPU, ``"xla"`` elsewhere. The params are the same.
 
   Returns:
     The model, with the same parameter shapes as
     ``examples.models.linen.create``.
   """
-  kwargs = model_kwargs(name, in_shape, width)
+  kwargs = model_kwargs(name, in_shape, width, conv_impl)
   rngs = nnx.Rngs(seed)
   if name == "mlp":
     in_features = math.prod(in_shape)

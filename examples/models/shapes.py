@@ -1,11 +1,11 @@
 """What the Linen and NNX zoos share: model names, sizes, shape arithmetic.
 
 Nothing here depends on the Flax API a model is written in: the names of the
-zoo, the paper's BatchNorm and embedding constants, VGG-16's and ResNet-18's
-layouts at a given width, the sizes pooling and patching leave, and the
-constructor arguments of ``create`` in ``examples/models/linen.py`` and
-``examples/models/nnx.py``. ``max_pool_2x2`` is a pure function of an
-array, used by both.
+zoo, the paper's BatchNorm and embedding constants, the layouts of VGG-16,
+``vgg_bn`` and ResNet-18 at a given width, the sizes pooling and patching
+leave, and the constructor arguments of ``create`` in
+``examples/models/linen.py`` and ``examples/models/nnx.py``.
+``max_pool_2x2`` is a pure function of an array, used by both.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-CHAIN_MODELS = ("mlp", "cnn", "cnn_bn", "vgg16")
+from examples.models import patch_conv
+
+CHAIN_MODELS = ("mlp", "cnn", "cnn_bn", "vgg16", "vgg_bn")
 ALL_MODELS = (*CHAIN_MODELS, "resnet18", "transformer")
 
 BN_MOMENTUM = 0.9  # PyTorch's BatchNorm defaults, as in the paper's code.
@@ -77,6 +79,12 @@ def vgg16_convs(width: int) -> tuple[tuple[int, bool], ...]:
   )
 
 
+def vgg_bn_convs(width: int) -> tuple[tuple[int, bool], ...]:
+  """``(channels, pool_after)`` of ``vgg_bn``'s four convolutions:
+  ``width``, ``width``, pool, ``2 width``, ``2 width``, pool."""
+  return ((width, False), (width, True), (2 * width, False), (2 * width, True))
+
+
 def resnet18_blocks(
   width: int, stages: Sequence[int]
 ) -> tuple[tuple[int, int], ...]:
@@ -100,14 +108,20 @@ def num_patches(in_shape: Sequence[int], patch_size: int) -> int:
 
 
 def model_kwargs(
-  name: str, in_shape: Sequence[int], width: int | None
+  name: str,
+  in_shape: Sequence[int],
+  width: int | None,
+  conv_impl: patch_conv.ConvImpl | None = None,
 ) -> dict[str, Any]:
   """The constructor arguments ``create`` uses for ``name`` at ``width``.
 
   ``width=None`` gives the paper's sizes; otherwise ``width`` is the hidden
   units of the MLP, the conv channels of the CNNs, the base width of VGG-16
   (with a classifier ``64 * width`` wide, 4096 at width 64) and ResNet-18,
-  and the token dimension of the transformer (with ``mlp_dim = 2 * width``).
+  the first stage's channels of ``vgg_bn`` (with ``4 * width`` hidden units,
+  128 at its default 32), and the token dimension of the transformer (with
+  ``mlp_dim = 2 * width``). Models with convolutions also get ``conv_impl``
+  (``None``: ``patch_conv.default_conv_impl()``, ``"patches"`` on the CPU).
   """
   if name not in ALL_MODELS:
     raise ValueError(f"Unknown model {name!r}; choose one of {ALL_MODELS}.")
@@ -121,10 +135,14 @@ def model_kwargs(
     kwargs = {"channels": width}
   elif name == "vgg16":
     kwargs = {"width": width, "classifier_width": 64 * width}
+  elif name == "vgg_bn":
+    kwargs = {"width": width, "hidden": 4 * width}
   elif name == "resnet18":
     kwargs = {"width": width}
   else:
     kwargs = {"dim": width, "mlp_dim": 2 * width}
   if name == "transformer":
     kwargs["patch_size"] = 2 if min(in_shape[:2]) < 16 else 4
+  if name != "mlp":
+    kwargs["conv_impl"] = conv_impl or patch_conv.default_conv_impl()
   return kwargs

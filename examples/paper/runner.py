@@ -43,6 +43,7 @@ CLASSIFIER_LAYERS = {
   "cnn": 2,
   "cnn_bn": 2,
   "vgg16": 3,
+  "vgg_bn": 2,
   "resnet18": 1,
   "transformer": 1,
 }
