@@ -79,6 +79,31 @@ def test_chain_models_trace_without_warning_and_stay_proportional(api, name):
   assert abs(report.fitted_scale / report.predicted_scale - 1) <= 1e-4
 
 
+def test_swr_rescales_every_layer_of_the_layer_norm_mlp_and_keeps_its_logits():
+  """Dense -> LayerNorm -> ReLU: a chain with normalization layers. SWR
+  rescales all five layers (the LayerNorms' scales too), pins none, and the
+  logits scale by the factors of the last LayerNorm and the head."""
+  module = models_linen.LayerNormMLP(hidden=(16, 16), num_classes=NUM_CLASSES)
+  variables = module.init(jax.random.key(0), X)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    layers = optax_swr.layers_from_linen(module, variables, X)
+  assert layers.names == ("hidden_0", "norms_0", "hidden_1", "norms_1", "head")
+  assert [layer.norm for layer in layers] == [False, True, False, True, False]
+  assert layers.graph is None  # a chain: no equations to keep
+  params = variables["params"]
+  tx = optax.chain(optax.adam(1e-3), optax_swr.swr(0.5, layers=layers))
+  apply_fn = lambda p, x: module.apply({"params": p}, x)
+  report = optax_swr.check_proportional(apply_fn, params, tx, X)
+  assert report.relative_error <= 1e-5, report
+  assert report.argmax_agreement == 1.0
+  assert abs(report.fitted_scale / report.predicted_scale - 1) <= 1e-5
+  assert report.pinned_layers == report.constrained_layers == ()
+  grads = jax.tree.map(jnp.ones_like, params)
+  _, state = tx.update(grads, tx.init(params), params)
+  assert bool(jnp.all(optax.tree.get(state, "layer_scales") != 1.0))
+
+
 @pytest.mark.parametrize("api", BUILDERS)
 @pytest.mark.parametrize("name", NON_CHAIN_MODELS)
 def test_residual_and_attention_models_keep_their_function(api, name):

@@ -75,22 +75,55 @@ class MLP(nn.Module):
   """A ReLU perceptron on flattened inputs; the paper's MNIST 784-100-100-10.
 
   A chain network: SWR's proportionality theorem holds exactly.
+  ``layer_norm`` puts a LayerNorm between each hidden layer and its ReLU
+  (see ``LayerNormMLP``).
 
   Attributes:
     hidden: units of each hidden layer.
     num_classes: size of the logits.
+    layer_norm: whether to normalize each hidden layer's output.
   """
 
   hidden: Sequence[int] = (100, 100)
   num_classes: int = 10
+  layer_norm: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No BatchNorm; kept so that every model has one signature.
     x = x.reshape(x.shape[0], -1)
     for index, units in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(units, name=f"hidden_{index}")(x))
+      x = nn.Dense(units, name=f"hidden_{index}")(x)
+      if self.layer_norm:
+        x = nn.LayerNorm(name=f"norms_{index}")(x)
+      x = nn.relu(x)
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+class LayerNormMLP(MLP):
+  """``MLP`` with Dense -> LayerNorm -> ReLU hidden layers and a Dense head.
+
+  The model of normalize-and-project (Lyle et al., 2024): each LayerNorm
+  makes its hidden layer's function invariant to the scale of that layer's
+  weight, so bounding the weight's norm changes only its effective learning
+  rate. Same initialisation (Flax's default, LeCun normal) and names as
+  ``MLP``, plus the LayerNorms ``norms_0``, ``norms_1``, ... (Flax's
+  defaults: a scale and a bias, epsilon 1e-6). A chain network with
+  normalization layers: SWR rescales every layer, the LayerNorms' scales
+  included, and keeps the function up to the LayerNorms' epsilon.
+  ``baselines.redo`` and ``continual_backprop`` refuse it (a LayerNorm
+  follows every hidden layer). Not in ``MODELS``: build it directly.
+
+  Example::
+
+    model = LayerNormMLP(hidden=(100, 100), num_classes=10)
+    x = jnp.zeros((1, 784))
+    variables = model.init(jax.random.key(0), x)
+    layers = optax_swr.layers_from_linen(model, variables, x)
+    tx = optax.chain(optax.adam(1e-3), optax_swr.swr(1e-3, layers=layers))
+  """
+
+  layer_norm: bool = True
 
 
 class CNN(nn.Module):
