@@ -188,11 +188,15 @@ class Trace:
     keys: the traced layers' keys (path, slice index), in forward order.
     has_equations: whether the network is not a chain, so that keeping its
       function needs the equations of its :class:`Layers`.
+    norm_keys: the keys of the normalization layers among ``keys``, so that
+      a list of traced layers without them still tells where they sit
+      (``baselines.redo`` refuses to recycle a layer that one follows).
   """
 
   caller: str
   keys: tuple[tuple[Path | None, tuple[int, ...]], ...]
   has_equations: bool
+  norm_keys: frozenset[tuple[Path | None, tuple[int, ...]]] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -511,8 +515,8 @@ def check_trace_kept(entries: Sequence[Any], caller: str) -> None:
         f"SWR would then change it at every step. {fix}"
       )
     if keys != trace.keys:
-      missing = [_layer_key_name(k) for k in trace.keys if k not in keys]
-      extra = [_layer_key_name(k) for k in keys if k not in trace.keys]
+      missing = [layer_key_name(k) for k in trace.keys if k not in keys]
+      extra = [layer_key_name(k) for k in keys if k not in trace.keys]
       raise ValueError(
         f"{caller}: `layers` differs from the layers {trace.caller} traced "
         f"(missing: {missing}; not traced: {extra}; or in another order): "
@@ -521,7 +525,8 @@ def check_trace_kept(entries: Sequence[Any], caller: str) -> None:
       )
 
 
-def _layer_key_name(key: tuple[Path | None, tuple[int, ...]]) -> str:
+def layer_key_name(key: tuple[Path | None, tuple[int, ...]]) -> str:
+  """The name (:attr:`Layer.name`) of the layer with this key."""
   path, index = key
   return "/".join(map(str, path or ())) + "".join(f"[{i}]" for i in index)
 
@@ -935,15 +940,21 @@ def layer_from_group(
       " norm=True) in `layers`."
     )
   (weight_name,) = weight_names
-  is_norm = WEIGHT_NAMES[weight_name]
-  if is_norm is None:  # A vector `weight` is a normalization layer's scale.
-    is_norm = jnp.ndim(leaves[group[weight_name]]) == 1
   return Layer(
     weight=(*path, weight_name),
     bias=(*path, bias_names[0]) if bias_names else None,
-    norm=is_norm,
+    norm=is_norm_weight(weight_name, leaves[group[weight_name]]),
     path=path or None,  # A layer at the root is named after its weight.
   )
+
+
+def is_norm_weight(name: str, leaf: Any) -> bool:
+  """Whether the weight leaf ``name`` (in :data:`WEIGHT_NAMES`) is a
+  normalization layer's scale, by the naming conventions."""
+  is_norm = WEIGHT_NAMES[name]
+  if is_norm is None:  # A vector `weight` is a normalization layer's scale.
+    return jnp.ndim(leaf) == 1
+  return is_norm
 
 
 def _as_layer(

@@ -182,7 +182,10 @@ class CallRecorder:
   ) -> _layers.Layers:
     """The :class:`Layers`, each layer knowing the trace it comes from."""
     trace = _layers.Trace(
-      self.caller, tuple(layer.key for layer in layers), graph is not None
+      self.caller,
+      tuple(layer.key for layer in layers),
+      graph is not None,
+      frozenset(layer.key for layer in layers if layer.norm),
     )
     return _layers.Layers(
       tuple(dataclasses.replace(l, traced_from=trace) for l in layers), graph

@@ -383,6 +383,18 @@ def redo(
   ``jnp.where`` does it, so ``redo`` runs under ``jax.jit`` and inside
   ``jax.lax.cond(step % K == 0, ...)``.
 
+  Recycling takes a unit to live in its incoming and outgoing weights alone.
+  That fails where a normalization layer follows the layer: a fresh unit
+  moves the mean and variance that LayerNorm, RMSNorm and GroupNorm divide
+  every unit by, and BatchNorm's running statistics, scale and offset for it
+  are the old unit's. So ``redo`` refuses a normalization layer after a layer whose units
+  it recycles (one before the first layer or after the last is fine), and
+  names the layers it may recycle instead. It sees them in ``layers``, in the
+  trace that traced layers come from (also where a list of those left the
+  normalization layers out) and, for layers given by paths, in the params:
+  a ``scale`` leaf or a vector ``weight`` must be listed. A normalization
+  layer without params is seen only by a trace.
+
   The activations come from the model, e.g. Flax Linen's
   ``capture_intermediates`` (for modules that end with their activation
   function) or ``self.sow("intermediates", "relu_0", x)`` after each
@@ -401,8 +413,9 @@ def redo(
     layers: the dense/conv layers, consecutive and in forward order, as
       :func:`optax_swr.find_layers` accepts them: :class:`optax_swr.Layer`
       values, paths such as ``[("Dense_0",), ("Dense_1",)]``, or ``None`` to
-      infer them from numbered names. No normalization layers or slices of
-      stacks.
+      infer them from numbered names; the :class:`optax_swr.Layers` of a
+      tracer as it is. Normalization layers only before the first and after
+      the last dense/conv layer; no slices of stacks.
     fresh_params: a fresh initialisation of the same model, e.g.
       ``model.init(new_key, x)["params"]``; draw a new key at every call.
     optimizer: the optimizer that made ``opt_state`` (or its ``init``), used
@@ -418,8 +431,11 @@ def redo(
 
   Raises:
     ValueError: if the number of activations is not one fewer than the
-      layers, an activation's units do not match its layer's width, a layer
-      is not dense/conv, or the next kernel cannot read the layer's units.
+      layers, an activation's units do not match its layer's width, the next
+      kernel cannot read the layer's units, a normalization layer follows a
+      layer to recycle (use ``optax_swr.swr``, or recycle the layers the
+      message names), or the params hold a normalization layer that
+      ``layers`` (as paths) does not list.
 
   Example:
     >>> import flax.linen as nn
@@ -501,7 +517,8 @@ def continual_backprop_init(
 
   Raises:
     ValueError: if ``layers`` does not give two or more dense/conv layers of
-      ``params``.
+      ``params``, or a normalization layer follows one of them but the last
+      (as :func:`redo` refuses it).
 
   Example:
     >>> import jax.numpy as jnp
@@ -584,9 +601,10 @@ def continual_backprop(
   your initialiser (theirs: a uniform Kaiming draw, bias 0). Their Adam
   restarts the step count of a replaced entry; optax's Adam keeps one count
   for all entries, which is kept, so a replaced entry's moments restart at
-  zero without a fresh start's bias correction. Normalization layers
-  between the layers (whose statistics ``cbp_linear.py`` resets) are not
-  supported.
+  zero without a fresh start's bias correction. A normalization layer after
+  a layer whose units it replaces is refused, as by :func:`redo`
+  (``cbp_linear.py`` resets a replaced unit's BatchNorm statistics too;
+  here the layers must not be followed by one).
 
   Args:
     params: the current params.
@@ -621,8 +639,9 @@ def continual_backprop(
     ValueError: if a hyperparameter is out of range, ``state`` does not fit
       ``layers`` (make it with :func:`continual_backprop_init`), or for
       anything :func:`redo` refuses (activations that do not fit the layers,
-      layers that are not consecutive dense/conv layers, ``fresh_params`` or
-      ``opt_state`` that do not fit the params).
+      layers that are not consecutive dense/conv layers, a normalization
+      layer after a layer to recycle, ``fresh_params`` or ``opt_state`` that
+      do not fit the params).
 
   Example:
     >>> import jax
@@ -779,22 +798,19 @@ def _recycle_units(
 def _unit_layers(
   caller: str, params: Any, layers: _layers.LayersArg
 ) -> tuple[_layers.ResolvedLayer, ...]:
-  """The layers, checked to be two or more whole dense/conv layers."""
+  """The dense/conv layers of ``layers``, checked: two or more whole layers,
+  no normalization after one whose units are recycled."""
   spec = _layers.normalize_layers_arg(layers, caller=caller)
-  found = _layers.resolve(params, spec, caller=caller)
+  resolved = _layers.resolve(params, spec, caller=caller)
+  found = tuple(layer for layer in resolved if not layer.is_norm)
   if len(found) < 2:
     raise ValueError(
       f"{caller}: `layers` gives {len(found)} layer(s); {caller} resets the "
       "units of a layer and the weights of the next one that read them, so "
       "list two or more consecutive dense/conv layers in forward order."
     )
+  _check_no_normalization_after(caller, params, resolved, found)
   for layer in found:
-    if layer.is_norm or layer.weight_index is None:
-      raise ValueError(
-        f"{caller}: the layer {layer.path!r} in `layers` is a normalization "
-        f"layer; {caller} resets the units of dense/conv layers. Leave "
-        "normalization layers out of `layers`."
-      )
     if layer.stack_index:
       raise ValueError(
         f"{caller}: the layer {layer.layer.name!r} in `layers` is a slice of "
@@ -802,6 +818,135 @@ def _unit_layers(
         "list layers with leaves of their own."
       )
   return found
+
+
+# A layer's key (path, slice index) and whether it normalizes.
+_OrderEntry = tuple[tuple[_layers.Path | None, tuple[int, ...]], bool]
+
+
+def _check_no_normalization_after(
+  caller: str,
+  params: Any,
+  resolved: tuple[_layers.ResolvedLayer, ...],
+  found: tuple[_layers.ResolvedLayer, ...],
+) -> None:
+  """Raises where a normalization layer follows a layer to be recycled.
+
+  Where it sits comes from the trace of traced layers, which also knows the
+  normalization layers a list of them left out, and from ``layers`` itself.
+  Without a trace, every normalization layer of the params must be listed.
+  """
+  recycled = {layer.layer.key for layer in found[:-1]}
+  for order, traced in _forward_orders(caller, params, resolved):
+    previous = None
+    for key, is_norm in order:
+      if is_norm and previous in recycled:
+        raise ValueError(
+          _normalization_error(caller, (previous, key), order, traced)
+        )
+      if not is_norm:
+        previous = key
+
+
+def _forward_orders(
+  caller: str, params: Any, resolved: tuple[_layers.ResolvedLayer, ...]
+) -> list[tuple[list[_OrderEntry], bool]]:
+  """The order of the trace ``layers`` come from (if any), then their own;
+  each with whether it is a trace's."""
+  listed = [(layer.layer.key, layer.is_norm) for layer in resolved]
+  traces = [r.layer.traced_from for r in resolved]
+  trace = next((t for t in traces if t is not None), None)
+  if trace is None:
+    _check_normalization_listed(caller, params, resolved)
+    return [(listed, False)]
+  traced = [(key, key in trace.norm_keys) for key in trace.keys]
+  return [(traced, True), (listed, False)]
+
+
+def _check_normalization_listed(
+  caller: str, params: Any, resolved: tuple[_layers.ResolvedLayer, ...]
+) -> None:
+  """Raises where the params hold a normalization layer (a ``scale`` leaf, or
+  a vector ``weight``) that ``layers`` does not place."""
+  listed = {layer.path for layer in resolved}
+  leaves = jax.tree.leaves(params)
+  groups = _layers.group_by_layer(_layers.leaf_paths(params))
+  unlisted = [
+    "/".join(map(str, path))
+    for path, group in groups.items()
+    if path not in listed
+    and any(
+      _layers.is_norm_weight(name, leaves[index])
+      for name, index in group.items()
+      if name in _layers.WEIGHT_NAMES
+    )
+  ]
+  if unlisted:
+    raise ValueError(
+      f"{caller}: the params hold the normalization layer(s) {unlisted}, "
+      "which `layers` does not list, so whether one follows a layer whose "
+      f"units {caller} would recycle is unknown (it must not). Pass "
+      "`layers` as optax_swr.layers_from_linen / layers_from_nnx / "
+      "layers_from_equinox trace them, or list every layer in forward "
+      "order, the normalization layers among them."
+    )
+
+
+def _normalization_error(
+  caller: str,
+  pair: tuple[Any, Any],
+  order: list[_OrderEntry],
+  traced: bool,
+) -> str:
+  """What to say where a normalization follows a layer: ``pair`` holds
+  their keys; ``order`` is the forward order they were found in."""
+  name, norm = (_layers.layer_key_name(key) for key in pair)
+  return (
+    f"{caller}: the layer {name!r} in `layers` is followed by the "
+    f"normalization layer {norm!r}, so {caller} cannot recycle its units: "
+    "a unit's fresh incoming weights move the mean and variance that a "
+    "LayerNorm, RMSNorm or GroupNorm divides every unit by, and a "
+    "BatchNorm's running statistics, scale and offset for the unit are the "
+    "old unit's, so the network's function would change. Use swr instead "
+    "(optax_swr.swr keeps the function of networks with normalization "
+    f"layers){_recyclable(order, traced)}."
+  )
+
+
+def _recyclable(order: list[_OrderEntry], traced: bool) -> str:
+  """The end of :func:`_normalization_error`: the layers left to recycle."""
+  runs = _runs_without_normalization(order)
+  if not runs:
+    return (
+      ": here a normalization follows every layer but the last, so no "
+      "layers are left to recycle"
+    )
+  run = max(runs, key=len)
+  names = [_layers.layer_key_name(key) for key in run]
+  if traced:
+    how = (
+      "pass only those traced layers, e.g. `layers=[l for l in layers if "
+      f"l.name in {names}]`"
+    )
+  else:  # Listed normalization layers may stay before and after the run.
+    paths = [key[0] for key, is_norm in order if is_norm or key in run]
+    how = f"pass `layers={paths!r}`"
+  return (
+    f"; or recycle only the layers {names}, which no normalization follows "
+    f"(but the last): {how} and only their activations"
+  )
+
+
+def _runs_without_normalization(order: list[_OrderEntry]) -> list[list[Any]]:
+  """The runs of two or more consecutive layers without a normalization
+  between them, as lists of keys."""
+  runs: list[list[Any]] = [[]]
+  for key, is_norm in order:
+    if is_norm:
+      runs.append([])
+    else:
+      runs[-1].append(key)
+  return [run for run in runs if len(run) > 1]
 
 
 def _hidden_activations(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,3 +175,25 @@ def pushed_off(params, layers, seed=0):
       noise = rng.normal(0, 0.5, leaves[i][layer.index].shape)
       leaves[i] = leaves[i].at[layer.index].set(noise)
   return jax.tree.unflatten(treedef, leaves)
+
+
+@functools.cache
+def normalized_model(name: str) -> tuple[dict, optax_swr.Layers]:
+  """The params and traced layers of a small zoo model with normalization.
+
+  ``"layer_norm_mlp"``: Dense -> LayerNorm -> ReLU twice, then a Dense head
+  (``hidden_0``, ``norms_0``, ``hidden_1``, ``norms_1``, ``head``);
+  ``"cnn_bn"``: conv -> BatchNorm -> ReLU twice, then ``fc1`` and ``head``.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from examples.models import linen as models_linen
+
+  if name == "layer_norm_mlp":
+    module = models_linen.LayerNormMLP(hidden=(4, 4), num_classes=2)
+    x = jnp.ones((2, 3))
+    variables = module.init(jax.random.key(0), x)
+  else:
+    module, variables = models_linen.create(name, 2, (8, 8, 1), width=2)
+    x = jnp.ones((1, 8, 8, 1))
+  layers = optax_swr.layers_from_linen(module, variables, x, train=True)
+  return variables["params"], layers

@@ -491,3 +491,28 @@ def test_init_needs_two_or_more_dense_or_conv_layers(mlp):
     baselines.continual_backprop_init(params, ["Dense_0"])
   state = baselines.continual_backprop_init(params, LAYERS)
   assert [u.shape for u in state.utility] == [(3,), (2,)]
+
+
+@pytest.mark.parametrize(
+  "model, layer, norm",
+  [("layer_norm_mlp", "hidden_0", "norms_0"), ("cnn_bn", "conv1", "bn1")],
+)
+def test_a_normalization_after_a_replaced_layer_is_refused_by_name(
+  model, layer, norm
+):
+  params, layers = helpers.normalized_model(model)
+  tx = optax.adam(1e-3)
+  refused = (
+    f"the layer {layer!r} in `layers` is followed by the normalization "
+    f"layer {norm!r}"
+  )
+  with pytest.raises(
+    ValueError, match=re.escape(f"continual_backprop_init: {refused}")
+  ):
+    baselines.continual_backprop_init(params, layers)
+  with pytest.raises(
+    ValueError, match=re.escape(f"continual_backprop: {refused}")
+  ):
+    baselines.continual_backprop(
+      params, tx.init(params), STATE, [], layers, params, optimizer=tx
+    )

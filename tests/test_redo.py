@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import chex
 import jax
@@ -385,7 +386,11 @@ def test_layers_redo_cannot_reset_are_refused(mlp):
       params, opt_state, [], ["Dense_0"], fresh_of(params), optimizer=tx
     )
   norm = optax_swr.Layer(("Dense_1", "kernel"), norm=True)
-  with pytest.raises(ValueError, match="is a normalization layer"):
+  with pytest.raises(
+    ValueError,
+    match="'Dense_0' in `layers` is followed by the normalization layer "
+    "'Dense_1'",
+  ):
     baselines.redo(
       params,
       opt_state,
@@ -429,3 +434,71 @@ def test_bad_tau_fresh_params_and_optimizer_state_are_refused(mlp):
       fresh_of(params),
       optimizer=factored,
     )
+
+
+# What follows the refused layer: the layers left to recycle, if any.
+NORMALIZED = {
+  "layer_norm_mlp": ("hidden_0", "norms_0", "no layers are left to recycle"),
+  "cnn_bn": ("conv1", "bn1", "recycle only the layers ['fc1', 'head']"),
+}
+
+
+def _as_given(layers, form):
+  """The traced layers as a user may pass them."""
+  if form == "traced":
+    return layers
+  if form == "list_without_norms":  # the trace still knows where they sit
+    return [layer for layer in layers if not layer.norm]
+  return [layer.path for layer in layers]  # paths, norms listed in order
+
+
+@pytest.mark.parametrize("form", ["traced", "list_without_norms", "paths"])
+@pytest.mark.parametrize("model", NORMALIZED)
+def test_a_normalization_after_a_recycled_layer_is_refused_by_name(model, form):
+  params, layers = helpers.normalized_model(model)
+  layer, norm, instead = NORMALIZED[model]
+  tx = optax.adam(1e-3)
+  with pytest.raises(ValueError) as error:
+    baselines.redo(
+      params, tx.init(params), [], _as_given(layers, form), params, optimizer=tx
+    )
+  message = str(error.value)
+  assert message.startswith(
+    f"redo: the layer {layer!r} in `layers` is followed by the "
+    f"normalization layer {norm!r}, so redo cannot recycle its units"
+  ), message
+  assert "Use swr instead" in message and instead in message, message
+
+
+def test_paths_that_leave_the_normalization_layers_out_are_refused():
+  params, _ = helpers.normalized_model("layer_norm_mlp")
+  tx = optax.adam(1e-3)
+  message = (
+    "redo: the params hold the normalization layer(s) ['norms_0', "
+    "'norms_1'], which `layers` does not list"
+  )
+  with pytest.raises(ValueError, match=re.escape(message)):
+    baselines.redo(
+      params,
+      tx.init(params),
+      [],
+      ["hidden_0", "hidden_1", "head"],
+      params,
+      optimizer=tx,
+    )
+
+
+def test_the_layers_the_refusal_names_can_be_recycled():
+  """fc1 and head of the CNN-BN: no normalization after fc1; BatchNorm layers
+  before the first recycled layer are fine."""
+  params, layers = helpers.normalized_model("cnn_bn")
+  tx = optax.adam(1e-3)
+  hidden = [jnp.zeros((4, params["fc1"]["kernel"].shape[-1]))]
+  for given in (
+    [layer for layer in layers if layer.name in ["fc1", "head"]],
+    [("bn1",), ("bn2",), ("fc1",), ("head",)],
+  ):
+    _, _, dormant = baselines.redo(
+      params, tx.init(params), hidden, given, params, optimizer=tx
+    )
+    assert bool(dormant[0].all())  # all-zero units are dormant
