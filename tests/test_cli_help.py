@@ -10,6 +10,7 @@ import pytest
 
 from examples import cli
 from examples import digits_demo
+from examples.paper import permuted_inputs
 from examples.paper import random_labels
 from examples.paper import warm_start
 from examples.rl import continual as rl_continual
@@ -36,6 +37,13 @@ def help_text(parse: Callable[[list[str]], object], capsys) -> str:
       random_labels.parse_flags,
       ["comma-separated (default: 1e-4,1e-3,1e-2,1)"],
     ),
+    (
+      permuted_inputs.parse_flags,
+      ["training examples per task, seen once (default: 10000)"],
+    ),
+    (permuted_inputs.parse_flags, ["--batch-size BATCH_SIZE (default: 16)"]),
+    (permuted_inputs.parse_flags, ["--swr SWR", "(default: 1e-2)"]),
+    (permuted_inputs.parse_flags, ["--from-selection FILE[,FILE...]"]),
     (digits_demo.parse_args, ["--epochs EPOCHS", "(default: 60)"]),
     (digits_demo.parse_args, ["--batch-size BATCH_SIZE (default: 64)"]),
     (warm_start.main, ["--online-rounds ONLINE_ROUNDS", "(default: 2)"]),
@@ -52,7 +60,12 @@ def test_help_shows_the_defaults(parse, shown, capsys):
 
 @pytest.mark.parametrize(
   "parse",
-  [random_labels.parse_flags, digits_demo.parse_args, rl_continual.parse_flags],
+  [
+    random_labels.parse_flags,
+    permuted_inputs.parse_flags,
+    digits_demo.parse_args,
+    rl_continual.parse_flags,
+  ],
 )
 def test_each_default_is_shown_once(parse, capsys):
   # The help texts that wrote their default by hand no longer do.

@@ -15,6 +15,8 @@ import pytest
 
 from examples.paper import selection
 from examples.paper import stats
+from examples.paper import task_runs
+from tests import selection_runs
 
 SELECTION, REPORTING = (0, 1, 2), (3, 4, 5, 6)
 TASKS = 6
@@ -198,3 +200,104 @@ def test_ties_go_to_the_smaller_setting():
   flat = selection.Grid("swr", "--swr", {v: {0: 0.5} for v in (3.0, 1.0, 2.0)})
   choice = selection.select([flat])["swr"]
   assert choice.setting == 1.0 and choice.grid == (1.0, 2.0, 3.0)
+
+
+def means_on(which, chosen_only=False):
+  """MEANS on the selection (0) or reporting (1) seeds, keyed as
+  ``selection_runs.run`` takes them; ``chosen_only``: the settings the
+  selection seeds choose, as a run of ``--from-selection`` holds them."""
+  return {
+    (method, () if coef is None else (coef,)): pair[which]
+    for (method, coef), pair in MEANS.items()
+    if not chosen_only or coef in (None, 0.01, 0.0001)
+  }
+
+
+@pytest.mark.parametrize("protocol", ["random_labels", "permuted_inputs"])
+def test_rows_are_read_as_the_seeds_they_stand_for(protocol):
+  """A selection run on seeds 0 to 2 and a report run on seeds 3 to 12, as
+  ``--first-seed 0 --seeds 3`` and ``--first-seed 3 --seeds 10`` write
+  them: each numbers its rows from 0."""
+  selection_run = selection_runs.run(protocol, means_on(0), seeds=3)
+  report_run = selection_runs.run(
+    protocol, means_on(1, chosen_only=True), first_seed=3, seeds=10
+  )
+  choices = selection.select(task_runs.grids([selection_run], range(3)))
+  assert choices["swr"].setting == 0.01 and choices["l2"].setting == 0.0001
+  scores = task_runs.scores([report_run], choices, range(3, 13))
+  # Row r of the report run is seed 3 + r: seed 12 is its last row.
+  assert task_runs.run_seeds(report_run) == tuple(range(3, 13))
+  for seed in (3, 12):
+    expected = selection_runs.value(("swr", (0.01,)), 0.40, seed, 0)
+    assert scores["swr"][seed] == pytest.approx(expected)
+  assert selection.report(choices, scores).seeds == tuple(range(3, 13))
+  # Neither run holds the other's seeds.
+  with pytest.raises(ValueError, match=r"seeds \[0, 1, 2\]: .* 3 to 12 only"):
+    task_runs.grids([report_run], range(3))
+  with pytest.raises(ValueError, match=r"seeds \[3, 4\]: .* 0 to 2 only"):
+    task_runs.scores([selection_run], choices, (3, 4))
+
+
+def test_selection_on_seeds_past_the_first_reads_their_rows_only():
+  """Seeds 2 to 6 in one run (``--first-seed 2 --seeds 5``): selection on
+  seeds 2 to 4 reads rows 0 to 2; reading rows 2 to 4 (row = seed) would
+  touch the reporting seeds 5 and 6, which fail on any access."""
+  run = selection_runs.run("random_labels", means_on(0), first_seed=2, seeds=5)
+  for entry in run["methods"].values():
+    for row in (3, 4):
+      entry["task_train_acc"][row] = Unread()
+  choices = selection.select(selection.random_label_grids([run], (2, 3, 4)))
+  assert choices["swr"].setting == 0.01 and choices["l2"].setting == 0.0001
+  assert choices["swr"].seeds == (2, 3, 4)
+
+
+def test_permuted_inputs_are_scored_by_the_online_accuracy_of_the_last_tasks():
+  # 8 tasks: swr 0.001 leads on the first 3 but not on the last 5.
+  early_then_low = [0.9, 0.9, 0.9] + [0.3] * 5
+  means = {
+    ("vanilla", ()): 0.2,
+    ("swr", (0.001,)): early_then_low,
+    ("swr", (0.01,)): 0.5,
+    ("swr", (0.1,)): 0.4,
+  }
+  run = selection_runs.run("permuted_inputs", means, tasks=8)
+  assert task_runs.protocol_of(run) == "permuted_inputs"
+  choices = selection.select(task_runs.grids([run], range(3)))
+  assert choices["swr"].setting == 0.01
+  assert choices["swr"].means[0] == pytest.approx(0.3, abs=0.02)
+  with pytest.raises(ValueError, match="reads random_labels runs"):
+    selection.random_label_grids([run], range(3))
+  mixed = selection_runs.run("random_labels", {("l2", (0.1,)): 0.3}, tasks=8)
+  with pytest.raises(ValueError, match="different protocols"):
+    task_runs.grids([run, mixed], range(3))
+
+
+def test_a_grid_is_over_the_first_coefficient_with_the_others_fixed():
+  means = {
+    ("vanilla", ()): 0.2,
+    ("snp_noise", (0.5, 0.2)): 0.3,
+    ("snp_noise", (0.8, 0.2)): 0.5,
+    ("snp_noise", (0.9, 0.2)): 0.4,
+  }
+  run = selection_runs.run("random_labels", means)
+  choice = selection.select(task_runs.grids([run], range(3)))["snp_noise"]
+  assert choice.flag == "--snp-noise-shrink" and choice.setting == 0.8
+  assert choice.fixed == (("--snp-noise-scale", 0.2),)
+  assert choice.label == (
+    "snp_noise (--snp-noise-shrink 0.8, --snp-noise-scale 0.2)"
+  )
+  assert selection.choice_record(choice)["fixed"] == [
+    ["--snp-noise-scale", 0.2]
+  ]
+
+  means[("snp_noise", (0.9, 0.1))] = means.pop(("snp_noise", (0.9, 0.2)))
+  run = selection_runs.run("random_labels", means)
+  with pytest.raises(
+    ValueError,
+    match=r"snp_noise's entries differ in --snp-noise-scale \(0.1, 0.2\): a "
+    r"grid is over --snp-noise-shrink",
+  ):
+    task_runs.grids([run], range(3))
+  taus = {("swr_redo", (c, t)): 0.5 for c, t in [(0.01, 0.1), (0.1, 0.2)]}
+  with pytest.raises(ValueError, match="differ in --swr-redo-tau"):
+    task_runs.grids([selection_runs.run("permuted_inputs", taus)], range(3))

@@ -27,6 +27,21 @@ several coefficient flags gets one entry per combination of their values.
   python -m examples.paper.random_labels --calibrate     # the pilot
   python -m examples.paper.random_labels --data digits --tasks 5 \\
       --steps-per-task 500 --seeds 2 --methods vanilla,swr --out rl.json
+
+Each method's setting chosen on selection seeds, reported on others
+(``examples.paper.selection``): a grid of every tuned method on seeds 100
+to 102, then ``--from-selection`` runs every method of the selection at the
+value of its first coefficient flag with the best mean training accuracy
+over the last 5 tasks there (inside its grid, or an error names the flag
+to extend), on seeds 0 to 9; the JSON's ``config.selection`` records the
+choices, and ``examples.paper.summarize_results`` given both files
+compares them with Holm's correction:
+
+  python -m examples.paper.random_labels --first-seed 100 --seeds 3 \\
+      --l2 1e-5,1e-4,1e-3 --l2-init 1e-3,1e-2,1e-1 --snp 0.1,0.2,0.5 \\
+      --swr 1e-3,1e-2,1e-1 --out rl_selection.json
+  python -m examples.paper.random_labels --seeds 10 \\
+      --from-selection rl_selection.json --out rl_report.json
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import dataclasses
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -61,6 +76,13 @@ CALIBRATION_EVERY = 250
 @dataclasses.dataclass(frozen=True)
 class Settings(task_sequence.Settings):
   """The flags of one run."""
+
+  PROTOCOL: ClassVar[str] = "random_labels"
+  SAME_AS_SELECTION: ClassVar[tuple[str, ...]] = (
+    *task_sequence.Settings.SAME_AS_SELECTION,
+    "steps_per_task",
+    "num_examples",
+  )
 
   methods: tuple[str, ...] = DEFAULT_METHODS
   tasks: int = 20
@@ -102,6 +124,7 @@ def parse_flags(argv: Sequence[str] | None) -> tuple[Settings, bool]:
   settings = task_sequence.settings_from_args(
     Settings,
     args,
+    parser,
     steps_per_task=args.steps_per_task,
     num_examples=args.num_examples,
     dormant_tau=args.dormant_tau,

@@ -23,16 +23,19 @@ whose arguments keep them apart:
 
 Scores are higher-is-better (pass minus a loss). A method with nothing to
 tune (vanilla, head reset) is a :class:`Grid` with ``flag=None`` and one
-setting, None. :func:`random_label_grids` and :func:`random_label_scores`
-read the JSON of ``examples.paper.random_labels``; nothing else here knows a
-JSON layout.
+setting, None; a method with several coefficients is tuned on its first,
+the others fixed (:attr:`Grid.fixed`). Nothing here knows a JSON layout:
+``examples.paper.task_runs`` reads the task sequences' runs into grids and
+scores, each row as the seed it stands for (``--first-seed``), and runs the
+scripts' ``--from-selection``. :func:`random_label_grids` and
+:func:`random_label_scores` are its readers of random-label runs.
 
 Example::
 
-  grids = selection.random_label_grids(results, seeds=range(3))
-  choices = selection.select(grids)
+  # selection: --first-seed 0 --seeds 3; report: --first-seed 3 --seeds 10
+  choices = selection.select(task_runs.grids([selection_run], range(3)))
   selection.require_interior(choices)  # else: extend the flags it names
-  scores = selection.random_label_scores(results, choices, range(3, 10))
+  scores = task_runs.scores([report_run], choices, range(3, 13))
   print("\\n".join(selection.report(choices, scores).lines()))
 """
 
@@ -62,12 +65,15 @@ class Grid:
     scores: ``{setting: {seed: score}}``, every setting on the same seeds.
     bounds: the smallest and largest values the flag accepts. A best
       setting on a bound is not an edge to extend: nothing lies beyond it.
+    fixed: ``((flag, value), ...)``: the method's other coefficients, the
+      same at every setting (Shrink & Perturb's ``--snp-noise-scale``).
   """
 
   method: str
   flag: str | None
   scores: Mapping[Setting, Mapping[int, float]]
   bounds: tuple[float, float] = (0.0, math.inf)
+  fixed: tuple[tuple[str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Choice:
     means: each value's mean score over the selection seeds.
     seeds: the selection seeds, ascending.
     bounds: the values the flag accepts (:attr:`Grid.bounds`).
+    fixed: the other coefficients, as set (:attr:`Grid.fixed`).
   """
 
   method: str
@@ -91,6 +98,7 @@ class Choice:
   means: tuple[float, ...]
   seeds: tuple[int, ...]
   bounds: tuple[float, float] = (0.0, math.inf)
+  fixed: tuple[tuple[str, float], ...] = ()
 
   @property
   def score(self) -> float:
@@ -99,10 +107,12 @@ class Choice:
 
   @property
   def label(self) -> str:
-    """``swr (--swr 0.01)``, or the method's name with nothing to tune."""
+    """``swr (--swr 0.01)``, ``snp_noise (--snp-noise-shrink 0.8,
+    --snp-noise-scale 0.2)``, or the method's name with nothing to tune."""
     if self.flag is None:
       return self.method
-    return f"{self.method} ({self.flag} {self.setting:g})"
+    flags = [(self.flag, self.setting), *self.fixed]
+    return f"{self.method} (" + ", ".join(f"{f} {v:g}" for f, v in flags) + ")"
 
   def edge(self) -> str | None:
     """Why the grid must be extended, or None when the best is inside it.
@@ -305,7 +315,22 @@ def report(
   )
 
 
-# The JSON of examples.paper.random_labels.
+def choice_record(choice: Choice) -> dict[str, Any]:
+  """A choice as JSON (an unbounded flag's upper bound is None)."""
+  low, high = choice.bounds
+  return {
+    "flag": choice.flag,
+    "setting": choice.setting,
+    "fixed": [list(pair) for pair in choice.fixed],
+    "grid": list(choice.grid),
+    "means": list(choice.means),
+    "seeds": list(choice.seeds),
+    "bounds": [low, None if math.isinf(high) else high],
+  }
+
+
+# The JSON of examples.paper.random_labels, read by examples.paper.task_runs
+# (which imports this module), kept here for their callers.
 
 
 def random_label_grids(
@@ -313,47 +338,11 @@ def random_label_grids(
   seeds: Iterable[int],
   recent: int = 5,
 ) -> list[Grid]:
-  """The grids of random-label runs, read on the selection seeds only.
+  """``examples.paper.task_runs.grids`` of random-label runs only."""
+  from examples.paper import task_runs  # It imports this module.
 
-  A seed's score is its mean training accuracy over the last ``recent``
-  tasks (the report's "last 5 tasks"). The entries of every run are pooled
-  by method (``hparams["method"]``) and keyed by their coefficient; a
-  method without one (vanilla, head reset) has nothing to tune. Of each
-  entry's ``task_train_acc[seed][task]`` only the given seeds' rows are
-  read.
-
-  Args:
-    results: the JSON of one or more runs (a sweep of the baselines in a
-      file of its own joins the main run), all with the same tasks.
-    seeds: the selection seeds.
-    recent: how many last tasks a score averages.
-
-  Returns:
-    One :class:`Grid` per method, the flag named as on the command line
-    (``--l2-init``), its bounds those ``examples.methods`` accepts.
-  """
-  from examples import methods as methods_lib  # Only the adapter needs it.
-
-  seeds = tuple(seeds)
-  by_method: dict[str, dict[Setting, Mapping[str, Any]]] = {}
-  for (method, setting), entry in _entries(results).items():
-    by_method.setdefault(method, {})[setting] = entry
-  grids = []
-  for method, entries in by_method.items():
-    tuned = any(setting is not None for setting in entries)
-    upper = methods_lib.REGISTRY[method].max_coef
-    grids.append(
-      Grid(
-        method=method,
-        flag=f"--{method.replace('_', '-')}" if tuned else None,
-        scores={
-          setting: _scores(entry, seeds, recent)
-          for setting, entry in entries.items()
-        },
-        bounds=(0.0, math.inf if upper is None else upper),
-      )
-    )
-  return grids
+  task_runs.check_protocol(results, "random_labels", "random_label_grids")
+  return task_runs.grids(results, seeds, recent)
 
 
 def random_label_scores(
@@ -362,61 +351,11 @@ def random_label_scores(
   seeds: Iterable[int],
   recent: int = 5,
 ) -> dict[str, dict[int, float]]:
-  """Each chosen setting's scores on the given (reporting) seeds.
+  """``examples.paper.task_runs.scores`` of random-label runs only."""
+  from examples.paper import task_runs  # It imports this module.
 
-  Args:
-    results: the runs given to :func:`random_label_grids`.
-    choices: from :func:`select`.
-    seeds: the reporting seeds.
-    recent: how many last tasks a score averages.
-
-  Returns:
-    ``{method: {seed: score}}`` for :func:`report`.
-  """
-  entries = _entries(results)
-  seeds = tuple(seeds)
-  return {
-    method: _scores(entries[method, choice.setting], seeds, recent)
-    for method, choice in choices.items()
-  }
-
-
-def _entries(
-  results: Sequence[Mapping[str, Any]],
-) -> dict[tuple[str, Setting], Mapping[str, Any]]:
-  """``{(method, coefficient or None): entry}`` over every run."""
-  tasks = {result["config"]["tasks"] for result in results}
-  if len(tasks) != 1:
-    raise ValueError(
-      f"random_label_grids: the runs have different --tasks {sorted(tasks)}; "
-      "their scores are not comparable."
-    )
-  entries: dict[tuple[str, Setting], Mapping[str, Any]] = {}
-  for result in results:
-    for name, entry in result["methods"].items():
-      hparams = entry["hparams"]
-      coefs = hparams["coefs"]
-      key = (hparams["method"], float(coefs[0]) if coefs else None)
-      if key in entries:
-        raise ValueError(
-          f"random_label_grids: {name} ({key[0]} at {key[1]}) appears in "
-          "two runs; give each setting once."
-        )
-      entries[key] = entry
-  return entries
-
-
-def _scores(
-  entry: Mapping[str, Any], seeds: Sequence[int], recent: int
-) -> dict[int, float]:
-  """Each seed's mean over its last ``recent`` tasks; reads only ``seeds``."""
-  accuracy = entry["task_train_acc"]
-  missing = [s for s in seeds if not 0 <= s < len(accuracy)]
-  if missing:
-    raise ValueError(
-      f"seeds {missing}: the run has seeds 0 to {len(accuracy) - 1}."
-    )
-  return {s: float(np.mean(accuracy[s][-recent:])) for s in seeds}
+  task_runs.check_protocol(results, "random_labels", "random_label_scores")
+  return task_runs.scores(results, choices, seeds, recent)
 
 
 def _selection_seeds(grids: Sequence[Grid]) -> tuple[int, ...]:
@@ -495,6 +434,7 @@ def _best(grid: Grid, seeds: Sequence[int]) -> Choice:
     means=means,
     seeds=tuple(seeds),
     bounds=grid.bounds,
+    fixed=grid.fixed,
   )
 
 

@@ -13,7 +13,10 @@ through a sequence of tasks with its optimizer state never reset. They share:
   act there (``Method.at_task_switch``) and its step hook inside the loop;
 * :func:`run_entries`, which trains every entry (in worker processes),
   :func:`method_result`, the JSON entry of a method, and
-  :func:`print_comparison`, the printed table of paired differences.
+  :func:`print_comparison`, the printed table of paired differences;
+* ``--from-selection`` (``examples.paper.task_runs.apply_selection``): each
+  method at the setting chosen on the seeds of earlier runs, run on other
+  seeds.
 
 Example::
 
@@ -30,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import itertools
 import time
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import numpy as np
@@ -87,8 +90,23 @@ class Settings:
   """The flags both protocols take; each protocol adds its own.
 
   ``coefs`` maps each coefficient flag's key (``"snp_noise_scale"``) to its
-  values.
+  values. ``selection``: with ``--from-selection``, the files, the
+  selection seeds and each method's choice
+  (``examples.paper.task_runs.apply_selection``).
+  ``PROTOCOL`` names the script (``examples.paper.task_runs.protocol_of``
+  of its JSON), ``SAME_AS_SELECTION`` the settings a run of
+  ``--from-selection`` must share with its selection runs.
   """
+
+  PROTOCOL: ClassVar[str] = ""
+  SAME_AS_SELECTION: ClassVar[tuple[str, ...]] = (
+    "data",
+    "tasks",
+    "batch_size",
+    "lr",
+    "width",
+    "redo_every",
+  )
 
   data: str = "fashion_mnist"
   methods: tuple[str, ...] = ("vanilla",)
@@ -103,6 +121,7 @@ class Settings:
   workers: int | None = None
   progress: bool = True
   out: str | None = None
+  selection: dict[str, Any] | None = None
 
   @property
   def seed_ids(self) -> range:
@@ -139,6 +158,15 @@ def make_parser(
   add_method_flags(parser, coef_defaults)
   parser.add_argument("--tasks", type=int, default=defaults.tasks)
   parser.add_argument(
+    "--from-selection",
+    default=None,
+    metavar="FILE[,FILE...]",
+    help=(
+      "the JSON of selection runs (other seeds): run each of their methods "
+      "at the setting with the best mean score on their seeds"
+    ),
+  )
+  parser.add_argument(
     "--first-seed",
     type=int,
     default=defaults.first_seed,
@@ -151,9 +179,21 @@ def make_parser(
 
 
 def settings_from_args(
-  settings_class: type[SettingsT], args: argparse.Namespace, **extra: Any
+  settings_class: type[SettingsT],
+  args: argparse.Namespace,
+  parser: argparse.ArgumentParser,
+  **extra: Any,
 ) -> SettingsT:
   """The settings of :func:`make_parser`'s flags, checked, plus ``extra``.
+
+  With ``--from-selection``, the methods and coefficients are the
+  selection's (``examples.paper.task_runs.apply_selection``).
+
+  Args:
+    settings_class: the protocol's :class:`Settings`.
+    args: the parsed flags.
+    parser: their parser (its defaults tell which flags were given).
+    **extra: the protocol's own settings.
 
   Raises:
     ValueError: naming the flag, for a value out of its range.
@@ -167,7 +207,7 @@ def settings_from_args(
       f"[0, {MAX_SEED}) (the keys of fresh draws start at {MAX_SEED}); "
       f"ask for at most {MAX_SEED - args.seeds} with --seeds {args.seeds}."
     )
-  return settings_class(
+  settings = settings_class(
     data=args.data,
     methods=methods,
     coefs=parse_coef_flags(args),
@@ -183,6 +223,17 @@ def settings_from_args(
     out=args.out,
     **extra,
   )
+  if args.from_selection is None:
+    return settings
+  if getattr(args, "calibrate", False):
+    raise ValueError(
+      "--calibrate trains vanilla alone; leave out --from-selection."
+    )
+  from examples.paper import task_runs  # It imports this module.
+
+  dests = ("methods", *(key for keys in COEF_FLAGS.values() for key in keys))
+  given = [d for d in dests if getattr(args, d) != parser.get_default(d)]
+  return task_runs.apply_selection(settings, args.from_selection, given)
 
 
 def add_method_flags(
@@ -198,7 +249,7 @@ def add_method_flags(
     coef_names = methods_lib.REGISTRY[method].coefs
     for key, coef in zip(keys, coef_names):
       parser.add_argument(
-        _flag(key),
+        flag_name(key),
         default={**DEFAULT_COEFS, **defaults}[key],
         help=f"{method}'s {coef}, comma-separated",
       )
@@ -222,17 +273,19 @@ def parse_coef_flags(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
     ValueError: naming the flag.
   """
   for flag in ("width", "redo_every"):
-    cli.check_positive(_flag(flag), getattr(args, flag))
+    cli.check_positive(flag_name(flag), getattr(args, flag))
   return {
     key: cli.parse_coefs(
-      _flag(key), getattr(args, key), methods_lib.REGISTRY[method].max_coef
+      flag_name(key), getattr(args, key), methods_lib.REGISTRY[method].max_coef
     )
     for method, keys in COEF_FLAGS.items()
     for key in keys
   }
 
 
-def _flag(key: str) -> str:
+def flag_name(key: str) -> str:
+  """The command-line flag of a settings key: ``snp_noise_scale`` ->
+  ``--snp-noise-scale``."""
   return "--" + key.replace("_", "-")
 
 
@@ -254,6 +307,23 @@ def entries(settings: Settings) -> list[tuple[str, str, tuple[float, ...]]]:
         for coefs in combinations
       ]
   return result
+
+
+def selection_text(config: Mapping[str, Any]) -> str | None:
+  """One line on how a run of ``--from-selection`` got its settings."""
+  record = config.get("selection")
+  if not record:
+    return None
+  seeds = record["seeds"]
+  chosen = "; ".join(
+    f"{method} {choice['flag']} {choice['setting']:g}"
+    for method, choice in record["choices"].items()
+    if choice["flag"] is not None
+  )
+  return (
+    f"settings chosen on seeds {seeds[0]} to {seeds[-1]} of "
+    f"{', '.join(record['files'])}: {chosen or 'nothing to tune'}"
+  )
 
 
 class Lanes:
@@ -309,6 +379,8 @@ class Lanes:
     self.state = self.engine.init(variables, hook_seeds=settings.seed_ids)
     self.initial = engine_lib.stack([v["params"] for v in variables])
     self._norms = runner.lane_metrics(self.layers)[0]
+    # [seeds, layers]: each layer's weight norm at initialisation.
+    self.initial_norms = np.asarray(self._norms(self.initial))
 
   @property
   def task_switch(self) -> bool:
@@ -408,12 +480,14 @@ def method_result(
 
   Returns:
     ``{key: [seed][task, ...]}`` for each key of ``record``, plus
+    ``initial_weight_norms`` (``[seed][layer]``, at initialisation),
     ``hparams`` and ``seconds``.
   """
   result: dict[str, Any] = {
     key: np.swapaxes(np.array(values), 0, 1).tolist()
     for key, values in record.items()
   }
+  result["initial_weight_norms"] = lanes.initial_norms.tolist()
   result["hparams"] = {
     "method": lanes.method_name,
     "coefs": list(coefs),
@@ -434,12 +508,16 @@ def finish(
   print_summary: Callable[[dict[str, Any]], None],
 ) -> dict[str, Any]:
   """Adds the versions and the wall time since ``start``, writes the JSON
-  (``--out``) and prints the summary; returns ``results``."""
+  (``--out``) and prints the summary (and where the settings were chosen,
+  with ``--from-selection``); returns ``results``."""
   results["versions"] = cli.versions()
   results["wall_time_s"] = time.perf_counter() - start
   if settings.out:
     cli.write_json(settings.out, results)
   print_summary(results)
+  chosen = selection_text(results["config"])
+  if chosen:
+    print(chosen)
   return results
 
 
