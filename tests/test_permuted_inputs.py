@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from examples.paper import permuted_inputs
+from examples.paper import stats
+from examples.paper import summarize_results
+from tests import selection_runs
 
 TINY = [
   "--data",
@@ -53,6 +56,7 @@ def test_json_schema(results):
     online = np.array(entry["task_online_acc"])
     assert online.shape == (2, 3) and ((0 <= online) & (online <= 1)).all()
     assert np.array(entry["weight_norms"]).shape == (2, 3, 3)
+    assert np.array(entry["initial_weight_norms"]).shape == (2, 3)
     for key in ("first_task_test_acc", "last_task_test_acc"):
       accuracy = np.array(entry[key])
       assert (
@@ -98,7 +102,7 @@ def test_tasks_are_fixed_per_seed_and_task():
     assert (different[1] != examples).any()
 
 
-def test_calibration_finds_the_first_task_count_with_a_loss():
+def test_calibration_finds_the_first_task_count_with_a_loss(tmp_path):
   results = permuted_inputs.main([*TINY, "--calibrate", "--tasks", "12"])
   calibration = results["calibration"]
   table = calibration["table"]
@@ -110,6 +114,12 @@ def test_calibration_finds_the_first_task_count_with_a_loss():
   np.testing.assert_allclose(table[0]["last"], online[:, 5:10].mean(1))
   below = [row["tasks"] for row in table if row["difference"][2] < 0]
   assert calibration["calibrated_tasks"] == (below[0] if below else None)
+  # Its table, not the random-label pilot's.
+  path = selection_runs.write(tmp_path / "pi_calibration.json", results)
+  text = summarize_results.markdown(summarize_results.load([path]))
+  assert "#### Calibration: pi_calibration.json" in text
+  assert "| tasks | first 5 | last 5 | last − first |" in text
+  assert text.count("\n| 1") == 2  # rows for 10 and 12 tasks
 
 
 @pytest.mark.parametrize(
@@ -140,3 +150,42 @@ def test_a_data_file_without_a_test_set_is_refused(tmp_path):
     ValueError, match=r"lacks the arrays \['x_test', 'y_test'\]"
   ):
     permuted_inputs.main([*TINY, "--data", str(missing)])
+
+
+def test_a_run_has_its_own_table(results, tmp_path):
+  """Not the random-label table, which would look for task_train_acc."""
+  path = selection_runs.write(tmp_path / "pi.json", results)
+  text = summarize_results.markdown(summarize_results.load([path]))
+  assert text.startswith("### Permuted inputs\n\n#### pi.json")
+  vanilla = np.array(results["methods"]["vanilla"]["task_online_acc"])
+  first = stats.mean_std_text(vanilla[:, :3].mean(1))
+  assert f"| vanilla | {first} | {first} |" in text  # 3 tasks: both windows
+  assert "| first 3 tasks | last 3 tasks |" in text
+
+
+def test_from_selection_runs_the_chosen_settings_on_other_seeds(tmp_path):
+  grid = {
+    ("vanilla", ()): 0.2,
+    ("swr", (1e-3,)): 0.4,
+    ("swr", (1e-2,)): 0.5,
+    ("swr", (1e-1,)): 0.45,
+  }
+  selection_run = selection_runs.run("permuted_inputs", grid)
+  path = selection_runs.write(tmp_path / "pi_selection.json", selection_run)
+  out = str(tmp_path / "pi_report.json")
+  flags = ["--from-selection", path, "--first-seed", "3", "--out", out]
+  report = permuted_inputs.main([*TINY, *flags])
+  assert list(report["methods"]) == ["vanilla", "swr"]
+  assert report["methods"]["swr"]["hparams"]["coefs"] == [1e-2]
+  assert report["config"]["selection"]["seeds"] == [0, 1, 2]
+  text = summarize_results.markdown(summarize_results.load([path, out]))
+  assert "#### Permuted inputs: pi_report.json" in text
+  assert "| first 3 tasks (online) | last 3 tasks (online) |" in text
+  assert "| swr (--swr 0.01) − vanilla |" in text
+  assert "0.01 × 30 = 0.3" in text  # lambda x steps
+  assert "### Permuted inputs" not in text.splitlines()  # no plain table
+  # A random-label selection run is refused, naming what wrote it.
+  other = selection_runs.run("random_labels", grid)
+  wrong = selection_runs.write(tmp_path / "rl_selection.json", other)
+  with pytest.raises(ValueError, match="is a run of examples.paper.random_"):
+    permuted_inputs.main([*TINY, "--from-selection", wrong])

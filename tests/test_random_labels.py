@@ -8,8 +8,11 @@ import re
 import numpy as np
 import pytest
 
+from examples import cli
 from examples import data
 from examples.paper import random_labels
+from examples.paper import summarize_results
+from tests import selection_runs
 
 TINY = [
   "--data",
@@ -64,6 +67,12 @@ def test_swr_1_projects_every_layer_to_its_initial_norm(results):
   # Both tasks end at the initial norms (seed by seed), vanilla grows.
   np.testing.assert_allclose(norms[:, 0], norms[:, 1], rtol=1e-5)
   assert (vanilla[:, 1].sum(-1) > norms[:, 1].sum(-1) * 1.01).all()
+  # ... which the entry records, seed by seed and layer by layer.
+  initial = results["methods"]["swr_1"]["initial_weight_norms"]
+  np.testing.assert_allclose(norms[:, 1], initial, rtol=1e-5)
+  np.testing.assert_array_equal(
+    initial, results["methods"]["vanilla"]["initial_weight_norms"]
+  )
 
 
 def test_the_methods_in_the_loop_run_there_and_get_no_switch_signal():
@@ -194,3 +203,109 @@ def test_too_many_examples_names_the_smallest_class_and_the_limit():
   assert "ask for at most 6 " in message
   assert "class 1" not in message
   assert random_labels.training_subset(dataset, 6, 1).shape == (6, 2)
+
+
+# A grid of L2 on seeds 0 to 2 (made by hand), best inside it at 1e-3.
+L2_GRID = {
+  ("vanilla", ()): 0.2,
+  ("l2", (1e-5,)): 0.3,
+  ("l2", (1e-3,)): 0.5,
+  ("l2", (1e-1,)): 0.4,
+}
+
+
+@pytest.fixture(scope="module")
+def chosen(tmp_path_factory):
+  """The selection run's file, and the run of its choices on seeds 3, 4."""
+  folder = tmp_path_factory.mktemp("selected")
+  selection_run = selection_runs.run("random_labels", L2_GRID)
+  path = selection_runs.write(folder / "rl_selection.json", selection_run)
+  out = folder / "rl_report.json"
+  flags = ["--first-seed", "3", "--from-selection", path, "--out", str(out)]
+  return path, str(out), random_labels.main([*TINY, *flags])
+
+
+def test_from_selection_runs_each_method_at_its_chosen_setting(chosen):
+  path, out, report = chosen
+  methods = report["methods"]
+  assert list(methods) == ["vanilla", "l2"]
+  assert methods["l2"]["hparams"]["coefs"] == [1e-3]
+  config = report["config"]
+  assert config["first_seed"] == 3 and list(config["methods"]) == [
+    "vanilla",
+    "l2",
+  ]
+  record = config["selection"]
+  assert record["files"] == [cli.recorded_path(path)]
+  assert record["seeds"] == [0, 1, 2]
+  l2 = record["choices"]["l2"]
+  assert l2["flag"] == "--l2" and l2["setting"] == 1e-3
+  assert l2["grid"] == [1e-5, 1e-3, 1e-1]
+  assert record["choices"]["vanilla"]["flag"] is None
+  assert np.array(methods["l2"]["initial_weight_norms"]).shape == (2, 3)
+
+
+def test_the_report_of_a_selection_renders(chosen):
+  path, out, _ = chosen
+  text = summarize_results.markdown(summarize_results.load([path, out]))
+  assert "#### Random-label tasks: rl_report.json" in text
+  assert "| l2 (--l2 0.001) |" in text  # the chosen setting's row
+  assert "**0.001: 0.50" in text  # its mean on the selection seeds
+  assert "| l2 (--l2 0.001) − vanilla |" in text  # Holm's table
+  assert "selection seeds 0 to 2" in text and "Holm" in text
+  assert "2 seeds (3 to 4)" in text
+  # Neither file is also a plain random-label table.
+  assert "### Random-label tasks" not in text.splitlines()
+  with pytest.raises(ValueError, match=r"give summarize_results rl_sel"):
+    summarize_results.markdown(summarize_results.load([out]))
+
+
+def refused(tmp_path, flags, grid=L2_GRID, protocol="random_labels", **config):
+  """The error of a run of ``--from-selection`` on a selection run made
+  of ``grid``; no JSON is written."""
+  selection_run = selection_runs.run(protocol, grid, **config)
+  path = selection_runs.write(tmp_path / "sel.json", selection_run)
+  out = tmp_path / "never.json"
+  argv = [*TINY, "--from-selection", path, *flags, "--out", str(out)]
+  with pytest.raises(ValueError) as error:
+    random_labels.main(argv)
+  assert not out.exists()
+  return str(error.value)
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (
+      ["--first-seed", "1"],
+      "--first-seed 1: the run's seeds 1 to 2 include [1, 2], which chose "
+      "the settings",
+    ),
+    (["--first-seed", "3", "--l2", "1e-2"], "--l2: --from-selection runs"),
+    (["--first-seed", "3", "--methods", "swr"], "--methods: --from-sel"),
+    (
+      ["--first-seed", "3", "--tasks", "3"],
+      "--tasks 3: the selection run",
+    ),
+    (["--first-seed", "3", "--calibrate"], "--calibrate trains vanilla"),
+  ],
+)
+def test_from_selection_refusals_name_the_flag(flags, message, tmp_path):
+  assert message in refused(tmp_path, flags)
+
+
+def test_from_selection_refuses_what_it_cannot_choose_from(tmp_path):
+  at_edge = {**L2_GRID, ("l2", (1e-1,)): 0.9}
+  assert "extend --l2 above 0.1 and select again" in refused(
+    tmp_path, ["--first-seed", "3"], at_edge
+  )
+  two = {key: v for key, v in L2_GRID.items() if key != ("l2", (1e-1,))}
+  assert "give --l2 at least 3" in refused(tmp_path, ["--first-seed", "3"], two)
+  no_vanilla = {k: v for k, v in L2_GRID.items() if k[0] != "vanilla"}
+  assert "no vanilla run" in refused(
+    tmp_path, ["--first-seed", "3"], no_vanilla
+  )
+  permuted = refused(
+    tmp_path, ["--first-seed", "3"], protocol="permuted_inputs"
+  )
+  assert "is a run of examples.paper.permuted_inputs" in permuted

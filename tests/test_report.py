@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from examples.paper import plot_results
+from examples.paper import selection
 from examples.paper import stats
 from examples.paper import summarize_results
+from examples.paper import task_runs
+from tests import selection_runs
 
 VANILLA = [0.80, 0.82, 0.84]
 SWR = [0.83, 0.84, 0.88]
@@ -249,11 +252,73 @@ def test_an_unknown_json_is_a_clear_error(tmp_path):
     summarize_results.load([path])
 
 
+def permuted_calibration_json():
+  online = [[0.8, 0.8, 0.7, 0.7, 0.6, 0.6], [0.8, 0.7, 0.7, 0.6, 0.6, 0.5]]
+  rows = [
+    {"tasks": n, "first": [0.8, 0.75], "last": [0.6, 0.55]} for n in (5, 6)
+  ]
+  return {
+    "config": {
+      "data": "digits",
+      "tasks": 6,
+      "examples_per_task": 160,
+      "seeds": 2,
+      "batch_size": 16,
+    },
+    "calibration": {
+      "window": 5,
+      "table": rows,
+      "calibrated_tasks": 5,
+      "online_acc": online,
+    },
+    "wall_time_s": 6.0,
+  }
+
+
+def test_permuted_calibration_is_not_the_random_label_pilot(tmp_path):
+  text = report(write(tmp_path, "pi_cal.json", permuted_calibration_json()))
+  assert text.startswith("### Permuted inputs\n\n#### Calibration: pi_cal")
+  difference = stats.paired([0.6, 0.55], [0.8, 0.75])
+  assert f"| 5 | 0.7750 ± 0.0354 | 0.5750 ± 0.0354 | {difference} |" in text
+  assert "lies below 0: 5" in text
+
+
+def test_a_report_needs_the_selection_it_was_chosen_from(tmp_path):
+  grid = {("vanilla", ()): 0.2, **{("l2", (c,)): 0.3 for c in (1, 2, 3)}}
+  grid["l2", (2,)] = 0.5
+  selection_run = selection_runs.run("random_labels", grid)
+  choices = selection.select(task_runs.grids([selection_run], range(3)))
+  chosen = {("vanilla", ()): 0.2, ("l2", (2,)): 0.5}
+  run = selection_runs.run("random_labels", chosen, first_seed=3)
+  run["config"]["selection"] = {
+    "files": ["results/sel.json"],
+    "seeds": [0, 1, 2],
+    "choices": {m: selection.choice_record(c) for m, c in choices.items()},
+  }
+  path = write(tmp_path, "report.json", run)
+  with pytest.raises(ValueError, match="give summarize_results sel.json too"):
+    report(path)
+  assert "| l2 (--l2 2) − vanilla |" in report(
+    path, write(tmp_path, "sel.json", selection_run)
+  )
+  grid["l2", (3,)] = 0.9  # a selection run replaced since
+  changed = write(
+    tmp_path, "sel.json", selection_runs.run("random_labels", grid)
+  )
+  with pytest.raises(ValueError, match="now choose"):
+    report(path, changed)
+
+
 @pytest.mark.parametrize(
   "name, result",
   [
     ("rl.json", random_label_json()),
     ("wsu.json", protocol_json(until=0.99, epochs=((4, 2), (6, 3), (5, 1)))),
+    (
+      "pi.json",
+      selection_runs.run("permuted_inputs", {("vanilla", ()): 0.5}),
+    ),
+    ("pi_cal.json", permuted_calibration_json()),
   ],
 )
 def test_plots_are_pngs(tmp_path, name, result):

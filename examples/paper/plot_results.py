@@ -10,6 +10,8 @@
   norm, the fraction of dormant units and the effective rank; the mean over
   seeds with its 95% t interval.
 * A calibration pilot: vanilla's task-1 training accuracy per checkpoint.
+* A permuted-input run: per task, the online accuracy and the summed
+  weight norm; its calibration pilot: vanilla's online accuracy per task.
 * A Figure-1 file, a beyond-chains file: the figure their scripts draw
   (``examples.paper.figure1``, ``examples.paper.beyond_chains``).
 
@@ -46,6 +48,10 @@ RANDOM_LABEL_PANELS = (
   ("dormant_fraction", "fraction of dormant units"),
   ("effective_rank", "effective rank (last hidden layer)"),
 )
+PERMUTED_PANELS = (
+  ("task_online_acc", "online accuracy during the task"),
+  ("weight_norms", "sum of layer weight norms"),
+)
 
 
 def pyplot() -> Any:
@@ -78,6 +84,8 @@ def plot_file(path: str, out_dir: str) -> str:
     "protocol": plot_protocol,
     "random_labels": plot_random_labels,
     "calibration": plot_calibration,
+    "permuted_inputs": plot_permuted,
+    "permuted_calibration": plot_permuted_calibration,
   }[kind]
   plt = pyplot()
   figure = draw(plt, results)
@@ -189,9 +197,41 @@ def protocol_title(results: dict[str, Any], ragged: bool) -> str:
 
 def plot_random_labels(plt: Any, results: dict[str, Any]) -> Any:
   """Four panels per task: accuracy, norms, dormant units, effective rank."""
+  config = results["config"]
+  return plot_tasks(
+    plt,
+    results,
+    RANDOM_LABEL_PANELS,
+    f"random labels | {common.data_name(config)} | "
+    f"{config['num_examples']} examples | {config['tasks']} tasks x "
+    f"{config['steps_per_task']} steps | {config['seeds']} seeds, "
+    "mean and 95% t interval",
+  )
+
+
+def plot_permuted(plt: Any, results: dict[str, Any]) -> Any:
+  """Two panels per task: online accuracy and norms."""
+  config = results["config"]
+  return plot_tasks(
+    plt,
+    results,
+    PERMUTED_PANELS,
+    f"permuted inputs | {common.data_name(config)} | "
+    f"{config['tasks']} tasks x {config['examples_per_task']} examples | "
+    f"{config['seeds']} seeds, mean and 95% t interval",
+  )
+
+
+def plot_tasks(
+  plt: Any,
+  results: dict[str, Any],
+  panels: Sequence[tuple[str, str]],
+  title: str,
+) -> Any:
+  """One panel per ``(key, label)``: every method's values per task."""
   methods = results["methods"]
-  figure, axes = plt.subplots(1, len(RANDOM_LABEL_PANELS), figsize=(21, 4.2))
-  for axis, (key, label) in zip(axes, RANDOM_LABEL_PANELS):
+  figure, axes = plt.subplots(1, len(panels), figsize=(5.25 * len(panels), 4.2))
+  for axis, (key, label) in zip(axes, panels):
     for index, name in enumerate(common.ordered(methods)):
       values = np.asarray(methods[name][key], dtype=float)
       if key == "weight_norms":
@@ -202,14 +242,7 @@ def plot_random_labels(plt: Any, results: dict[str, Any]) -> Any:
     axis.xaxis.get_major_locator().set_params(integer=True)
     axis.grid(alpha=0.3)
   axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-  config = results["config"]
-  figure.suptitle(
-    f"random labels | {common.data_name(config)} | "
-    f"{config['num_examples']} examples | {config['tasks']} tasks x "
-    f"{config['steps_per_task']} steps | {config['seeds']} seeds, "
-    "mean and 95% t interval",
-    fontsize=9,
-  )
+  figure.suptitle(title, fontsize=9)
   return figure
 
 
@@ -250,6 +283,27 @@ def plot_calibration(plt: Any, results: dict[str, Any]) -> Any:
     f"calibration | {common.data_name(config)} | "
     f"{config['num_examples']} examples | calibrated steps "
     f"{calibration['calibrated_steps']}",
+    fontsize=9,
+  )
+  return figure
+
+
+def plot_permuted_calibration(plt: Any, results: dict[str, Any]) -> Any:
+  """Vanilla's online accuracy per task, and the calibrated task count."""
+  calibration = results["calibration"]
+  figure, axis = plt.subplots(figsize=(6, 4))
+  online = np.asarray(calibration["online_acc"], dtype=float)
+  draw_tasks(axis, "vanilla", online, "C0")
+  if calibration["calibrated_tasks"] is not None:
+    axis.axvline(calibration["calibrated_tasks"], color="C3", linestyle=":")
+  axis.set_xlabel("task")
+  axis.set_ylabel("vanilla online accuracy")
+  axis.grid(alpha=0.3)
+  config = results["config"]
+  axis.set_title(
+    f"calibration | permuted {common.data_name(config)} | "
+    f"{config['examples_per_task']} examples per task | calibrated tasks "
+    f"{calibration['calibrated_tasks']}",
     fontsize=9,
   )
   return figure

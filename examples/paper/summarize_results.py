@@ -5,6 +5,10 @@ these sections, each only when a file of its kind is given:
 
 * random-label tasks (``examples.paper.random_labels``) and the
   calibration pilot (its ``--calibrate``);
+* permuted inputs (``examples.paper.permuted_inputs``) and its calibration
+  pilot;
+* the settings of a task sequence chosen on selection seeds and reported on
+  others (a run of ``--from-selection``, with its selection runs);
 * the warm start trained to a training accuracy (``--until-train-acc``);
 * the fixed-epoch protocols (warm start, continual, generalization);
 * the paper's Tables 1 and 5 and best coefficients next to our closest runs;
@@ -37,13 +41,17 @@ from examples.paper.tables import common
 from examples.paper.tables import converged
 from examples.paper.tables import figure1
 from examples.paper.tables import fixed_epoch
+from examples.paper.tables import permuted
 from examples.paper.tables import published
 from examples.paper.tables import random_labels
+from examples.paper.tables import selected
 
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 # The report's sections, in order; each returns no lines without its files.
 SECTIONS: tuple[Callable[[Sequence[dict[str, Any]]], list[str]], ...] = (
   random_labels.section,
+  permuted.section,
+  selected.section,
   converged.section,
   fixed_epoch.section,
   published.section,

@@ -17,6 +17,8 @@ import numpy as np
 
 from examples import methods as methods_lib
 from examples.paper import stats
+from examples.paper import task_runs
+from examples.paper import task_sequence
 
 METHOD_ORDER = methods_lib.names()
 STATS_NOTE = (
@@ -62,10 +64,13 @@ def load_one(path: str) -> dict[str, Any]:
 
 
 def kind_of(result: dict[str, Any], path: str) -> str:
-  """What wrote it: "protocol", "random_labels", "calibration", "figure1",
-  "beyond_chains" (no table: its numbers are in docs/how_it_works.md)."""
+  """What wrote it: "protocol", "random_labels", "permuted_inputs",
+  "calibration" (random labels' ``--calibrate``), "permuted_calibration"
+  (permuted inputs' ``--calibrate``), "figure1", "beyond_chains" (no table:
+  its numbers are in docs/how_it_works.md)."""
   if "calibration" in result:
-    return "calibration"
+    permuted = task_runs.protocol_of(result) == "permuted_inputs"
+    return "permuted_calibration" if permuted else "calibration"
   if "factors" in result:
     return "figure1"
   if "models" in result:
@@ -74,11 +79,11 @@ def kind_of(result: dict[str, Any], path: str) -> str:
   if "methods" in result and "protocol" in config:
     return "protocol"
   if "methods" in result and "tasks" in config:
-    return "random_labels"
+    return task_runs.protocol_of(result)
   raise ValueError(
     f"{path}: not a JSON file of examples.paper.warm_start / continual / "
-    "generalization, examples.paper.random_labels, examples.paper.figure1 "
-    "or examples.paper.beyond_chains; "
+    "generalization, examples.paper.random_labels / permuted_inputs, "
+    "examples.paper.figure1 or examples.paper.beyond_chains; "
     "pass the files those scripts write with --out / --out-json."
   )
 
@@ -116,6 +121,26 @@ def of_kind(results: Iterable[dict[str, Any]], kind: str) -> list[dict]:
   return [r for r in results if r["kind"] == kind]
 
 
+def report_runs(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The task-sequence runs of ``--from-selection``, in order."""
+  return [r for r in results if r.get("config", {}).get("selection")]
+
+
+def plain_runs(results: Sequence[dict[str, Any]], kind: str) -> list[dict]:
+  """The runs of one kind but the runs of ``--from-selection`` and the
+  selection runs they name, which ``tables/selected.py`` reports."""
+  reported = {
+    os.path.basename(path)
+    for run in report_runs(results)
+    for path in run["config"]["selection"]["files"]
+  }
+  return [
+    r
+    for r in of_kind(results, kind)
+    if not r["config"].get("selection") and r["name"] not in reported
+  ]
+
+
 # Cells.
 
 
@@ -147,6 +172,43 @@ def pull_cell(entry: dict[str, Any]) -> str:
     return ""
   coef, steps = hparams["coefs"][0], float(np.mean(steps))
   return f"{coef:g} × {number(steps)} = {number(coef * steps)}"
+
+
+def norm_ratio_cell(entry: dict[str, Any]) -> str:
+  """Each layer's weight norm at the last task over its norm at
+  initialisation (mean over seeds), ``1.10 / 1.05 / 2.63``; blank for runs
+  without ``initial_weight_norms``."""
+  initial = entry.get("initial_weight_norms")
+  if initial is None:
+    return ""
+  final = np.asarray(entry["weight_norms"], float)[:, -1]  # [seed, layer]
+  ratio = (final / np.asarray(initial, float)).mean(axis=0)
+  return " / ".join(f"{r:.2f}" for r in ratio)
+
+
+NORM_RATIO_NOTE = (
+  "‖W‖/n: each layer's weight norm at the end of the last task over its "
+  "norm at initialisation, first hidden layer to the head, mean over seeds."
+)
+
+
+def coefficients_text(config: dict[str, Any]) -> str:
+  """The run's methods' coefficient flags, ``swr 0.001/0.01, snp 0.2``."""
+  methods = config.get("methods", task_sequence.METHODS)
+  return ", ".join(
+    f"{key} " + "/".join(f"{c:g}" for c in config["coefs"][key])
+    for method in methods
+    for key in task_sequence.COEF_FLAGS.get(method, ())
+    if key in config["coefs"]
+  )
+
+
+def seeds_text(config: dict[str, Any]) -> str:
+  """``5 seeds`` (from 0), or ``10 seeds (3 to 12)``."""
+  first = config.get("first_seed", 0)
+  if not first:
+    return f"{config['seeds']} seeds"
+  return f"{config['seeds']} seeds ({first} to {first + config['seeds'] - 1})"
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]):

@@ -1,5 +1,7 @@
 """The random-label tables: one per run of ``examples.paper.random_labels``,
-then the calibration pilots (its ``--calibrate``).
+then the calibration pilots (its ``--calibrate``). The runs of
+``--from-selection`` and their selection runs are reported by
+``selected.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from examples.paper.tables import common
 
 def section(results: Sequence[dict[str, Any]]) -> list[str]:
   """One table per random-label run, then the calibration pilots."""
-  runs = common.of_kind(results, "random_labels")
+  runs = common.plain_runs(results, "random_labels")
   calibrations = common.of_kind(results, "calibration")
   if not runs and not calibrations:
     return []
@@ -95,16 +97,12 @@ def random_label_row(
 
 def random_label_settings(result: dict[str, Any]) -> str:
   config = result["config"]
-  coefs = ", ".join(
-    f"{name} " + "/".join(f"{c:g}" for c in values)
-    for name, values in config["coefs"].items()
-    if name in config.get("methods", config["coefs"])
-  )
   return (
     f"Settings: {common.data_name(config)}, {config['num_examples']} examples, "
     f"{config['tasks']} tasks × {config['steps_per_task']} steps, "
-    f"{config['seeds']} seeds, batch {config['batch_size']}, Adam lr "
-    f"{config['lr']:g}, coefficients {coefs}; {common.minutes(result):.1f} min."
+    f"{common.seeds_text(config)}, batch {config['batch_size']}, Adam lr "
+    f"{config['lr']:g}, coefficients {common.coefficients_text(config)}; "
+    f"{common.minutes(result):.1f} min."
   )
 
 
