@@ -18,12 +18,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(DEMO_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[examples]"
+	$(PY) -m pip install --quiet --no-compile -e ".[examples]"
 	touch $@
 
 # Every extra includes the demo's, so this stamps both.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e ".[test,examples,plots,checkpoint,equinox,rl,docs,notebook,dev]"
+	$(PY) -m pip install --quiet --no-compile -e ".[test,examples,plots,checkpoint,equinox,rl,docs,notebook,dev]"
 	touch $(DEMO_STAMP) $@
 
 demo: $(DEMO_STAMP)
