@@ -199,6 +199,9 @@ class Entry:
     max_coef: the largest coefficient it accepts (None: no bound).
     summary: one line, for ``--help`` and the docs.
     needs_activations: whether its intervention reads activations.
+    layer_norm: whether it trains the model with a LayerNorm before each
+      hidden activation (``models.linen.LayerNormMLP``) instead of the plain
+      one: the protocols build the model the method names.
   """
 
   build: Builder
@@ -206,6 +209,7 @@ class Entry:
   max_coef: float | None
   summary: str
   needs_activations: bool = False
+  layer_norm: bool = False
 
 
 REGISTRY: dict[str, Entry] = {}
@@ -216,6 +220,7 @@ def register(
   coefs: tuple[str, ...] = (),
   max_coef: float | None = None,
   needs_activations: bool = False,
+  layer_norm: bool = False,
 ) -> Callable[[Builder], Builder]:
   """Adds the decorated builder to :data:`REGISTRY` as ``name``.
 
@@ -226,7 +231,9 @@ def register(
     if name in REGISTRY:
       raise ValueError(f"register: a method named {name!r} exists already.")
     summary = (build.__doc__ or name).strip().split("\n")[0]
-    REGISTRY[name] = Entry(build, coefs, max_coef, summary, needs_activations)
+    REGISTRY[name] = Entry(
+      build, coefs, max_coef, summary, needs_activations, layer_norm
+    )
     return build
 
   return add
@@ -253,17 +260,23 @@ def build(name: str, coefs: Sequence[float], setup: TrainingSetup) -> Method:
   return entry.build(tuple(coefs), setup)
 
 
-def names(needs_activations: bool = True) -> tuple[str, ...]:
+def names(
+  needs_activations: bool = True, layer_norm: bool = False
+) -> tuple[str, ...]:
   """Every method's name, in registry order.
 
   Args:
     needs_activations: False leaves out the methods whose intervention
       reads activations (for protocols that do not record them).
+    layer_norm: True includes the methods that train their own model with
+      LayerNorms (``Entry.layer_norm``): only protocols that build the model
+      a method names may run them.
   """
   return tuple(
     name
     for name, entry in REGISTRY.items()
-    if needs_activations or not entry.needs_activations
+    if (needs_activations or not entry.needs_activations)
+    and (layer_norm or not entry.layer_norm)
   )
 
 
@@ -473,3 +486,18 @@ def _swr_redo(coefs: Sequence[float], setup: TrainingSetup) -> Method:
   # revive a dead unit.
   tx = _swr(coefs[:1], setup, reset_norms_at=()).tx
   return Method(tx, step_hook=_redo_hook(tx, coefs[1], setup))
+
+
+@register("ln", layer_norm=True)
+def _ln(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """Adam alone, on the model with a LayerNorm before each activation."""
+  del coefs
+  return Method(setup.adam())
+
+
+@register("swr_ln", coefs=("lambda",), max_coef=1.0, layer_norm=True)
+def _swr_ln(coefs: Sequence[float], setup: TrainingSetup) -> Method:
+  """SWR on the model with LayerNorms (lambda 1: normalize-and-project)."""
+  # Lyle et al. (2024) project each weight back to its initial norm after
+  # every step; SWR at lambda = 1 does that and keeps the function.
+  return _swr(coefs[:1], setup, reset_norms_at=())

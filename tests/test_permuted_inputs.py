@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from examples import cli
 from examples.paper import permuted_inputs
 from examples.paper import stats
 from examples.paper import summarize_results
@@ -189,3 +190,31 @@ def test_from_selection_runs_the_chosen_settings_on_other_seeds(tmp_path):
   wrong = selection_runs.write(tmp_path / "rl_selection.json", other)
   with pytest.raises(ValueError, match="is a run of examples.paper.random_"):
     permuted_inputs.main([*TINY, "--from-selection", wrong])
+
+
+def test_layer_norm_methods_train_the_layer_norm_mlp(tmp_path):
+  # ln and swr_ln name the model with a LayerNorm before each ReLU; at
+  # lambda = 1 SWR projects every layer, the LayerNorms' scales included,
+  # back to its initial norm after each step (normalize-and-project).
+  flags = ["--methods", "vanilla,ln,swr_ln", "--swr-ln", "1"]
+  results = permuted_inputs.main([*TINY, *flags])
+  methods = results["methods"]
+  assert np.array(methods["vanilla"]["initial_weight_norms"]).shape == (2, 3)
+  for name in ("ln", "swr_ln"):  # hidden_0, norms_0, hidden_1, norms_1, head
+    assert np.array(methods[name]["initial_weight_norms"]).shape == (2, 5)
+  final = np.array(methods["swr_ln"]["weight_norms"])[:, -1]
+  np.testing.assert_allclose(
+    final, methods["swr_ln"]["initial_weight_norms"], rtol=1e-5
+  )
+  grown = np.array(methods["ln"]["weight_norms"])[:, -1]
+  assert not np.allclose(grown, methods["ln"]["initial_weight_norms"])
+
+
+def test_protocols_without_a_model_choice_refuse_the_layer_norm_methods():
+  from examples.paper import protocols  # Only this test needs it.
+
+  parser = cli.parser(None)
+  protocols.add_flags(parser, "vanilla")
+  args = parser.parse_args(["--methods", "vanilla,swr_ln"])
+  with pytest.raises(ValueError, match="--methods: unknown \\['swr_ln'\\]"):
+    protocols.settings_from_flags(args, "warm_start", "warm_start")

@@ -65,6 +65,8 @@ COEF_FLAGS: dict[str, tuple[str, ...]] = {
   "redo": ("redo",),
   "cbp": ("cbp",),
   "swr_redo": ("swr_redo", "swr_redo_tau"),
+  "ln": (),
+  "swr_ln": ("swr_ln",),
 }
 METHODS = tuple(COEF_FLAGS)
 # Seeds are below this; a fresh draw at task t uses the key MAX_SEED * t + seed.
@@ -82,6 +84,7 @@ DEFAULT_COEFS = {
   "cbp": "1e-4",
   "swr_redo": "1e-2",
   "swr_redo_tau": "0.1",
+  "swr_ln": "1",
 }
 
 
@@ -354,7 +357,9 @@ class Lanes:
     self.method_name = method_name
     self.x_example = x_example
     self.module = models_linen.MLP(
-      hidden=(settings.width,) * 2, num_classes=num_classes
+      hidden=(settings.width,) * 2,
+      num_classes=num_classes,
+      layer_norm=methods_lib.REGISTRY[method_name].layer_norm,
     )
     variables = [
       self.module.init(jax.random.key(seed), x_example)

@@ -20,7 +20,7 @@ from examples.paper import stats
 from examples.paper import task_runs
 from examples.paper import task_sequence
 
-METHOD_ORDER = methods_lib.names()
+METHOD_ORDER = methods_lib.names(layer_norm=True)
 STATS_NOTE = (
   "± is the sample standard deviation over seeds (ddof=1); a difference is "
   "the mean of per-seed differences with its 95% t interval [low, high]."
