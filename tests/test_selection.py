@@ -135,6 +135,23 @@ def test_report_reads_the_reporting_seeds_of_the_chosen_settings():
   assert "Holm" in text and "tie" not in text
 
 
+def test_questions_join_the_family_and_skip_absent_methods():
+  run = random_label_run()
+  choices = selection.select(selection.random_label_grids([run], SELECTION))
+  scores = selection.random_label_scores([run], choices, REPORTING)
+  result = selection.report(
+    choices, scores, questions=[("l2", "swr"), ("swr", "adamw")]
+  )
+  swr = [score("swr", 0.01, s) for s in REPORTING]
+  l2 = [score("l2", 0.0001, s) for s in REPORTING]
+  question = result.comparisons["l2 (--l2 0.0001) − swr (--swr 0.01)"]
+  assert question.difference.mean == pytest.approx(
+    np.mean(np.subtract(l2, swr))
+  )
+  # adamw has no choice: 2 against vanilla, best - runner-up, 1 question.
+  assert question.family == 4 and len(result.comparisons) == 4
+
+
 def test_report_refuses_reporting_seeds_that_chose_the_settings():
   run = random_label_run()
   choices = selection.select(selection.random_label_grids([run], SELECTION))

@@ -249,6 +249,7 @@ def report(
   scores: Mapping[str, Mapping[int, float]],
   reference: str = "vanilla",
   confidence: float = stats.CONFIDENCE,
+  questions: Sequence[tuple[str, str]] = (),
 ) -> Report:
   """The chosen settings, compared on the reporting seeds with Holm's method.
 
@@ -258,6 +259,9 @@ def report(
       reporting seeds, every method on the same seeds.
     reference: the method the others are compared with.
     confidence: the family's confidence (:func:`stats.holm`).
+    questions: pairs ``(a, b)`` of methods to compare as ``a - b`` too,
+      fixed before the data are read (SWR against AdamW); a pair with a
+      method not in ``choices`` is left out. They join the same family.
 
   Returns:
     A :class:`Report`.
@@ -306,6 +310,10 @@ def report(
       f"best − runner-up: {choices[best].label} − {choices[runner_up].label}"
     )
     pairs[label] = (per_seed[best], per_seed[runner_up])
+  for first, second in questions:
+    if first in choices and second in choices:
+      label = f"{choices[first].label} − {choices[second].label}"
+      pairs.setdefault(label, (per_seed[first], per_seed[second]))
   return Report(
     choices=dict(choices),
     reference=reference,

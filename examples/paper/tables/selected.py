@@ -32,6 +32,17 @@ SCORES = {
   "random_labels": "training accuracy",
   "permuted_inputs": "online accuracy",
 }
+# What a user choosing a method asks, fixed before any run: SWR against the
+# regularizers it is an alternative to, and what SWR adds to ReDo and to a
+# model with LayerNorms.
+QUESTIONS = (
+  ("swr", "adamw"),
+  ("swr", "l2_init"),
+  ("swr", "l2"),
+  ("swr_redo", "redo"),
+  ("swr_redo", "swr"),
+  ("swr_ln", "ln"),
+)
 # A column of the chosen settings' table: its title, its values per seed.
 Measure = tuple[str, Callable[[dict[str, Any]], Sequence[float] | np.ndarray]]
 
@@ -55,7 +66,10 @@ def report_lines(
   choices = recorded_choices(run, selection_runs(run, results))
   seeds = task_runs.run_seeds(run)
   report = selection.report(
-    choices, task_runs.scores([run], choices, seeds), reference="vanilla"
+    choices,
+    task_runs.scores([run], choices, seeds),
+    reference="vanilla",
+    questions=QUESTIONS,
   )
   describe = {
     "random_labels": random_labels.random_label_settings,
