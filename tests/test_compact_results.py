@@ -85,3 +85,12 @@ def test_max_points_below_two_is_refused(tmp_path):
   path = test_report.write(tmp_path, "ws.json", long_protocol_json())
   with pytest.raises(ValueError, match="--max-points must be at least 2"):
     compact_results.main([path, "--max-points", "1"])
+
+
+def test_a_moved_file_records_where_it_now_is(tmp_path):
+  results = {"config": {"out": "/elsewhere/rl.json", "tasks": 3}, "methods": {}}
+  path = tmp_path / "rl.json"
+  path.write_text(json.dumps(results))
+  compact_results.main([str(path)])
+  moved = json.loads(path.read_text())
+  assert moved["config"] == {"out": str(path), "tasks": 3}

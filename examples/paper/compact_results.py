@@ -10,6 +10,8 @@ where it drops points, it records the epochs (``trace_epochs`` per method and
 seed) or steps (``steps`` per model) it kept, which the figures use as their
 x values. Everything else, every summary a table is generated from, is kept
 as written (random-label files are all summaries: one value per task).
+A file moved after its run (written to a scratch folder, then copied into
+the results) gets its recorded ``config.out`` set to where it now is.
 Running it twice changes nothing.
 
   python -m examples.paper.compact_results examples/paper/results/*.json
@@ -131,7 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
       results = json.load(file)
     before = json.dumps(results)
     compact(results, path, args.max_points, args.digits)
-    if json.dumps(results) != before:
+    out = results.get("config", {}).get("out")
+    moved = out is not None and out != cli.recorded_path(path)
+    if moved or json.dumps(results) != before:
       cli.write_json(path, results)
       print(f"compacted {path}")
 
