@@ -201,7 +201,7 @@ Sized by data and backend. On CIFAR-10 with a GPU or TPU: 15 epochs of the
 full training set, batch 256 (the paper's). On CIFAR-10 with only a CPU, a
 10,000-image subset for 5 epochs. On digits: 40 epochs of batch 64, about two
 minutes for both runs on two CPU cores. `OPTAX_SWR_NOTEBOOK_QUICK=1` (the CI
-test) caps every budget at 6 epochs and 5,000 images. Edit the numbers to
+test) caps every budget at 2 epochs and 5,000 images. Edit the numbers to
 taste; SWR's coefficient is the paper's for this CNN.
 """,
 )
@@ -221,7 +221,7 @@ elif DATA == "cifar10":
 else:
   EPOCHS, BATCH_SIZE, MAX_TRAIN = 40, 64, None
 if QUICK:  # A smoke test of the whole notebook.
-  EPOCHS, MAX_TRAIN = min(EPOCHS, 6), min(MAX_TRAIN or len(x_train), 5_000)
+  EPOCHS, MAX_TRAIN = min(EPOCHS, 2), min(MAX_TRAIN or len(x_train), 5_000)
 if MAX_TRAIN is not None and MAX_TRAIN < len(x_train):
   pick = np.random.default_rng(SEED).permutation(len(x_train))[:MAX_TRAIN]
   x_train, y_train = x_train[pick], y_train[pick]
