@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     differences = {
       step: _timing.first_step_difference(
         variants[step], variants[f"{step}, plain norm"]
-      )
+      )[0]
       for step in STEPS
     }
     timings = _timing.compare(variants, args.repeats, args.rounds)

@@ -145,7 +145,7 @@ def time_optimizers(
   if {"adam+swr", "adam+swr deferred"} <= loops.keys():
     difference = _timing.first_step_difference(
       loops["adam+swr"], loops["adam+swr deferred"]
-    )
+    )[0]
   timings = _timing.compare(loops, repeats, rounds)
   return {name: t["seconds"] for name, t in timings.items()}, difference
 
