@@ -1,11 +1,13 @@
 """Trains with SWR, checkpoints with orbax, resumes; writes what it ends with.
 
-Started by tests/test_checkpoint.py, one fresh process per mode, with
-XLA_FLAGS=--xla_force_host_platform_device_count=8:
+Started by tests/test_checkpoint.py with
+XLA_FLAGS=--xla_force_host_platform_device_count=8, the resume in a fresh
+process of its own:
 
   python tests/checkpoint_run.py full DIR    # STEPS steps without a break
   python tests/checkpoint_run.py save DIR    # SAVE_AT steps, then a checkpoint
   python tests/checkpoint_run.py resume DIR  # restore, the remaining steps
+  python tests/checkpoint_run.py full,save DIR  # modes in turn, one process
 
 Every mode runs every entry of RUNS. ``full`` and ``resume`` write the final
 params and optimizer state of each run to DIR/<mode>/<run>.npz (one array per
@@ -396,10 +398,11 @@ def resume(directory: pathlib.Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-  mode, directory = argv[0], pathlib.Path(argv[1]).absolute()
+  modes, directory = argv[0].split(","), pathlib.Path(argv[1]).absolute()
   assert len(jax.devices()) == 8, jax.devices()
-  report = {"full": full, "save": save, "resume": resume}[mode](directory)
-  (directory / f"{mode}.json").write_text(json.dumps(report))
+  for mode in modes:
+    report = {"full": full, "save": save, "resume": resume}[mode](directory)
+    (directory / f"{mode}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":
