@@ -37,7 +37,7 @@ test: $(STAMP)
 
 # The short experiments of examples/paper/RESULTS.md, then every table and
 # figure from all its JSON (at most 30 min on 2 cores); results-full first
-# re-runs the long ones whose outputs are committed (about 2 h 30 min).
+# re-runs the long ones whose outputs are committed (about 4 h).
 results: $(STAMP)
 	PY=$(PY) bash examples/paper/run_results.sh quick
 
