@@ -1,7 +1,8 @@
 """Draws the documentation's figure: plasticity and weight norms, measured.
 
-The numbers are the measured random-label run in ``examples/paper/results/``
-(see ``examples/paper/RESULTS.md`` for the command); nothing is trained here.
+The numbers are the measured random-label report in ``examples/paper/results/``
+(each method at the setting chosen on separate selection seeds; see
+``examples/paper/RESULTS.md`` for the commands); nothing is trained here.
 
   python docs/make_figures.py  # writes docs/_static/weight_norms.png
 
@@ -27,15 +28,16 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = "random_labels_fashion_mnist"
-# (entry in the JSON, legend label), drawn in this order.
+RUN = "random_labels_report"
+# (method, legend label), drawn in this order; the legend adds the setting.
 CURVES = (
   ("vanilla", "vanilla Adam"),
+  ("adamw", "AdamW"),
   ("l2_init", "L2 Init"),
   ("snp", "Shrink & Perturb"),
-  ("swr_0.001", "SWR, λ = 1e-3"),
-  ("swr_0.01", "SWR, λ = 1e-2"),
-  ("swr_1", "SWR, λ = 1 (projection)"),
+  ("cbp", "continual backprop"),
+  ("swr", "SWR"),
+  ("swr_ln", "SWR + LayerNorm"),
 )
 PANELS = (
   ("task_train_acc", "training accuracy at the end of the task"),
@@ -49,6 +51,16 @@ def per_task(entry: dict, key: str) -> np.ndarray:
   return values.sum(axis=-1) if key == "weight_norms" else values
 
 
+def entry_of(results: dict, method: str) -> tuple[dict, str]:
+  """The report's entry of ``method`` and its setting, as a legend shows it."""
+  for entry in results["methods"].values():
+    if entry["hparams"]["method"] == method:
+      coefs = entry["hparams"]["coefs"]
+      setting = ", ".join(f"{c:g}" for c in coefs)
+      return entry, f" ({setting})" if coefs else ""
+  raise ValueError(f"{RUN}.json has no entry of the method {method!r}.")
+
+
 def draw(results_dir: str, out: str) -> str:
   """Draws both panels into one PNG at ``out``; returns ``out``."""
   with open(os.path.join(results_dir, RUN + ".json")) as file:
@@ -56,11 +68,12 @@ def draw(results_dir: str, out: str) -> str:
   figure, axes = plt.subplots(1, len(PANELS), figsize=(11, 3.6))
   for axis, (key, label) in zip(axes, PANELS):
     for name, legend in CURVES:
-      values = per_task(results["methods"][name], key)
+      entry, setting = entry_of(results, name)
+      values = per_task(entry, key)
       tasks = np.arange(1, values.shape[1] + 1)
       mean, std = values.mean(0), values.std(0, ddof=1)
       style = "--" if name == "vanilla" else "-"
-      axis.plot(tasks, mean, style, label=legend, linewidth=1.4)
+      axis.plot(tasks, mean, style, label=legend + setting, linewidth=1.4)
       axis.fill_between(tasks, mean - std, mean + std, alpha=0.15)
     axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     axis.set_xlabel("task (fresh random labels)")

@@ -118,7 +118,7 @@ if [[ "$MODE" == full ]]; then
     --out "$OUT/warm_start_online_fashion_mnist_mlp.json"
 
   # 4. The paper's protocols at fixed budgets, 5 seeds (SWR barely acts at
-  #    these budgets: finding 3 of RESULTS.md).
+  #    these budgets: finding 4 of RESULTS.md).
   FIXED=(--seeds 5 --workers 2 --no-progress)
   run examples.paper.warm_start --data digits --model mlp --epochs 20 "${FIXED[@]}" \
     --out "$OUT/warm_start_digits_mlp.json"
