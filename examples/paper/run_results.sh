@@ -117,6 +117,14 @@ if [[ "$MODE" == full ]]; then
   run examples.paper.warm_start "${CONVERGED[@]}" --online-rounds 5 \
     --out "$OUT/warm_start_online_fashion_mnist_mlp.json"
 
+  # 3b. Warm start with BatchNorm at the paper's strength: VGG with BatchNorm
+  #     on 5,000 Fashion-MNIST images, 5 epochs per phase, SWR lambda 0.05
+  #     (lambda x steps about 29 over the warm start), 3 seeds.
+  run examples.paper.warm_start --data fashion_mnist --model vgg_bn \
+    --max-train 5000 --max-test 2000 --batch-size 64 --epochs 5 \
+    --methods vanilla,swr,l2_init --swr 0.05 --seeds 3 --workers 2 --no-progress \
+    --out "$OUT/warm_start_vgg_bn_fashion_mnist.json"
+
   # 4. The paper's protocols at fixed budgets, 5 seeds (SWR barely acts at
   #    these budgets: finding 4 of RESULTS.md).
   FIXED=(--seeds 5 --workers 2 --no-progress)
