@@ -128,6 +128,9 @@ def first_step_difference(
     _without_deferred_factors(loop.step(*fresh_copy(loop.carry), *loop.args))
     for loop in (a, b)
   ]
+  structures = [jax.tree.structure(carry) for carry in after]
+  if structures[0] != structures[1]:
+    raise ValueError(f"the loops' carries differ in structure: {structures}")
   largest = {True: 0.0, False: 0.0}
   paired = zip(
     jax.tree_util.tree_leaves_with_path(after[0]), jax.tree.leaves(after[1])
