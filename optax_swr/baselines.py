@@ -45,6 +45,13 @@ Two act on the params and the optimizer state, unit by unit:
   running contribution utility get the same fresh start; its state, a
   :class:`ContinualBackpropState`, comes from :func:`continual_backprop_init`.
 
+One keeps norms fixed after each update:
+
+* :func:`hyperball`: chained after the optimizer, it keeps each selected
+  leaf (by default every matrix) on the sphere of its initial Frobenius
+  norm; ``optax.chain(optax.adam(lr), hyperball())`` is AdamH
+  (modded-nanogpt; ``scale_by_adamh`` in levanter / marin).
+
 Example:
   >>> import jax.numpy as jnp
   >>> import optax
@@ -66,6 +73,10 @@ import optax
 from optax_swr import _config
 from optax_swr import _dormant
 from optax_swr import _layers
+
+# Re-exported (the `as` marks it for linters and type checkers).
+from optax_swr._hyperball import HyperballState as HyperballState
+from optax_swr._hyperball import hyperball as hyperball
 
 Path = _layers.Path
 
