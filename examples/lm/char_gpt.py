@@ -1,0 +1,318 @@
+"""Train a character-level GPT with AdamW, exact SWR, the hyperball and more.
+
+Each method of ``--methods`` trains over its grid (every ``--lr`` times every
+value of its coefficient flag) and ``--seeds`` seeds, all runs of a method
+vmapped in one compiled step. Every ``--eval-every`` steps each run's mean
+cross-entropy (nats per character) is measured on fixed windows of the
+validation split and of the test split (``examples/lm/text.py``: the last
+10% of the text, halved). A method's setting is the one with the lowest
+final validation loss, averaged over seeds; the tables report its test loss,
+so the choice never reads the reported split.
+
+  python -m examples.lm.char_gpt --out /tmp/char_gpt.json
+
+The defaults are the short run of ``make results`` (a 0.2M-parameter model);
+``examples/lm/RESULTS.md`` gives the longer commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import time
+from typing import Any
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from examples import cli
+from examples.lm import methods as methods_lib
+from examples.lm import model as model_lib
+from examples.lm import text as text_lib
+from examples.lm import training
+from examples.paper import beyond_chains
+import optax_swr
+
+DEFAULT_METHODS = "adam,adamw,swr,swr_logits,swr_chain_rule,adamh,swr_adamw"
+
+
+def add_flags(parser: argparse.ArgumentParser, methods: str) -> None:
+  """The flags of both language-model scripts."""
+  parser.add_argument(
+    "--text", default=text_lib.SHAKESPEARE, help="'shakespeare' or a UTF-8 file"
+  )
+  parser.add_argument("--methods", default=methods)
+  parser.add_argument("--seeds", type=int, default=3)
+  parser.add_argument("--lr", default="1e-3,3e-3,1e-2", help="learning rates")
+  for name, spec in methods_lib.METHODS.items():
+    if spec.flag and spec.flag not in parser._option_string_actions:
+      parser.add_argument(
+        spec.flag,
+        default=",".join(f"{v:g}" for v in spec.default),
+        help=f"{name}'s coefficients",
+      )
+  parser.add_argument("--swr-adamw-decay", type=float, default=0.1)
+  parser.add_argument("--context", type=int, default=64)
+  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--dim", type=int, default=64)
+  parser.add_argument("--depth", type=int, default=4)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--eval-every", type=int, default=100)
+  parser.add_argument("--eval-windows", type=int, default=64)
+  parser.add_argument("--out", help="write the results as JSON")
+  parser.add_argument("--no-progress", action="store_true")
+
+
+def parse(argv: Sequence[str] | None, doc: str, methods: str, **extra):
+  """Parses and checks the flags; ``extra`` adds int flags with defaults."""
+  parser = cli.parser(doc)
+  add_flags(parser, methods)
+  for flag, default in extra.items():
+    parser.add_argument(
+      f"--{flag.replace('_', '-')}", type=int, default=default
+    )
+  args = parser.parse_args(argv)
+  args.methods = cli.parse_methods(args.methods, tuple(methods_lib.METHODS))
+  args.lr = cli.parse_coefs("--lr", args.lr, upper=None)
+  if any(lr <= 0 for lr in args.lr):
+    raise ValueError(f"--lr: every learning rate must be > 0; got {args.lr}")
+  args.coefs = {name: coefs_of(args, name) for name in args.methods}
+  for flag in (
+    "seeds",
+    "context",
+    "batch_size",
+    "dim",
+    "depth",
+    "heads",
+    "eval_every",
+  ):
+    cli.check_positive(f"--{flag.replace('_', '-')}", getattr(args, flag))
+  if args.dim % args.heads:
+    raise ValueError(f"--heads {args.heads} must divide --dim {args.dim}")
+  cli.check_out_path(args.out)
+  return args
+
+
+def coefs_of(args: argparse.Namespace, name: str) -> tuple[float, ...]:
+  """Method ``name``'s coefficient values from its flag; (0,) without one."""
+  flag = methods_lib.METHODS[name].flag
+  if flag is None:
+    return (0.0,)
+  upper = None if name in ("adamw", "l2_init") else 1.0
+  return cli.parse_coefs(flag, getattr(args, flag[2:].replace("-", "_")), upper)
+
+
+def setup(args: argparse.Namespace):
+  """The corpus, the model, its traced layers and the evaluation windows."""
+  corpus = text_lib.Corpus.from_text(text_lib.load(args.text))
+  corpus.check_context(args.context)
+  model = model_lib.GPT(
+    corpus.vocab_size,
+    args.context,
+    args.dim,
+    args.depth,
+    args.heads,
+    log_probs=True,
+    temperature=True,
+  )
+  traced = trace(model, args.context)
+  valid = training.eval_windows(corpus.valid, args.context, args.eval_windows)
+  test = training.eval_windows(corpus.test, args.context, args.eval_windows)
+  return corpus, model, traced, valid, test
+
+
+def trace(model: model_lib.GPT, context: int) -> methods_lib.Traced:
+  """The model's layers traced twice: from its log-probabilities and its logits."""
+  ids = jnp.zeros((1, context), jnp.int32)
+  variables = model.init(jax.random.key(0), ids)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optax_swr.ConstrainedLayersWarning)
+    exact = optax_swr.layers_from_linen(model, variables, ids)
+    logits = optax_swr.layers_from_linen(
+      model.clone(log_probs=False), variables, ids
+    )
+  return methods_lib.Traced(exact, logits)
+
+
+def layer_report(traced: methods_lib.Traced) -> dict[str, dict[str, str]]:
+  """Per traced layer: free, constrained or pinned, under each trace."""
+  return {
+    kind: dict(zip(layers.names, beyond_chains.layer_classes(layers)))
+    for kind, layers in (("exact", traced.exact), ("logits", traced.logits))
+  }
+
+
+def run_method(
+  args, name, corpus, model, traced, valid, test
+) -> dict[str, Any]:
+  """Trains every run of one method; the per-run curves, as lists."""
+  trainer = training.Trainer(
+    model,
+    name,
+    traced,
+    corpus.train,
+    args.context,
+    args.batch_size,
+    args.swr_adamw_decay,
+  )
+  seeds = list(range(args.seeds))
+  runs = training.Runs.grid(args.lr, args.coefs[name], seeds, corpus.vocab_size)
+  state = trainer.init(runs)
+  curves: dict[str, list] = {k: [] for k in ("val", "test", "train", "norm")}
+  chunk_times = []
+  for first in range(0, args.steps, args.eval_every):
+    steps = min(args.eval_every, args.steps - first)
+    start = time.perf_counter()
+    state, losses = trainer.train(state, runs, jnp.int32(first), steps=steps)
+    losses.block_until_ready()
+    chunk_times.append((time.perf_counter() - start) / steps)
+    curves["train"].append(np.asarray(losses.mean(axis=1)))
+    curves["val"].append(np.asarray(trainer.evaluate(state, runs, *valid)))
+    curves["test"].append(np.asarray(trainer.evaluate(state, runs, *test)))
+    curves["norm"].append(np.asarray(training.matrix_norms(state.params)))
+    if not args.no_progress:
+      print(
+        f"  {name} step {first + steps}: val {curves['val'][-1].mean():.3f}"
+      )
+  # The first chunk compiles: time the others (or the only one).
+  step_time = float(np.median(chunk_times[1:] or chunk_times))
+  return {
+    "runs": {
+      "lr": np.asarray(runs.lr).tolist(),
+      "coef": np.asarray(runs.coef).tolist(),
+      "seed": np.asarray(runs.seed).tolist(),
+    },
+    "curves": {
+      k: np.stack(v, axis=1).round(5).tolist() for k, v in curves.items()
+    },
+    "layer_norm_ratios": norm_ratios(state, traced.exact),
+    "step_time_s": step_time,
+    # Every run's tokens: the runs share each vmapped step.
+    "tokens_per_s": len(runs.seed) * args.batch_size * args.context / step_time,
+    "runs_per_step": len(runs.seed),
+  }
+
+
+def norm_ratios(
+  state: training.State, layers: optax_swr.Layers
+) -> dict[str, list]:
+  """Per layer and run: ||W|| at the end over ||W|| at initialisation."""
+  ratios = {}
+  for layer in layers:
+    now = _leaf(state.params, layer.weight)
+    start = _leaf(state.initial, layer.weight)
+    norm = lambda w: jnp.sqrt(jnp.sum(w.reshape(w.shape[0], -1) ** 2, -1))
+    ratios[layer.name] = np.asarray(norm(now) / norm(start)).round(4).tolist()
+  return ratios
+
+
+def _leaf(tree: Any, path: tuple) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def select(args, result: dict[str, Any]) -> dict[str, Any]:
+  """The setting with the lowest final validation loss (mean over seeds)."""
+  runs = result["runs"]
+  val = np.asarray(result["curves"]["val"])[:, -1]
+  settings = sorted({(lr, c) for lr, c in zip(runs["lr"], runs["coef"])})
+  scores = {
+    s: float(
+      np.mean(
+        [v for v, lr, c in zip(val, runs["lr"], runs["coef"]) if (lr, c) == s]
+      )
+    )
+    for s in settings
+  }
+  best = min(scores, key=scores.get)
+  lrs = sorted({s[0] for s in settings})
+  coefs = sorted({s[1] for s in settings})
+  edges = []
+  if len(lrs) > 1 and best[0] in (lrs[0], lrs[-1]):
+    edges.append("--lr")
+  if len(coefs) > 1 and best[1] in (coefs[0], coefs[-1]):
+    edges.append("coef")
+  rows = [
+    i
+    for i, (lr, c) in enumerate(zip(runs["lr"], runs["coef"]))
+    if (lr, c) == best
+  ]
+  pick = lambda k: [result["curves"][k][i] for i in rows]
+  return {
+    "lr": best[0],
+    "coef": best[1],
+    "at_edge": edges,
+    "grid_val_loss": [[s[0], s[1], scores[s]] for s in settings],
+    "val_loss": pick("val"),
+    "test_loss": pick("test"),
+    "train_loss": pick("train"),
+    "weight_norms": pick("norm"),
+    "layer_norm_ratios": {
+      k: [v[i] for i in rows] for k, v in result["layer_norm_ratios"].items()
+    },
+  }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  args = parse(argv, __doc__, DEFAULT_METHODS, steps=1000)
+  cli.check_positive("--steps", args.steps)
+  start = time.perf_counter()
+  corpus, model, traced, valid, test = setup(args)
+  params = model.init(
+    jax.random.key(0), jnp.zeros((1, args.context), jnp.int32)
+  )
+  results: dict[str, Any] = {
+    "config": {**vars(args), "methods": list(args.methods)},
+    "versions": cli.versions(),
+    "corpus": corpus_summary(corpus),
+    "model": {"params": model_lib.param_count(params["params"])},
+    "swr_layers": layer_report(traced),
+    "eval_steps": [
+      min(s + args.eval_every, args.steps)
+      for s in range(0, args.steps, args.eval_every)
+    ],
+    "methods": {},
+  }
+  for name in args.methods:
+    result = run_method(args, name, corpus, model, traced, valid, test)
+    results["methods"][name] = {
+      **select(args, result),
+      **{
+        k: result[k] for k in ("step_time_s", "tokens_per_s", "runs_per_step")
+      },
+    }
+  results["wall_time_s"] = time.perf_counter() - start
+  print_summary(results)
+  if args.out:
+    cli.write_json(args.out, results)
+  return results
+
+
+def corpus_summary(corpus: text_lib.Corpus) -> dict[str, Any]:
+  return {
+    "vocab_size": corpus.vocab_size,
+    "train_chars": len(corpus.train),
+    "valid_chars": len(corpus.valid),
+    "test_chars": len(corpus.test),
+    "unigram_entropy": corpus.unigram_entropy(),
+  }
+
+
+def print_summary(results: dict[str, Any]) -> None:
+  print(
+    f"{results['model']['params']} params; wall time {results['wall_time_s']:.0f} s"
+  )
+  for name, entry in results["methods"].items():
+    test = np.asarray(entry["test_loss"])[:, -1]
+    print(
+      f"{name:16s} lr {entry['lr']:g} coef {entry['coef']:g}: test {test.mean():.4f} "
+      f"± {test.std(ddof=1) if len(test) > 1 else 0:.4f}, {entry['step_time_s'] * 1e3:.1f} ms/step"
+      + (f" (edge: {', '.join(entry['at_edge'])})" if entry["at_edge"] else "")
+    )
+
+
+if __name__ == "__main__":
+  main()
