@@ -19,6 +19,7 @@ from examples.lm import char_gpt
 from examples.lm import methods as methods_lib
 from examples.lm import model as model_lib
 from examples.lm import permuted_vocab
+from examples.lm import report
 from examples.lm import text as text_lib
 from examples.lm import training
 import optax_swr
@@ -282,6 +283,9 @@ def test_permuted_vocab_runs_each_method_on_the_same_tasks(text_file, tmp_path):
     assert np.shape(entry["task_test_loss"]) == (2, 3)
     assert np.shape(entry["fresh_test_loss"]) == (2,)
   assert results["methods"]["snp"]["coef"] == pytest.approx(0.3)
+  table = report.permuted_lines(results)
+  assert [row.split("|")[1].strip() for row in table[2:]] == ["adam", "snp"]
+  assert "3 tasks × 10 steps" in report.markdown(None, str(out), None)
 
 
 def test_shrink_toward_initial_matches_the_baseline():
@@ -294,3 +298,37 @@ def test_shrink_toward_initial_matches_the_baseline():
       {"w": params["w"][run]}, {"w": initial["w"][run]}, coef
     )
     np.testing.assert_allclose(out["w"][run], expected["w"], rtol=1e-6)
+
+
+def test_report_merges_a_grid_extension_and_finds_the_new_edges():
+  def entry(lr, coef, grid):
+    return {"lr": lr, "coef": coef, "grid_val_loss": grid, "at_edge": []}
+
+  first = {
+    "wall_time_s": 10.0,
+    "methods": {
+      "adam": entry(1e-3, 0.0, [[1e-3, 0.0, 2.0]]),
+      "swr": entry(1e-3, 0.1, [[1e-3, 0.01, 2.5], [1e-3, 0.1, 2.2]]),
+    },
+  }
+  extension = {
+    "wall_time_s": 5.0,
+    "methods": {"swr": entry(1e-3, 0.3, [[1e-3, 0.3, 2.1], [1e-3, 1.0, 2.4]])},
+  }
+  merged = report.merge([first, extension])
+  assert merged["wall_time_s"] == 15.0
+  assert merged["methods"]["adam"] == first["methods"]["adam"]
+  swr = merged["methods"]["swr"]
+  assert (swr["coef"], swr["at_edge"]) == (0.3, [])  # inside 0.01 .. 1 now
+  assert len(swr["grid_val_loss"]) == 4
+  below = entry(1e-3, 1e-3, [[1e-3, 1e-3, 2.9]])  # extends the wrong side
+  merged = report.merge(
+    [first, {"wall_time_s": 1.0, "methods": {"swr": below}}]
+  )
+  assert (
+    merged["methods"]["swr"]["coef"],
+    merged["methods"]["swr"]["at_edge"],
+  ) == (
+    0.1,
+    ["coef"],
+  )

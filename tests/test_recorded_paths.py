@@ -33,6 +33,8 @@ def test_write_json_records_the_path_relative_to_the_repository(
 def test_every_committed_result_names_its_own_file():
   paths = sorted(glob.glob(os.path.join(RESULTS, "*.json")))
   assert paths
+  lm = os.path.join(cli.REPOSITORY, "examples", "lm", "results", "*.json")
+  paths += sorted(glob.glob(lm))
   for path in paths:
     with open(path) as file:
       out = json.load(file).get("config", {}).get("out")

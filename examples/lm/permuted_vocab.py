@@ -32,7 +32,7 @@ from examples import cli
 from examples.lm import char_gpt
 from examples.lm import training
 
-DEFAULT_METHODS = "adam,adamw,swr,swr_chain_rule,adamh,l2_init,snp"
+DEFAULT_METHODS = "adam,adamw,swr,swr_chain_rule,adamh,swr_adamw,l2_init,snp"
 
 
 def permutation(seed: int, task: int, vocab_size: int) -> np.ndarray:
@@ -158,7 +158,7 @@ def select(result: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = char_gpt.parse(
-    argv, __doc__, DEFAULT_METHODS, tasks=20, steps_per_task=200
+    argv, __doc__, DEFAULT_METHODS, "3e-3", True, tasks=20, steps_per_task=100
   )
   args.steps = args.tasks * args.steps_per_task
   cli.check_positive("--tasks", args.tasks)
