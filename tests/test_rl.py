@@ -251,6 +251,34 @@ def test_redo_recycles_dormant_units():
   assert np.all(np.isfinite(measured.weight_norms))
 
 
+def test_train_takes_the_env_params_per_seed_and_its_own_output():
+  """Per-seed env params under vmap, and a second call that does not compile."""
+  config = Config(total_steps=512)
+  env, env_params = envs.make_env("CartPole-v1")
+  train = make_train(config, env, env_params, "vanilla")
+  run = jax.jit(jax.vmap(train, in_axes=(0, None, 0)), static_argnums=1)
+  keys = jax.random.split(jax.random.key(0), 2)
+  per_seed = jax.tree.map(lambda x: jax.numpy.stack([x, x]), env_params)
+  per_seed = per_seed.replace(gravity=jax.numpy.asarray([9.8, 30.0]))
+  state, measured = run(keys, 2, per_seed)
+  for seed, gravity in enumerate((9.8, 30.0)):
+    alone, alone_measured = jax.jit(train, static_argnums=1)(
+      keys[seed], 2, env_params.replace(gravity=gravity)
+    )
+    np.testing.assert_allclose(
+      measured.weight_norms[seed], alone_measured.weight_norms, rtol=1e-5
+    )
+  # The default params are the ones make_train was given.
+  _, default_measured = jax.jit(train, static_argnums=1)(keys[0], 2)
+  np.testing.assert_allclose(
+    measured.weight_norms[0], default_measured.weight_norms, rtol=1e-5
+  )
+  # Its own output goes back in, with other params, without a new compile.
+  state, _ = run(state, 2, per_seed)
+  state, _ = run(state, 2, per_seed.replace(gravity=per_seed.gravity * 2))
+  assert run._cache_size() == 2  # the key start, then the runner state
+
+
 def test_continuous_actions_are_refused():
   env, env_params = envs.make_env("Pendulum-v1")
   with pytest.raises(ValueError, match="Discrete action space"):

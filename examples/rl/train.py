@@ -16,6 +16,7 @@ same or another environment with the same observation and action shapes
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -67,16 +68,20 @@ class Metrics(NamedTuple):
   entropy: jax.Array
 
 
-Train = Callable[[Any, int], tuple[RunnerState, Metrics]]
+Train = Callable[..., tuple[RunnerState, Metrics]]
 
 
 def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
   """PPO with ``method`` on ``env``: the function that trains, not jitted.
 
-  ``train(start, num_updates) -> (runner_state, metrics)``: ``start`` is a
-  PRNG key (a new agent on new environments) or a :class:`RunnerState` (go
-  on from it; with ``agent.without_envs``, on new environments).
-  ``num_updates`` is static. Jit it, and vmap it over keys for seeds::
+  ``train(start, num_updates, env_params=None) -> (runner_state, metrics)``:
+  ``start`` is a PRNG key (a new agent on new environments) or a
+  :class:`RunnerState` (go on from it, its own output included; with
+  ``agent.without_envs``, on new environments). ``num_updates`` is static.
+  ``env_params`` replaces the ``env_params`` given here, with the same
+  structure: an argument, so that it can differ per seed under ``vmap`` (a
+  per-seed change of the environment) and change between calls without a
+  new compile. Jit it, and vmap it over keys for seeds::
 
     train = make_train(config, env, env_params, "swr")
     run = jax.jit(jax.vmap(functools.partial(train, num_updates=100)))
@@ -95,49 +100,55 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
     arrays.
   """
   network, built, layers = make_agent(config, env, env_params, method)
+  default_env_params = env_params
   tx, intervene = built.tx, built.intervene
   obs_shape = envs.observation_shape(env, env_params)
   reset_envs = jax.vmap(env.reset, in_axes=(0, None))
   step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-  def with_new_envs(runner_state: RunnerState) -> RunnerState:
-    key, reset_key = jax.random.split(runner_state.key)
-    obs, env_state = reset_envs(
-      jax.random.split(reset_key, config.num_envs), env_params
-    )
-    return runner_state._replace(
-      env_state=env_state,
-      obs=obs,
-      episode_returns=jnp.zeros(config.num_envs),
-      key=key,
-    )
+  def env_functions(env_params: Any):
+    """``with_new_envs`` and ``env_step`` on environments with ``env_params``."""
 
-  def env_step(runner_state: RunnerState, _):
-    params = runner_state.train_state.params
-    key, action_key, step_key = jax.random.split(runner_state.key, 3)
-    logits, value = network.apply({"params": params}, runner_state.obs)
-    action = jax.random.categorical(action_key, logits)
-    log_prob = _log_prob(logits, action)
-    obs, env_state, reward, done = envs.step_outputs(
-      step_envs(
-        jax.random.split(step_key, config.num_envs),
-        runner_state.env_state,
-        action,
-        env_params,
+    def with_new_envs(runner_state: RunnerState) -> RunnerState:
+      key, reset_key = jax.random.split(runner_state.key)
+      obs, env_state = reset_envs(
+        jax.random.split(reset_key, config.num_envs), env_params
       )
-    )
-    episode_returns = runner_state.episode_returns + reward
-    ended = (jnp.sum(jnp.where(done, episode_returns, 0.0)), jnp.sum(done))
-    transition = Transition(
-      runner_state.obs, action, log_prob, value, reward, done
-    )
-    runner_state = runner_state._replace(
-      env_state=env_state,
-      obs=obs,
-      episode_returns=jnp.where(done, 0.0, episode_returns),
-      key=key,
-    )
-    return runner_state, (transition, ended)
+      return runner_state._replace(
+        env_state=env_state,
+        obs=obs,
+        episode_returns=jnp.zeros(config.num_envs),
+        key=key,
+      )
+
+    def env_step(runner_state: RunnerState, _):
+      params = runner_state.train_state.params
+      key, action_key, step_key = jax.random.split(runner_state.key, 3)
+      logits, value = network.apply({"params": params}, runner_state.obs)
+      action = jax.random.categorical(action_key, logits)
+      log_prob = _log_prob(logits, action)
+      obs, env_state, reward, done = envs.step_outputs(
+        step_envs(
+          jax.random.split(step_key, config.num_envs),
+          runner_state.env_state,
+          action,
+          env_params,
+        )
+      )
+      episode_returns = runner_state.episode_returns + reward
+      ended = (jnp.sum(jnp.where(done, episode_returns, 0.0)), jnp.sum(done))
+      transition = Transition(
+        runner_state.obs, action, log_prob, value, reward, done
+      )
+      runner_state = runner_state._replace(
+        env_state=env_state,
+        obs=obs,
+        episode_returns=jnp.where(done, 0.0, episode_returns),
+        key=key,
+      )
+      return runner_state, (transition, ended)
+
+    return with_new_envs, env_step
 
   def loss_fn(params, batch: Transition, advantages, targets):
     logits, value = network.apply({"params": params}, batch.obs)
@@ -216,7 +227,7 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
       train_state,
     )
 
-  def update(runner_state: RunnerState, _):
+  def update(env_step, runner_state: RunnerState, _):
     runner_state, (rollout, ended) = jax.lax.scan(
       env_step, runner_state, None, config.num_steps
     )
@@ -240,14 +251,20 @@ def make_train(config: Config, env: Any, env_params: Any, method: str) -> Train:
     runner_state = runner_state._replace(train_state=train_state, key=key)
     return runner_state, measured
 
-  def train(start: Any, num_updates: int) -> tuple[RunnerState, Metrics]:
+  def train(
+    start: Any, num_updates: int, env_params: Any = None
+  ) -> tuple[RunnerState, Metrics]:
+    with_new_envs, env_step = env_functions(
+      default_env_params if env_params is None else env_params
+    )
     if isinstance(start, RunnerState):
       runner_state = start
     else:
       runner_state = new_agent(network, tx, obs_shape, start)
     if runner_state.env_state is None:
       runner_state = with_new_envs(runner_state)
-    return jax.lax.scan(update, runner_state, None, num_updates)
+    step = functools.partial(update, env_step)
+    return jax.lax.scan(step, runner_state, None, num_updates)
 
   return train
 
