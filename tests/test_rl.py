@@ -279,6 +279,50 @@ def test_train_takes_the_env_params_per_seed_and_its_own_output():
   assert run._cache_size() == 2  # the key start, then the runner state
 
 
+def test_observation_shift_is_fixed_per_seed_and_phase():
+  env, env_params = envs.make_env("CartPole-v1")
+  shift = lambda seed, phase: envs.observation_shift(
+    env, env_params, seed, phase
+  )
+  first = shift(3, 0)
+  np.testing.assert_array_equal(first.perm, np.arange(4))
+  np.testing.assert_array_equal(first.sign, np.ones(4))
+  a = shift(3, 5)
+  np.testing.assert_array_equal(a.perm, shift(3, 5).perm)
+  np.testing.assert_array_equal(a.sign, shift(3, 5).sign)
+  np.testing.assert_array_equal(np.sort(a.perm), np.arange(4))
+  assert set(np.asarray(a.sign)) <= {-1.0, 1.0}
+  others = [shift(4, 5), shift(3, 6)]
+  assert all(
+    not (np.array_equal(a.perm, o.perm) and np.array_equal(a.sign, o.sign))
+    for o in others
+  )
+  # The wrapped environment's observation is the base one, shifted.
+  shifted = envs.ShiftedObservation(env)
+  key = jax.random.key(0)
+  obs, _ = shifted.reset(key, a)
+  base, _ = env.reset(key, env_params)
+  np.testing.assert_allclose(obs, np.asarray(base)[np.asarray(a.perm)] * a.sign)
+
+
+def test_observation_shift_refuses_image_observations():
+  env, env_params = envs.make_env("Breakout-MinAtar")
+  with pytest.raises(ValueError, match="--env.*vector"):
+    envs.observation_shift(env, env_params, 0, 1)
+
+
+def test_a_shifted_environment_trains_with_per_seed_shifts():
+  config = Config(total_steps=512)
+  env, env_params = envs.make_env("CartPole-v1")
+  shifted = envs.ShiftedObservation(env)
+  shifts = [envs.observation_shift(env, env_params, seed, 1) for seed in (0, 1)]
+  per_seed = jax.tree.map(lambda *x: jax.numpy.stack(x), *shifts)
+  train = make_train(config, shifted, shifts[0], "vanilla")
+  run = jax.jit(jax.vmap(train, in_axes=(0, None, 0)), static_argnums=1)
+  _, measured = run(jax.random.split(jax.random.key(0), 2), 2, per_seed)
+  assert np.all(np.isfinite(np.asarray(measured.weight_norms)))
+
+
 def test_continuous_actions_are_refused():
   env, env_params = envs.make_env("Pendulum-v1")
   with pytest.raises(ValueError, match="Discrete action space"):
