@@ -36,6 +36,7 @@ from examples.lm import text as text_lib
 from examples.lm import training
 from examples.paper import beyond_chains
 import optax_swr
+from optax_swr import metrics
 
 DEFAULT_METHODS = "adam,adamw,swr,swr_logits,swr_chain_rule,adamh,swr_adamw"
 DEFAULT_LR = "1e-3,3e-3,1e-2"
@@ -165,10 +166,8 @@ def layer_report(traced: methods_lib.Traced) -> dict[str, dict[str, str]]:
   }
 
 
-def run_method(
-  args, name, corpus, model, traced, valid, test
-) -> dict[str, Any]:
-  """Trains every run of one method; the per-run curves, as lists."""
+def trainer_and_runs(args, name, corpus, model, traced):
+  """One method's trainer, its grid of runs and their initial state."""
   trainer = training.Trainer(
     model,
     name,
@@ -180,7 +179,14 @@ def run_method(
   )
   seeds = list(range(args.seeds))
   runs = training.Runs.grid(args.lr, args.coefs[name], seeds, corpus.vocab_size)
-  state = trainer.init(runs)
+  return trainer, runs, trainer.init(runs)
+
+
+def run_method(
+  args, name, corpus, model, traced, valid, test
+) -> dict[str, Any]:
+  """Trains every run of one method; the per-run curves, as lists."""
+  trainer, runs, state = trainer_and_runs(args, name, corpus, model, traced)
   curves: dict[str, list] = {k: [] for k in ("val", "test", "train", "norm")}
   chunk_times = []
   for first in range(0, args.steps, args.eval_every):
@@ -200,11 +206,7 @@ def run_method(
   # The first chunk compiles: time the others (or the only one).
   step_time = float(np.median(chunk_times[1:] or chunk_times))
   return {
-    "runs": {
-      "lr": np.asarray(runs.lr).tolist(),
-      "coef": np.asarray(runs.coef).tolist(),
-      "seed": np.asarray(runs.seed).tolist(),
-    },
+    "runs": training.runs_record(runs),
     "curves": {
       k: np.stack(v, axis=1).round(5).tolist() for k, v in curves.items()
     },
@@ -220,53 +222,19 @@ def norm_ratios(
   state: training.State, layers: optax_swr.Layers
 ) -> dict[str, list]:
   """Per layer and run: ||W|| at the end over ||W|| at initialisation."""
-  ratios = {}
-  for layer in layers:
-    now = _leaf(state.params, layer.weight)
-    start = _leaf(state.initial, layer.weight)
-    norm = lambda w: jnp.sqrt(jnp.sum(w.reshape(w.shape[0], -1) ** 2, -1))
-    ratios[layer.name] = np.asarray(norm(now) / norm(start)).round(4).tolist()
-  return ratios
-
-
-def _leaf(tree: Any, path: tuple) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
+  norms = jax.vmap(lambda params: metrics.layer_norms(params, layers))
+  ratios = np.asarray(norms(state.params) / norms(state.initial)).round(4)
+  return {name: ratios[:, l].tolist() for l, name in enumerate(layers.names)}
 
 
 def select(args, result: dict[str, Any]) -> dict[str, Any]:
   """The setting with the lowest final validation loss (mean over seeds)."""
-  runs = result["runs"]
-  val = np.asarray(result["curves"]["val"])[:, -1]
-  settings = sorted({(lr, c) for lr, c in zip(runs["lr"], runs["coef"])})
-  scores = {
-    s: float(
-      np.mean(
-        [v for v, lr, c in zip(val, runs["lr"], runs["coef"]) if (lr, c) == s]
-      )
-    )
-    for s in settings
-  }
-  best = min(scores, key=scores.get)
-  lrs = sorted({s[0] for s in settings})
-  coefs = sorted({s[1] for s in settings})
-  edges = []
-  if len(lrs) > 1 and best[0] in (lrs[0], lrs[-1]):
-    edges.append("--lr")
-  if len(coefs) > 1 and best[1] in (coefs[0], coefs[-1]):
-    edges.append("coef")
-  rows = [
-    i
-    for i, (lr, c) in enumerate(zip(runs["lr"], runs["coef"]))
-    if (lr, c) == best
-  ]
+  final_val = np.asarray(result["curves"]["val"])[:, -1]
+  choice = training.choose(result["runs"], final_val)
+  rows = choice.pop("rows")
   pick = lambda k: [result["curves"][k][i] for i in rows]
   return {
-    "lr": best[0],
-    "coef": best[1],
-    "at_edge": edges,
-    "grid_val_loss": [[s[0], s[1], scores[s]] for s in settings],
+    **choice,
     "val_loss": pick("val"),
     "test_loss": pick("test"),
     "train_loss": pick("train"),

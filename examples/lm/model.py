@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from examples.models import linen
+
 
 class Temperature(nn.Module):
   """Multiplies its input by a learnable scalar ``kernel`` (initially 1)."""
@@ -39,29 +41,6 @@ class Temperature(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.ones, (), x.dtype)
     return x * kernel
-
-
-class Block(nn.Module):
-  """``x + attn(LN(x))``, then ``x + MLP(LN(x))``; attention is causal.
-
-  Attributes:
-    heads: attention heads.
-    mlp_dim: hidden units of the GELU MLP.
-  """
-
-  heads: int
-  mlp_dim: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    dim = x.shape[-1]
-    y = nn.LayerNorm(name="norm1")(x)
-    x = x + nn.MultiHeadDotProductAttention(
-      num_heads=self.heads, deterministic=True, name="attn"
-    )(y, mask=mask)
-    y = nn.LayerNorm(name="norm2")(x)
-    y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in")(y))
-    return x + nn.Dense(dim, name="mlp_out")(y)
 
 
 class GPT(nn.Module):
@@ -99,7 +78,7 @@ class GPT(nn.Module):
     x = x + nn.Embed(self.context, self.dim, name="positions")(positions)
     mask = nn.make_causal_mask(ids)
     for index in range(self.depth):
-      x = Block(
+      x = linen.EncoderBlock(
         self.heads, self.mlp_dim or 4 * self.dim, name=f"blocks_{index}"
       )(x, mask)
     x = nn.LayerNorm(name="norm")(x)

@@ -54,18 +54,9 @@ def run_method(
   args, name, corpus, model, traced, valid, test
 ) -> dict[str, Any]:
   """One method's grid through every task, and a fresh model on the last."""
-  trainer = training.Trainer(
-    model,
-    name,
-    traced,
-    corpus.train,
-    args.context,
-    args.batch_size,
-    args.swr_adamw_decay,
+  trainer, runs, state = char_gpt.trainer_and_runs(
+    args, name, corpus, model, traced
   )
-  seeds = list(range(args.seeds))
-  runs = training.Runs.grid(args.lr, args.coefs[name], seeds, corpus.vocab_size)
-  state = trainer.init(runs)
   curves: dict[str, list] = {"val": [], "test": [], "train": []}
   start = time.perf_counter()
   for task in range(args.tasks):
@@ -81,11 +72,7 @@ def run_method(
   fresh = trainer.init(runs)
   fresh, _ = train_task(trainer, fresh, runs, args.tasks - 1, args)
   return {
-    "runs": {
-      "lr": np.asarray(runs.lr).tolist(),
-      "coef": np.asarray(runs.coef).tolist(),
-      "seed": np.asarray(runs.seed).tolist(),
-    },
+    "runs": training.runs_record(runs),
     "curves": {
       k: np.stack(v, axis=1).round(5).tolist() for k, v in curves.items()
     },
@@ -122,31 +109,12 @@ def train_task(trainer, state, runs, task: int, args):
 
 def select(result: dict[str, Any]) -> dict[str, Any]:
   """The setting with the lowest final validation loss over tasks and seeds."""
-  runs = result["runs"]
-  settings = list(zip(runs["lr"], runs["coef"]))
-  val = np.asarray(result["curves"]["val"]).mean(axis=1)
-  scores = {
-    s: float(np.mean([v for v, r in zip(val, settings) if r == s]))
-    for s in dict.fromkeys(settings)
-  }
-  best = min(scores, key=scores.get)
-  rows = [i for i, s in enumerate(settings) if s == best]
-  lrs = sorted({s[0] for s in scores})
-  coefs = sorted({s[1] for s in scores})
-  edges = [
-    flag
-    for flag, values, value in (
-      ("--lr", lrs, best[0]),
-      ("coef", coefs, best[1]),
-    )
-    if len(values) > 1 and value in (values[0], values[-1])
-  ]
+  mean_val = np.asarray(result["curves"]["val"]).mean(axis=1)
+  choice = training.choose(result["runs"], mean_val)
+  rows = choice.pop("rows")
   pick = lambda values: [values[i] for i in rows]
   return {
-    "lr": best[0],
-    "coef": best[1],
-    "at_edge": edges,
-    "grid_val_loss": [[s[0], s[1], scores[s]] for s in scores],
+    **choice,
     "task_val_loss": pick(result["curves"]["val"]),
     "task_test_loss": pick(result["curves"]["test"]),
     "task_train_loss": pick(result["curves"]["train"]),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from examples.lm import training
 from examples.paper import stats
 from examples.paper import summarize_results
 
@@ -55,7 +56,7 @@ def merge(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
       merged["methods"][name] = {
         **best,
         "grid_val_loss": grid,
-        "at_edge": edges(best, grid),
+        "at_edge": training.grid_edges(best["lr"], best["coef"], grid),
       }
   return merged
 
@@ -67,20 +68,6 @@ def chosen_score(entry: dict[str, Any]) -> float:
     for lr, coef, score in entry["grid_val_loss"]
     if (lr, coef) == (entry["lr"], entry["coef"])
   )
-
-
-def edges(entry: dict[str, Any], grid: Sequence[Sequence[float]]) -> list[str]:
-  """Which of the chosen lr and coef lie at an edge of the joined grid."""
-  lrs = sorted({row[0] for row in grid})
-  coefs = sorted({row[1] for row in grid})
-  return [
-    flag
-    for flag, values, value in (
-      ("--lr", lrs, entry["lr"]),
-      ("coef", coefs, entry["coef"]),
-    )
-    if len(values) > 1 and value in (values[0], values[-1])
-  ]
 
 
 def steps_to_reach(

@@ -367,6 +367,8 @@ class ResNet18(nn.Module):
 class EncoderBlock(nn.Module):
   """A pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)).
 
+  ``mask`` (e.g. ``nn.make_causal_mask``) limits which tokens attend to which.
+
   Attributes:
     heads: attention heads.
     mlp_dim: hidden units of the GELU MLP.
@@ -376,12 +378,12 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     dim = x.shape[-1]
     y = nn.LayerNorm(name="norm1")(x)
     x = x + nn.MultiHeadDotProductAttention(
       num_heads=self.heads, deterministic=True, name="attn"
-    )(y)
+    )(y, mask=mask)
     y = nn.LayerNorm(name="norm2")(x)
     y = nn.gelu(nn.Dense(self.mlp_dim, name="mlp_in")(y))
     return x + nn.Dense(dim, name="mlp_out")(y)
