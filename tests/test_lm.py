@@ -20,6 +20,7 @@ from examples.lm import methods as methods_lib
 from examples.lm import model as model_lib
 from examples.lm import permuted_vocab
 from examples.lm import report
+from examples.lm import selection
 from examples.lm import text as text_lib
 from examples.lm import training
 import optax_swr
@@ -276,8 +277,8 @@ def test_permuted_vocab_runs_each_method_on_the_same_tasks(text_file, tmp_path):
   out = tmp_path / "perm.json"
   argv = ["--text", text_file, "--methods", "adam,snp", "--tasks", "3"]
   argv += ["--steps-per-task", "10", "--eval-every", "10", "--seeds", "2"]
-  argv += ["--lr", "3e-3", "--snp", "0.3", "--out", str(out)] + SMALL
-  permuted_vocab.main(argv)
+  argv += ["--lr", "3e-3", "--snp", "0.3", "--out", str(out), "--workers", "1"]
+  permuted_vocab.main(argv + SMALL)
   results = json.loads(out.read_text())
   for entry in results["methods"].values():
     assert np.shape(entry["task_test_loss"]) == (2, 3)
@@ -300,7 +301,83 @@ def test_shrink_toward_initial_matches_the_baseline():
     np.testing.assert_allclose(out["w"][run], expected["w"], rtol=1e-6)
 
 
-def test_report_merges_a_grid_extension_and_finds_the_new_edges():
+# --- settings chosen in files: --from-selection --------------------------------
+
+
+def selection_file(tmp_path, name: str, methods: dict, **config) -> str:
+  """A selection run's JSON: ``methods`` maps a name to (lr, coef, grid)."""
+  entries = {
+    m: {"lr": lr, "coef": coef, "grid_val_loss": grid, "at_edge": []}
+    for m, (lr, coef, grid) in methods.items()
+  }
+  path = tmp_path / name
+  config = {"tasks": 20, "steps_per_task": 100, "context": 32, **config}
+  path.write_text(
+    json.dumps({"config": config, "wall_time_s": 1.0, "methods": entries})
+  )
+  return str(path)
+
+
+@pytest.fixture
+def chosen_files(tmp_path) -> str:
+  """adam at lr 3e-3; swr at 0.1 inside 0.01..1 once its extension is added."""
+  first = selection_file(
+    tmp_path,
+    "first.json",
+    {
+      "adam": (3e-3, 0.0, [[3e-3, 0.0, 2.0]]),
+      "swr": (3e-3, 1.0, [[3e-3, 0.01, 2.5], [3e-3, 1.0, 2.2]]),
+      "l2_init": (3e-3, 0.01, [[3e-3, 1e-3, 2.3], [3e-3, 0.01, 2.1]]),
+    },
+  )
+  extension = selection_file(
+    tmp_path,
+    "extension.json",
+    {"l2_init": (3e-3, 0.03, [[3e-3, 0.03, 2.4]])},
+  )
+  return f"{first},{extension}"
+
+
+def test_from_selection_runs_each_method_at_its_chosen_setting(chosen_files):
+  args = permuted_vocab.parse(["--from-selection", chosen_files])
+  assert args.methods == ("adam", "swr", "l2_init")
+  assert args.coefs["l2_init"] == (0.01,)  # inside 1e-3 .. 0.03 once merged
+  assert args.coefs["swr"] == (1.0,)  # at its bound: allowed
+  assert args.lrs["adam"] == args.lrs["swr"] == (3e-3,)
+  assert args.selection["chosen"]["l2_init"] == {"lr": 3e-3, "coef": 0.01}
+  # --lr sweeps the learning rate at each chosen coefficient.
+  args = permuted_vocab.parse(
+    ["--from-selection", chosen_files, "--lr", "1e-3,1e-2", "--methods", "swr"]
+  )
+  assert (args.methods, args.lrs["swr"], args.coefs["swr"]) == (
+    ("swr",),
+    (1e-3, 1e-2),
+    (1.0,),
+  )
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--swr", "0.1"], "--swr: --from-selection runs each method"),
+    (["--tasks", "10"], "--tasks 10 differs from --from-selection's 20"),
+    (["--methods", "adam,adamh"], "--methods: adamh not in --from-selection"),
+  ],
+)
+def test_from_selection_refuses_what_the_selection_sets_or_lacks(
+  chosen_files, flags, message
+):
+  with pytest.raises(ValueError, match=message):
+    permuted_vocab.parse(["--from-selection", chosen_files] + flags)
+
+
+def test_from_selection_refuses_a_choice_at_the_edge_of_its_grid(chosen_files):
+  first = chosen_files.split(",")[0]  # l2_init's 0.01 tops 1e-3, 0.01
+  with pytest.raises(ValueError, match="l2_init's chosen .* edge .* --l2-init"):
+    permuted_vocab.parse(["--from-selection", first])
+
+
+def test_merge_joins_a_grid_extension_and_finds_the_new_edges():
   def entry(lr, coef, grid):
     return {"lr": lr, "coef": coef, "grid_val_loss": grid, "at_edge": []}
 
@@ -315,20 +392,18 @@ def test_report_merges_a_grid_extension_and_finds_the_new_edges():
     "wall_time_s": 5.0,
     "methods": {"swr": entry(1e-3, 0.3, [[1e-3, 0.3, 2.1], [1e-3, 1.0, 2.4]])},
   }
-  merged = report.merge([first, extension])
+  first["methods"]["swr"]["step_time_s"] = 0.05  # 9 runs per step
+  extension["methods"]["swr"]["step_time_s"] = 0.03  # 6: not comparable
+  merged = selection.merge([first, extension])
   assert merged["wall_time_s"] == 15.0
+  assert merged["methods"]["swr"]["step_time_s"] == 0.05
   assert merged["methods"]["adam"] == first["methods"]["adam"]
   swr = merged["methods"]["swr"]
   assert (swr["coef"], swr["at_edge"]) == (0.3, [])  # inside 0.01 .. 1 now
   assert len(swr["grid_val_loss"]) == 4
   below = entry(1e-3, 1e-3, [[1e-3, 1e-3, 2.9]])  # extends the wrong side
-  merged = report.merge(
+  merged = selection.merge(
     [first, {"wall_time_s": 1.0, "methods": {"swr": below}}]
   )
-  assert (
-    merged["methods"]["swr"]["coef"],
-    merged["methods"]["swr"]["at_edge"],
-  ) == (
-    0.1,
-    ["coef"],
-  )
+  swr = merged["methods"]["swr"]
+  assert (swr["coef"], swr["at_edge"]) == (0.1, ["coef"])

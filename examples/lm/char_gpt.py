@@ -20,7 +20,7 @@ is the 1.3M-parameter model of the issue's study (``run_results.sh full``).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import time
 from typing import Any
 import warnings
@@ -32,6 +32,7 @@ import numpy as np
 from examples import cli
 from examples.lm import methods as methods_lib
 from examples.lm import model as model_lib
+from examples.lm import selection
 from examples.lm import text as text_lib
 from examples.lm import training
 from examples.paper import beyond_chains
@@ -40,6 +41,7 @@ from optax_swr import metrics
 
 DEFAULT_METHODS = "adam,adamw,swr,swr_logits,swr_chain_rule,adamh,swr_adamw"
 DEFAULT_LR = "1e-3,3e-3,1e-2"
+METHOD_NAMES = tuple(methods_lib.METHODS)
 
 
 def add_flags(
@@ -86,21 +88,30 @@ def parse(
   methods: str,
   lr: str,
   coef_grids: bool,
+  more_flags: Callable[[argparse.ArgumentParser], None] | None = None,
   **extra: int,
 ) -> argparse.Namespace:
-  """Parses and checks the flags; ``extra`` adds int flags with defaults."""
+  """Parses and checks the flags; ``extra`` adds int flags with defaults,
+  ``more_flags`` any other flags of a script."""
   parser = cli.parser(doc)
   add_flags(parser, methods, lr, coef_grids)
+  if more_flags:
+    more_flags(parser)
   for flag, default in extra.items():
     parser.add_argument(
       f"--{flag.replace('_', '-')}", type=int, default=default
     )
   args = parser.parse_args(argv)
+  # What the command line set, for --from-selection (which sets the rest).
+  args.given = sorted(
+    key for key, value in vars(args).items() if value != parser.get_default(key)
+  )
   args.methods = cli.parse_methods(args.methods, tuple(methods_lib.METHODS))
   args.lr = cli.parse_coefs("--lr", args.lr, upper=None)
   if any(lr <= 0 for lr in args.lr):
     raise ValueError(f"--lr: every learning rate must be > 0; got {args.lr}")
-  args.coefs = {name: coefs_of(args, name) for name in args.methods}
+  args.coefs = {name: coefs_of(args, name) for name in METHOD_NAMES}
+  args.lrs = {name: args.lr for name in METHOD_NAMES}
   for flag in (
     "seeds",
     "context",
@@ -122,8 +133,8 @@ def coefs_of(args: argparse.Namespace, name: str) -> tuple[float, ...]:
   flag = methods_lib.METHODS[name].flag
   if flag is None:
     return (0.0,)
-  upper = None if name in ("adamw", "l2_init") else 1.0
-  return cli.parse_coefs(flag, getattr(args, flag[2:].replace("-", "_")), upper)
+  value = getattr(args, flag[2:].replace("-", "_"))
+  return cli.parse_coefs(flag, value, selection.coef_upper(name))
 
 
 def setup(args: argparse.Namespace):
@@ -178,7 +189,9 @@ def trainer_and_runs(args, name, corpus, model, traced):
     args.swr_adamw_decay,
   )
   seeds = list(range(args.seeds))
-  runs = training.Runs.grid(args.lr, args.coefs[name], seeds, corpus.vocab_size)
+  runs = training.Runs.grid(
+    args.lrs[name], args.coefs[name], seeds, corpus.vocab_size
+  )
   return trainer, runs, trainer.init(runs)
 
 
@@ -230,7 +243,7 @@ def norm_ratios(
 def select(args, result: dict[str, Any]) -> dict[str, Any]:
   """The setting with the lowest final validation loss (mean over seeds)."""
   final_val = np.asarray(result["curves"]["val"])[:, -1]
-  choice = training.choose(result["runs"], final_val)
+  choice = selection.choose(result["runs"], final_val)
   rows = choice.pop("rows")
   pick = lambda k: [result["curves"][k][i] for i in rows]
   return {
@@ -254,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jax.random.key(0), jnp.zeros((1, args.context), jnp.int32)
   )
   results: dict[str, Any] = {
-    "config": {**vars(args), "methods": list(args.methods)},
+    "config": config_record(args),
     "versions": cli.versions(),
     "corpus": corpus_summary(corpus),
     "model": {"params": model_lib.param_count(params["params"])},
@@ -278,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.out:
     cli.write_json(args.out, results)
   return results
+
+
+def config_record(args: argparse.Namespace) -> dict[str, Any]:
+  """The flags as the JSON keeps them: each run method's grid, not every method's."""
+  config = {**vars(args), "methods": list(args.methods)}
+  for key in ("coefs", "lrs"):
+    config[key] = {name: list(config[key][name]) for name in args.methods}
+  return config
 
 
 def corpus_summary(corpus: text_lib.Corpus) -> dict[str, Any]:

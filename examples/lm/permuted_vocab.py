@@ -20,6 +20,7 @@ final loss over tasks, averaged over seeds); the report reads the test split.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 import time
 from typing import Any
@@ -30,7 +31,9 @@ import numpy as np
 
 from examples import cli
 from examples.lm import char_gpt
+from examples.lm import selection
 from examples.lm import training
+from examples.paper import engine
 
 DEFAULT_METHODS = "adam,adamw,swr,swr_chain_rule,adamh,swr_adamw,l2_init,snp"
 
@@ -68,7 +71,10 @@ def run_method(
     curves["val"].append(np.asarray(trainer.evaluate(state, runs, *valid)))
     curves["test"].append(np.asarray(trainer.evaluate(state, runs, *test)))
     if not args.no_progress:
-      print(f"  {name} task {task + 1}: val {curves['val'][-1].mean():.3f}")
+      print(
+        f"  {name} task {task + 1}: val {curves['val'][-1].mean():.3f}",
+        flush=True,
+      )
   fresh = trainer.init(runs)
   fresh, _ = train_task(trainer, fresh, runs, args.tasks - 1, args)
   return {
@@ -110,7 +116,7 @@ def train_task(trainer, state, runs, task: int, args):
 def select(result: dict[str, Any]) -> dict[str, Any]:
   """The setting with the lowest final validation loss over tasks and seeds."""
   mean_val = np.asarray(result["curves"]["val"]).mean(axis=1)
-  choice = training.choose(result["runs"], mean_val)
+  choice = selection.choose(result["runs"], mean_val)
   rows = choice.pop("rows")
   pick = lambda values: [values[i] for i in rows]
   return {
@@ -124,33 +130,88 @@ def select(result: dict[str, Any]) -> dict[str, Any]:
   }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args = char_gpt.parse(
-    argv, __doc__, DEFAULT_METHODS, "3e-3", True, tasks=20, steps_per_task=100
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags of this script alone (the shared ones: ``char_gpt.add_flags``)."""
+  parser.add_argument(
+    "--from-selection",
+    help=(
+      "selection runs' JSON files, comma-separated: run each method at its "
+      "chosen setting (with --lr: over those learning rates at its chosen "
+      "coefficient)"
+    ),
   )
-  args.steps = args.tasks * args.steps_per_task
+  parser.add_argument(
+    "--workers",
+    type=int,
+    default=None,
+    help=(
+      "train the methods in this many processes, one CPU core each "
+      "(default: one per core on a CPU, 1 on a GPU or TPU)"
+    ),
+  )
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+  args = char_gpt.parse(
+    argv,
+    __doc__,
+    DEFAULT_METHODS,
+    "3e-3",
+    True,
+    add_flags,
+    tasks=20,
+    steps_per_task=100,
+  )
   cli.check_positive("--tasks", args.tasks)
   if args.tasks < 2:
     raise ValueError(
       f"--tasks must be at least 2 (task 1 is the reference); got {args.tasks}"
     )
   cli.check_positive("--steps-per-task", args.steps_per_task)
+  if args.workers is not None:
+    cli.check_positive("--workers", args.workers)
+  args.steps = args.tasks * args.steps_per_task
+  args.selection = selection.apply(args) if args.from_selection else None
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  args = parse(argv)
   start = time.perf_counter()
-  corpus, model, traced, valid, test = char_gpt.setup(args)
+  corpus = _setup(args)[0]
   results: dict[str, Any] = {
-    "config": {**vars(args), "methods": list(args.methods)},
+    "config": char_gpt.config_record(args),
     "versions": cli.versions(),
     "corpus": char_gpt.corpus_summary(corpus),
     "methods": {},
   }
-  for name in args.methods:
-    result = run_method(args, name, corpus, model, traced, valid, test)
-    results["methods"][name] = select(result)
+  jobs = [(args, name) for name in args.methods]
+  chosen = engine.run_jobs(method_job, jobs, args.workers)
+  results["methods"] = dict(zip(args.methods, chosen))
   results["wall_time_s"] = time.perf_counter() - start
   print_summary(results)
   if args.out:
     cli.write_json(args.out, results)
   return results
+
+
+def method_job(args: argparse.Namespace, name: str) -> dict[str, Any]:
+  """One method's runs and its chosen setting (a worker process's job)."""
+  return select(run_method(args, name, *_setup(args)))
+
+
+_SETUPS: dict[tuple, Any] = {}
+
+
+def _setup(args: argparse.Namespace):
+  """``char_gpt.setup``, once per process (a worker runs several methods)."""
+  key = tuple(
+    getattr(args, k)
+    for k in ("text", "context", "dim", "depth", "heads", "eval_windows")
+  )
+  if key not in _SETUPS:
+    _SETUPS[key] = char_gpt.setup(args)
+  return _SETUPS[key]
 
 
 def plasticity_gap(entry: dict[str, Any], last: int = 5) -> np.ndarray:

@@ -16,58 +16,14 @@ from __future__ import annotations
 import argparse
 import collections
 from collections.abc import Sequence
-import json
 import os
 from typing import Any
 
 import numpy as np
 
-from examples.lm import training
+from examples.lm import selection
 from examples.paper import stats
 from examples.paper import summarize_results
-
-
-def load(paths: str) -> dict[str, Any]:
-  """One JSON, or several runs of the same protocol (comma-separated) merged.
-
-  A method in several files keeps the entry whose chosen setting has the
-  lower validation score, with the grids of all files joined: extending a
-  grid beyond an edge is a second run of that method with the new values.
-  """
-  runs = []
-  for path in paths.split(","):
-    with open(path, encoding="utf-8") as f:
-      runs.append(json.load(f))
-  return merge(runs)
-
-
-def merge(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """The first run, each method's entry the best over ``runs`` (see :func:`load`)."""
-  merged = {**runs[0], "methods": dict(runs[0]["methods"])}
-  merged["wall_time_s"] = sum(run["wall_time_s"] for run in runs)
-  for run in runs[1:]:
-    for name, entry in run["methods"].items():
-      if name not in merged["methods"]:
-        merged["methods"][name] = entry
-        continue
-      old = merged["methods"][name]
-      grid = old["grid_val_loss"] + entry["grid_val_loss"]
-      best = min((old, entry), key=lambda e: chosen_score(e))
-      merged["methods"][name] = {
-        **best,
-        "grid_val_loss": grid,
-        "at_edge": training.grid_edges(best["lr"], best["coef"], grid),
-      }
-  return merged
-
-
-def chosen_score(entry: dict[str, Any]) -> float:
-  """The validation score of an entry's chosen setting."""
-  return next(
-    score
-    for lr, coef, score in entry["grid_val_loss"]
-    if (lr, coef) == (entry["lr"], entry["coef"])
-  )
 
 
 def steps_to_reach(
@@ -106,12 +62,14 @@ def char_gpt_lines(
       if comparison
       else "—"
     )
-    edge = (
-      " (edge: " + ", ".join(entry["at_edge"]) + ")" if entry["at_edge"] else ""
-    )
+    edge = {axis: "" for axis in ("--lr", "coef")}
+    for axis in entry["at_edge"]:
+      bounds = (0.0, selection.coef_upper(name))
+      at_bound = axis == "coef" and entry["coef"] in bounds
+      edge[axis] = " (bound)" if at_bound else " (edge)"
     norm = np.asarray(entry["weight_norms"])[:, -1].mean()
     lines.append(
-      f"| {name} | {entry['lr']:g}{edge} | {entry['coef']:g} | "
+      f"| {name} | {entry['lr']:g}{edge['--lr']} | {entry['coef']:g}{edge['coef']} | "
       f"{stats.mean_std_text(final[name])} | {versus} | "
       f"{steps_to_reach(curve, steps, target)} | "
       f"{entry['step_time_s'] * 1e3:.0f} ({entry['runs_per_step']}) | {norm:.1f} |"
@@ -252,7 +210,8 @@ def settings_line(results: dict[str, Any]) -> str:
     f"{corpus['unigram_entropy']:.3f} nats); GPT dim {config['dim']}, depth "
     f"{config['depth']}, {config['heads']} heads, context {config['context']}"
     + (f" ({model:,} params)" if model else "")
-    + f"; batch {config['batch_size']}; {budget}; learning rates {config['lr']}; "
+    + f"; batch {config['batch_size']}; {budget}; learning rates "
+    f"{', '.join(f'{lr:g}' for lr in learning_rates(results))}; "
     f"{config['seeds']} seeds; wall time {results['wall_time_s'] / 60:.1f} min. Each "
     "method's setting: the lowest mean final loss on the validation split; the numbers: "
     "the test split. ± is the sample standard deviation over seeds; a difference is "
@@ -260,35 +219,77 @@ def settings_line(results: dict[str, Any]) -> str:
   )
 
 
+def learning_rates(results: dict[str, Any]) -> list[float]:
+  """Every learning rate a method of ``results`` ran at (over merged files)."""
+  rates = {
+    row[0]
+    for entry in results["methods"].values()
+    for row in entry.get("grid_val_loss", [])
+  }
+  return sorted(rates or results["config"]["lr"])
+
+
+def grid_line(name: str, entry: dict[str, Any]) -> str:
+  """A method's grid: each setting's mean validation loss, the chosen in bold."""
+  grid = entry["grid_val_loss"]
+  several_lrs = len({row[0] for row in grid}) > 1
+  no_coef = {row[1] for row in grid} == {0.0}
+  cells = []
+  for lr, coef, score in sorted(grid, key=lambda row: (row[1], row[0])):
+    if no_coef:
+      setting = f"lr {lr:g}"
+    else:
+      setting = f"{coef:g} at lr {lr:g}" if several_lrs else f"{coef:g}"
+    cell = f"{setting}: {score:.4f}"
+    chosen = (lr, coef) == (entry["lr"], entry["coef"])
+    cells.append(f"**{cell}**" if chosen else cell)
+  return f"| {name} | {', '.join(cells)} |"
+
+
+def grid_lines(results: dict[str, Any], score: str) -> list[str]:
+  """Every method's grid (:func:`grid_line`) as a table."""
+  return [
+    f"| method | setting: {score} validation loss (mean over seeds) |",
+    "|---|---|",
+  ] + [grid_line(name, e) for name, e in results["methods"].items()]
+
+
 def markdown(
   char_gpt: str | None,
   permuted: str | None,
   figures: str | None,
   permuted_report: str | None = None,
+  permuted_quick: str | None = None,
 ) -> str:
   """The tables (and figures) of the given JSON files.
 
   ``permuted`` are the selection runs (every grid, 3 seeds); ``permuted_report``
   the runs of each method at its chosen setting on more seeds, whose table
-  and figure come first when given.
+  and figure come first when given; ``permuted_quick`` the same on fewer
+  seeds (``make results``' run), a table after them.
   """
   lines: list[str] = []
   if char_gpt:
-    results = load(char_gpt)
+    results = selection.load(char_gpt)
     lines += ["### Character GPT", "", settings_line(results), ""]
-    lines += char_gpt_lines(results) + [""] + layer_lines(results) + [""]
+    lines += char_gpt_lines(results) + [""] + grid_lines(results, "final")
+    lines += [""] + layer_lines(results) + [""]
     if figures:
       plot_char_gpt(results, os.path.join(figures, "char_gpt.png"))
       lines += ["![char GPT](figures/char_gpt.png)", ""]
   if permuted_report:
-    results = load(permuted_report)
+    results = selection.load(permuted_report)
     lines += ["### Permuted vocabulary: each method at its chosen setting", ""]
     lines += [settings_line(results), ""] + permuted_lines(results) + [""]
     if figures:
       plot_permuted(results, os.path.join(figures, "permuted_vocab.png"))
       lines += ["![permuted vocabulary](figures/permuted_vocab.png)", ""]
+  if permuted_quick:
+    results = selection.load(permuted_quick)
+    lines += ["### Permuted vocabulary: the quick run of `make results`", ""]
+    lines += [settings_line(results), ""] + permuted_lines(results) + [""]
   if permuted:
-    results = load(permuted)
+    results = selection.load(permuted)
     title = "selection runs" if permuted_report else "every grid"
     lines += [
       f"### Permuted vocabulary: {title}",
@@ -296,21 +297,7 @@ def markdown(
       settings_line(results),
       "",
     ]
-    lines += [
-      "| method | coef: mean validation loss over tasks and seeds |",
-      "|---|---|",
-    ]
-    lines += [
-      f"| {name} | "
-      + ", ".join(
-        f"**{c:g}: {v:.4f}**"
-        if (lr, c) == (e["lr"], e["coef"])
-        else f"{c:g}: {v:.4f}"
-        for lr, c, v in sorted(e["grid_val_loss"], key=lambda row: row[1])
-      )
-      + " |"
-      for name, e in results["methods"].items()
-    ]
+    lines += grid_lines(results, "mean over tasks of the")
     lines += [""] + permuted_lines(results) + [""]
     if figures and not permuted_report:
       plot_permuted(results, os.path.join(figures, "permuted_vocab.png"))
@@ -328,6 +315,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     "--permuted-report",
     help="permuted_vocab JSON files of the chosen settings on more seeds",
   )
+  parser.add_argument(
+    "--permuted-quick",
+    help="a permuted_vocab JSON of the chosen settings on fewer seeds",
+  )
   parser.add_argument("--figures", help="write the figures into this folder")
   parser.add_argument(
     "--write", help="replace the tables between FILE's markers"
@@ -336,7 +327,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.figures:
     os.makedirs(args.figures, exist_ok=True)
   text = markdown(
-    args.char_gpt, args.permuted, args.figures, args.permuted_report
+    args.char_gpt,
+    args.permuted,
+    args.figures,
+    args.permuted_report,
+    args.permuted_quick,
   )
   if not args.write:
     print(text)

@@ -187,49 +187,6 @@ def runs_record(runs: Runs) -> dict[str, list]:
   }
 
 
-def choose(record: dict[str, list], scores: Sequence[float]) -> dict[str, Any]:
-  """The setting whose runs have the lowest mean score (a validation loss).
-
-  Args:
-    record: :func:`runs_record` of the runs.
-    scores: one score per run.
-
-  Returns:
-    ``lr``, ``coef``, ``at_edge`` (:func:`grid_edges`), ``grid_val_loss``
-    (``[lr, coef, mean score]`` per setting, in grid order) and ``rows``
-    (the chosen setting's runs, one per seed).
-  """
-  settings = list(zip(record["lr"], record["coef"]))
-  grid = {
-    setting: float(
-      np.mean([v for v, s in zip(scores, settings) if s == setting])
-    )
-    for setting in dict.fromkeys(settings)
-  }
-  lr, coef = min(grid, key=grid.get)
-  rows = [[lr, coef, score] for (lr, coef), score in grid.items()]
-  return {
-    "lr": lr,
-    "coef": coef,
-    "at_edge": grid_edges(lr, coef, rows),
-    "grid_val_loss": rows,
-    "rows": [i for i, s in enumerate(settings) if s == (lr, coef)],
-  }
-
-
-def grid_edges(
-  lr: float, coef: float, grid: Sequence[Sequence[float]]
-) -> list[str]:
-  """Which of the chosen ``lr`` and ``coef`` lie at an edge of ``grid``'s values."""
-  lrs = sorted({row[0] for row in grid})
-  coefs = sorted({row[1] for row in grid})
-  return [
-    flag
-    for flag, values, value in (("--lr", lrs, lr), ("coef", coefs, coef))
-    if len(values) > 1 and value in (values[0], values[-1])
-  ]
-
-
 def eval_windows(ids: np.ndarray, context: int, count: int):
   """``count`` windows spread evenly over ``ids``: inputs and targets."""
   starts = np.linspace(0, len(ids) - context - 1, count).astype(np.int64)

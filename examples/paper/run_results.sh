@@ -2,17 +2,15 @@
 # Re-runs the experiments of examples/paper/RESULTS.md, then writes its tables
 # and figures. Two budgets:
 #
-#   make results       (run_results.sh quick, at most 30 min on 2 cores): the
-#                      permuted-input report (seeds 0 to 9, each method at the
-#                      setting the committed selection runs chose), Figure 1
-#                      and SWR beyond chains; the tables and figures are then
-#                      rebuilt from every JSON in results/, the committed
-#                      outputs of the full runs included.
-#   make results-full  (run_results.sh full, about 4 h): the above, and before
-#                      it the selection runs of both task sequences, the
-#                      random-label report, the calibrations, the warm starts
-#                      trained to convergence and the paper's fixed-epoch
-#                      protocols.
+#   quick (run_results.sh quick, part of make results, about 5 min on 2
+#                      cores): Figure 1 and SWR beyond chains; the tables and
+#                      figures are then rebuilt from every JSON in results/,
+#                      the committed outputs of the full runs included.
+#   full  (make results-full, about 4.5 h): the above, and before it the
+#                      selection runs of both task sequences, the random-label
+#                      and permuted-input reports, the calibrations, the warm
+#                      starts trained to convergence and the paper's
+#                      fixed-epoch protocols.
 #
 # Needs the [examples] and [plots] extras and, for Fashion-MNIST, the Debian
 # package dataset-fashion-mnist. Each JSON records its versions and wall
@@ -145,14 +143,14 @@ if [[ "$MODE" == full ]]; then
     --out "$OUT/generalization_fashion_mnist_mlp.json"
   run examples.paper.generalization --data fashion_mnist --epochs 10 --lr-decay \
     "${FIXED[@]}" --out "$OUT/generalization_lr_decay_fashion_mnist_mlp.json"
-fi
 
-# 5. Permuted inputs (Fashion-MNIST, 50 tasks of 10,000 images, one pass
-#    each), reported on seeds 0 to 9 at the settings the selection runs chose
-#    (run by results-full, step 2b).
-run examples.paper.permuted_inputs "${REPORT[@]}" \
-  --from-selection "$OUT/permuted_inputs_selection.json,$OUT/permuted_inputs_selection_extension.json,$OUT/permuted_inputs_selection_extension2.json" \
-  --out "$OUT/permuted_inputs_report.json"
+  # 5. Permuted inputs (Fashion-MNIST, 50 tasks of 10,000 images, one pass
+  #    each), reported on seeds 0 to 9 at the settings the selection runs
+  #    chose (step 2b); about 18 min.
+  run examples.paper.permuted_inputs "${REPORT[@]}" \
+    --from-selection "$OUT/permuted_inputs_selection.json,$OUT/permuted_inputs_selection_extension.json,$OUT/permuted_inputs_selection_extension2.json" \
+    --out "$OUT/permuted_inputs_report.json"
+fi
 
 # 6. The paper's Figure 1: proportional vs weights-only scaling.
 run examples.paper.figure1 --out-json "$OUT/figure1_fashion_mnist_mlp.json" \
