@@ -41,6 +41,7 @@ maps its flags onto each method's ``coefs`` (``Config.coefs``)::
   setup = methods.TrainingSetup(
     layers, head=layers[-1:], lr=config.lr, eps=1e-5,
     max_grad_norm=config.max_grad_norm,
+    redo_every=config.redo_every * config.steps_per_update,
   )
   method = methods.build(name, config.coefs(name), setup)
   # method.tx is the agent's optimizer. Every K updates
@@ -52,6 +53,11 @@ maps its flags onto each method's ``coefs`` (``Config.coefs``)::
       params, opt_state, initial_params, fresh_params, activations
     )
   )
+
+A method with a step hook and no intervention (``cbp``, ``swr_redo``) has
+its hook run by the agent's minibatch loop, as by the engine: after each
+optimizer step (``hook.every`` of them apart), on that minibatch's
+activations (``examples.rl.agent.loop_hook``).
 """
 
 from __future__ import annotations
@@ -478,13 +484,17 @@ def _cbp(coefs: Sequence[float], setup: TrainingSetup) -> Method:
 
 
 @register(
-  "swr_redo", coefs=("lambda", "tau"), max_coef=1.0, needs_activations=True
+  "swr_redo",
+  coefs=("lambda", "tau", "lambda_c?"),
+  max_coef=1.0,
+  needs_activations=True,
 )
 def _swr_redo(coefs: Sequence[float], setup: TrainingSetup) -> Method:
   """SWR (lambda) plus ReDo's recycling (tau) every redo_every steps."""
   # A positive rescale keeps every pre-activation's sign: SWR alone cannot
-  # revive a dead unit.
-  tx = _swr(coefs[:1], setup, reset_norms_at=()).tx
+  # revive a dead unit. The head's lambda_c defaults to lambda, as swr's.
+  swr_coefs = (coefs[0], *coefs[2:])
+  tx = _swr(swr_coefs, setup, reset_norms_at=()).tx
   return Method(tx, step_hook=_redo_hook(tx, coefs[1], setup))
 
 

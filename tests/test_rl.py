@@ -33,8 +33,8 @@ pytest.importorskip("gymnax", reason="needs the [rl] extra")
 
 # 30,000 steps are 117 updates of 8 environments x 32 steps. Measured on 16
 # seeds (keys 0 and 1, 8 each), the mean return over the second half of the
-# updates is 140 to 214 for vanilla and 137 to 215 for swr (coef 1e-4); a
-# uniformly random policy gets about 22.
+# updates is 140 to 214 for vanilla and 133 to 245 for swr (coef 1e-4, the
+# output layer's 0); a uniformly random policy gets about 22.
 CONFIG = Config(total_steps=30_000)
 SEEDS = 2
 MIN_RETURN = 100.0
@@ -114,7 +114,7 @@ def test_metrics_are_per_update_and_seed(runs):
   np.testing.assert_allclose(
     measured.weight_norms, np.sum(measured.layer_norms, axis=-1), rtol=1e-5
   )
-  for name in ("dormant_fraction", "effective_rank", "entropy"):
+  for name in ("dormant_fraction", "effective_rank", "entropy", "value_error"):
     values = np.asarray(getattr(measured, name))
     assert values.shape == (SEEDS, CONFIG.num_updates), name
     assert np.all(np.isfinite(values)), name
@@ -122,6 +122,7 @@ def test_metrics_are_per_update_and_seed(runs):
     (0 <= measured.dormant_fraction) & (measured.dormant_fraction <= 1)
   )
   assert np.all(measured.effective_rank >= 1)
+  assert np.all(measured.value_error >= 0)
 
 
 def test_the_update_compiles_once(runs):
@@ -185,6 +186,9 @@ def test_json_traces_are_thinned_and_keep_every_episode(runs):
     traced.layer_norms, measured.layer_norms[:, index]
   )
   np.testing.assert_array_equal(traced.entropy, measured.entropy[:, index])
+  np.testing.assert_array_equal(
+    traced.value_error, measured.value_error[:, index]
+  )
   starts = [0, *(index[:-1] + 1)]
   for point, (start, end) in enumerate(zip(starts, index + 1)):
     np.testing.assert_array_equal(
@@ -230,8 +234,15 @@ def test_every_method_comes_from_the_registry_with_its_flags():
     assert name in methods.REGISTRY
     if built.intervene is not None:  # an interval flag for each
       assert CONFIG.intervene_every(name) >= 1
-  swr = Config(swr_coef=1e-3, swr_head_coef=0.0)
-  assert swr.coefs("swr") == (1e-3, 0.0) and CONFIG.coefs("swr") == (1e-4,)
+    hook = agent.loop_hook(built)
+    # Each method acts once: between updates, or in the minibatch loop.
+    assert hook is None or built.intervene is None, name
+  assert agent.loop_hook(make_agent(CONFIG, env, env_params, "cbp")[1])
+  # The output layer's lambda is 0 unless set (the old default: --swr-coef).
+  old = Config(swr_coef=1e-3, swr_head_coef=1e-3)
+  assert old.coefs("swr") == (1e-3, 1e-3) and CONFIG.coefs("swr") == (1e-4, 0)
+  assert CONFIG.coefs("swr_redo") == (1e-4, 0.1, 0.0)
+  assert CONFIG.keeps_outputs("swr") and not old.keeps_outputs("swr")
 
 
 def test_redo_recycles_dormant_units():
@@ -381,3 +392,160 @@ def test_continual_first_visit_is_the_fresh_run_and_the_agent_carries_on(
     .startswith("| Breakout | 1 | ")
   )
   assert figure.stat().st_size > 0
+
+
+def _swr_step(config: Config, method: str, grads_scale: float):
+  """Outputs before and after one step of ``method`` from params pushed off
+  their initial norms (so that SWR acts), and the layers' factors."""
+  env, env_params = envs.make_env("CartPole-v1")
+  network, built, _ = make_agent(config, env, env_params, method)
+  obs = jax.random.normal(jax.random.key(1), (32, 4))
+  params = network.init(jax.random.key(0), obs)["params"]
+  opt_state = built.tx.init(params)
+  params = jax.tree.map(lambda x: 1.5 * x + 0.05, params)
+  grads = jax.tree.map(
+    lambda x: grads_scale * jax.random.normal(jax.random.key(2), x.shape),
+    params,
+  )
+  updates, opt_state = built.tx.update(grads, opt_state, params)
+  stepped = optax.apply_updates(params, updates)
+  return (
+    network.apply({"params": params}, obs),
+    network.apply({"params": stepped}, obs),
+    (params, stepped, updates),
+    optax.tree.get(opt_state, "cumulative_scales"),
+  )
+
+
+@pytest.mark.parametrize("method", ["swr", "swr_redo"])
+def test_swr_keeps_the_logits_and_value_by_default(method):
+  """Issue 28, part 3: with the output layer's lambda 0 (the default), an
+  SWR step leaves the logits and the value as they were (the torso is
+  rescaled, the output layer absorbs it); with the old default (lambda_c =
+  lambda), both are scaled by the product of the factors."""
+  config = Config(swr_coef=0.1, swr_redo_coef=0.1)
+  (logits, value), (new_logits, new_value), (params, stepped, _), scales = (
+    _swr_step(config, method, grads_scale=0.0)
+  )
+  kernel = lambda p: np.asarray(p["Dense_0"]["kernel"])
+  assert not np.allclose(kernel(stepped), kernel(params))  # SWR acted
+  np.testing.assert_allclose(new_value, value, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(new_logits, logits, rtol=1e-5, atol=1e-5)
+  # The state records the output layer's compensation: output scale 1.
+  np.testing.assert_allclose(scales[-1], 1.0, rtol=1e-6)
+
+  old = Config(swr_coef=0.1, swr_redo_coef=0.1, swr_head_coef=0.1)
+  (_, value), (_, new_value), _, scales = _swr_step(old, method, 0.0)
+  assert scales[-1] < 0.99
+  assert not np.allclose(new_value, value, rtol=1e-3)
+  np.testing.assert_allclose(new_value, scales[-1] * value, rtol=1e-5)
+
+
+def test_swr_step_is_the_base_step_on_the_outputs():
+  """With a gradient, the default SWR step's outputs are the base
+  optimizer's (vanilla's Adam on the same gradient): SWR adds nothing
+  there."""
+  config = Config(swr_coef=0.1)
+  _, swr_outputs, _, _ = _swr_step(config, "swr", grads_scale=1.0)
+  _, base_outputs, _, _ = _swr_step(config, "vanilla", grads_scale=1.0)
+  for got, want in zip(swr_outputs, base_outputs):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_value_error_is_the_critics_squared_error_on_gae_targets():
+  """A two-step rollout by hand: gamma = lambda = 0.5, the episode ends at
+  the second step, the critic outputs 1 everywhere."""
+  from examples.rl import train  # pylint: disable=g-import-not-at-top
+
+  config = Config(gamma=0.5, gae_lambda=0.5)
+  column = lambda *x: jax.numpy.asarray(x, jax.numpy.float32)[:, None]
+  rollout = train.Transition(
+    obs=jax.numpy.zeros((2, 1, 4)),
+    action=jax.numpy.zeros((2, 1), jax.numpy.int32),
+    log_prob=column(0.0, 0.0),
+    value=column(0.5, 0.25),
+    reward=column(1.0, 1.0),
+    done=column(0.0, 1.0),
+  )
+  _, targets = train._gae(rollout, jax.numpy.asarray([2.0]), config)
+  # Step 2 ends the episode: 1 - 0.25 = 0.75, target 1. Step 1: delta
+  # 1 + 0.5 * 0.25 - 0.5 = 0.625, advantage 0.625 + 0.25 * 0.75 = 0.8125,
+  # target 1.3125.
+  np.testing.assert_allclose(targets[:, 0], [1.3125, 1.0])
+  env, env_params = envs.make_env("CartPole-v1")
+  network, _, layers = make_agent(config, env, env_params, "vanilla")
+  params = network.init(jax.random.key(0), jax.numpy.zeros((1, 4)))["params"]
+  head = params["head"]
+  params["head"] = {
+    "kernel": jax.numpy.zeros_like(head["kernel"]),
+    "bias": jax.numpy.asarray([0.0, 0.0, 1.0]),
+  }
+  obs = jax.random.normal(jax.random.key(1), (2, 4))
+  ended = (jax.numpy.zeros(2), jax.numpy.zeros(2))
+  measured = train._measure(
+    network, params, layers, (obs, targets[:, 0]), 0.1, ended
+  )
+  expected = ((1.0 - 1.3125) ** 2 + (1.0 - 1.0) ** 2) / 2
+  np.testing.assert_allclose(measured.value_error, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["adamw", "cbp", "swr_redo"])
+def test_the_new_methods_run_vmapped(method):
+  """One tiny update per seed, with the step hooks acting: continual
+  backprop replaces units (rate 1, once mature: 100 minibatch steps), SWR +
+  ReDo recycles after the update (tau 0.5: some units are below half their
+  layer's mean activity)."""
+  config = Config(
+    num_envs=4,
+    num_steps=8,
+    num_minibatches=2,
+    update_epochs=1 if method != "cbp" else 4,
+    adamw_coef=0.1,
+    cbp_rate=1.0,
+    swr_redo_tau=0.5,
+    redo_every=1,
+  )
+  updates = 13 if method == "cbp" else 1  # 13 x 8 = 104 steps
+  env, env_params = envs.make_env("CartPole-v1")
+  train = make_train(config, env, env_params, method)
+  run = jax.jit(jax.vmap(functools.partial(train, num_updates=updates)))
+  state, measured = run(_keys(0))
+  for leaf in jax.tree.leaves((state.train_state, measured.weight_norms)):
+    assert np.all(np.isfinite(np.asarray(leaf))), method
+  head = np.asarray(state.train_state.params["head"]["kernel"])
+  zero_rows = np.sum(np.all(head == 0, axis=-1), axis=-1)  # per seed
+  if method == "adamw":
+    assert np.all(zero_rows == 0)
+  else:
+    # Replaced or recycled units have zero outgoing weights.
+    assert np.all(zero_rows > 0), zero_rows
+  if method == "cbp":
+    # Every unit would be 104 steps old without a replacement.
+    ages = np.asarray(state.train_state.hook_state.age[0])  # [seed, units]
+    assert ages.max() < 104, ages.max()
+
+
+def test_adamw_without_decay_is_vanilla():
+  config = Config(total_steps=512, adamw_coef=0.0)
+  env, env_params = envs.make_env("CartPole-v1")
+  results = {}
+  for method in ("vanilla", "adamw"):
+    train = make_train(config, env, env_params, method)
+    state, measured = jax.jit(train, static_argnums=1)(jax.random.key(0), 2)
+    results[method] = (state.train_state, measured)
+  for a, b in zip(*(jax.tree.leaves(r) for r in results.values())):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+  "flag, value, method",
+  [
+    ("--cbp-rate", 2.0, "cbp"),
+    ("--adamw-coef", -1.0, "adamw"),
+    ("--swr-redo-tau", 1.5, "swr_redo"),
+    ("--swr-head-coef", 2.0, "swr"),
+  ],
+)
+def test_a_wrong_coefficient_names_its_flag(flag, value, method):
+  with pytest.raises(ValueError, match=flag):
+    ppo.main([f"--methods={method}", f"{flag}={value}"])

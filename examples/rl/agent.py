@@ -1,16 +1,21 @@
 """The PPO agent: its network, its optimizer, and the state it trains.
 
-:func:`make_agent` builds the network, and a method (its optimizer and its
-intervention between updates) from the registry of ``examples.methods``;
-:func:`new_agent` draws a fresh agent from a key; :class:`RunnerState` is
-what ``examples.rl.train``'s ``train`` carries from one update to the next,
-and :func:`without_envs` takes an agent off its environments so that it can
-go on with other ones.
+:func:`make_agent` builds the network, and a method (its optimizer, its
+intervention between updates, its step hook) from the registry of
+``examples.methods``; :func:`new_agent` draws a fresh agent from a key;
+:class:`RunnerState` is what ``examples.rl.train``'s ``train`` carries from
+one update to the next, and :func:`without_envs` takes an agent off its
+environments so that it can go on with other ones.
+
+SWR's methods (``swr``, ``swr_redo``) keep the network's outputs exactly
+with the output layer's coefficient at 0 (``--swr-head-coef``, the
+default): see :func:`keep_outputs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from typing import Any, NamedTuple
 
 from flax import struct
@@ -34,12 +39,16 @@ class TrainState(struct.PyTreeNode):
     opt_state: the optimizer's state (``SWRState`` included for ``swr``).
     initial_params: the params at initialisation (Shrink & Perturb's target).
     updates: PPO updates done so far (int32 scalar).
+    hook_state: the state of the method's step hook (:func:`loop_hook`;
+      continual backprop's utilities and ages), ``None`` without one or
+      before ``train`` made it (from the params it gets).
   """
 
   params: Any
   opt_state: Any
   initial_params: Any
   updates: jax.Array
+  hook_state: Any = None
 
 
 class RunnerState(NamedTuple):
@@ -109,7 +118,9 @@ def make_method(
 
   On PureJaxRL's Adam (``eps=1e-5``, the gradient's global norm clipped to
   ``config.max_grad_norm`` first), with the output layer as the head (SWR's
-  ``--swr-head-coef``) and the coefficients of ``config.coefs(method)``.
+  ``--swr-head-coef``; at 0, :func:`keep_outputs`), the coefficients of
+  ``config.coefs(method)``, and step hooks that recycle every
+  ``--redo-every`` updates (counted in optimizer steps).
   """
   setup = methods.TrainingSetup(
     layers,
@@ -117,8 +128,88 @@ def make_method(
     lr=config.lr,
     eps=1e-5,
     max_grad_norm=config.max_grad_norm,
+    redo_every=config.redo_every * config.steps_per_update,
   )
-  return methods.build(method, config.coefs(method), setup)
+  built = methods.build(method, config.coefs(method), setup)
+  if config.keeps_outputs(method):
+    built = dataclasses.replace(built, tx=keep_outputs(built.tx, layers))
+  return built
+
+
+def loop_hook(method: methods.Method) -> methods.StepHook | None:
+  """The step hook ``train`` runs after each optimizer step, if any.
+
+  A method's own (``cbp`` every step; ``swr_redo`` every ``--redo-every``
+  updates, at the last minibatch step of the update), unless it has an
+  intervention: ``train`` runs that between updates instead (``redo``,
+  whose hook and intervention are the same recycling).
+  """
+  return None if method.intervene is not None else method.step_hook
+
+
+def keep_outputs(
+  tx: optax.GradientTransformation, layers: optax_swr.Layers
+) -> optax.GradientTransformation:
+  """``tx`` (ending in SWR, the output layer's lambda 0) keeping the outputs.
+
+  SWR multiplies a chain's output by ``C``, the product of its layers'
+  factors (Theorem 1 keeps the argmax, not the scale). With one output
+  layer for the actor's logits and the critic's value, that flattens or
+  sharpens the policy and scales the value at every step, also with the
+  output layer's own lambda at 0: its weight then keeps the base update,
+  but its input is still the torso's output, scaled by the torso's
+  factors. Here the output layer's weight and bias are divided by ``C``
+  after SWR's step: the torso keeps SWR's factors (its norms bounded, as
+  the paper's), the output layer takes their inverse (it grows as the
+  torso shrinks; SWR does not bound it), and the logits and the value are
+  those of the base update, up to float rounding. The SWR state records
+  the factors applied (the output layer's ``1 / C``).
+
+  Args:
+    tx: ``optax.chain(..., optax_swr.swr(...))`` over ``layers``, the last
+      of them (the output layer) with lambda 0.
+    layers: the network's layers, in forward order.
+
+  Returns:
+    The transformation; its state is ``tx``'s.
+  """
+  head = layers[-1]
+
+  def update(updates: Any, state: Any, params: Any = None):
+    updates, state = tx.update(updates, state, params)
+    scale = optax.tree.get(state, "cumulative_scales")[-1]
+
+    def undo(path: Any, update: Any, param: Any) -> Any:
+      if _path(path) not in (head.weight, head.bias):
+        return update
+      # p + u' becomes (p + u') / scale.
+      return (update + (1 - scale) * param) / scale
+
+    updates = jax.tree_util.tree_map_with_path(undo, updates, params)
+    return updates, _with_output_factor(state, 1 / scale)
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def _path(key_path: Any) -> tuple[Any, ...]:
+  return tuple(getattr(key, "key", key) for key in key_path)
+
+
+def _with_output_factor(state: Any, factor: jax.Array) -> Any:
+  """``state`` whose SWRState records ``factor`` more on the output layer."""
+
+  def record(node: Any) -> Any:
+    if not isinstance(node, optax_swr.SWRState):
+      return node
+    last = lambda x: x.at[-1].multiply(factor)
+    return node._replace(
+      layer_scales=last(node.layer_scales),
+      cumulative_scales=last(node.cumulative_scales),
+      weight_norms=last(node.weight_norms),
+    )
+
+  is_swr = lambda node: isinstance(node, optax_swr.SWRState)
+  return jax.tree.map(record, state, is_leaf=is_swr)
 
 
 def new_agent(
@@ -126,12 +217,15 @@ def new_agent(
   tx: optax.GradientTransformation,
   obs_shape: Sequence[int],
   key: jax.Array,
+  hook: methods.StepHook | None = None,
 ) -> RunnerState:
   """A new agent without environments (``train`` resets them), from ``key``.
 
-  ``train(key, n)`` starts from ``new_agent(..., key)``; passing the runner
-  state instead lets every call of a jitted ``train`` take the same input
-  structure (one compilation).
+  ``train(key, n)`` starts from ``new_agent(..., key, hook)``; passing the
+  runner state instead lets every call of a jitted ``train`` take the same
+  input structure (one compilation). ``hook`` is the method's
+  :func:`loop_hook`: without it, ``train`` makes the hook's state itself
+  (the same), but its output then differs in structure from its input.
   """
   agent_key, key = jax.random.split(key)
   params = network.init(agent_key, jnp.zeros((1, *obs_shape)))["params"]
@@ -140,5 +234,6 @@ def new_agent(
     opt_state=tx.init(params),
     initial_params=params,
     updates=jnp.zeros((), jnp.int32),
+    hook_state=None if hook is None else hook.init(params),
   )
   return RunnerState(train_state, None, None, None, key)

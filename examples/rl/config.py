@@ -15,9 +15,20 @@ from typing import Any
 
 from examples import methods
 
-# The methods of examples.methods.REGISTRY that the agent runs: those whose
-# coefficients (and interval, for an intervention) Config has flags for.
-METHODS = ("vanilla", "swr", "l2", "l2_init", "snp", "redo")
+# The methods of examples.methods.REGISTRY that the agent runs, each with the
+# Config fields (flags) of its coefficients, in the registry's order.
+COEF_FIELDS: dict[str, tuple[str, ...]] = {
+  "vanilla": (),
+  "swr": ("swr_coef", "swr_head_coef"),
+  "l2": ("l2_coef",),
+  "l2_init": ("l2_init_coef",),
+  "snp": ("snp_coef",),
+  "redo": ("redo_tau",),
+  "adamw": ("adamw_coef",),
+  "cbp": ("cbp_rate",),
+  "swr_redo": ("swr_redo_coef", "swr_redo_tau", "swr_head_coef"),
+}
+METHODS = tuple(COEF_FIELDS)
 NETWORKS = ("auto", "mlp", "cnn")
 
 
@@ -49,15 +60,29 @@ class Config:
   )
   width: int = _flag(64, "units of each of the MLP's two hidden layers")
   swr_coef: float = _flag(1e-4, "swr: lambda")
-  swr_head_coef: float | None = _flag(
-    None, "swr: lambda of the output layer (default: --swr-coef)"
+  swr_head_coef: float = _flag(
+    0.0,
+    "swr and swr_redo: lambda of the output layer. 0: the output layer "
+    "absorbs the torso's factors, so that the logits and the value are kept "
+    "exactly (SWR would scale both every step: a flatter or sharper policy, "
+    "a rescaled value); > 0: the paper's rule, which scales the outputs by "
+    "the product of every layer's factor (--swr-coef's value: the default "
+    "before issue 28)",
   )
   l2_coef: float = _flag(1e-4, "l2: coef / 2 ||theta||^2 in the loss")
   l2_init_coef: float = _flag(1e-4, "l2_init: coef ||theta - theta_0||^2")
   snp_coef: float = _flag(0.2, "snp: weight of theta_0 in the interpolation")
   snp_every: int = _flag(50, "snp: act after every this many updates")
   redo_tau: float = _flag(0.1, "redo: dormancy threshold")
-  redo_every: int = _flag(50, "redo: act after every this many updates")
+  redo_every: int = _flag(
+    50, "redo and swr_redo: act after every this many updates"
+  )
+  adamw_coef: float = _flag(1e-4, "adamw: decoupled weight decay")
+  cbp_rate: float = _flag(
+    1e-4, "cbp: replacement rate (of the mature units, per minibatch step)"
+  )
+  swr_redo_coef: float = _flag(1e-4, "swr_redo: SWR's lambda")
+  swr_redo_tau: float = _flag(0.1, "swr_redo: ReDo's dormancy threshold")
   dormant_tau: float = _flag(0.1, "threshold of the dormant-fraction metric")
 
   def __post_init__(self):
@@ -76,22 +101,33 @@ class Config:
         raise ValueError(f"Config: {name} must be >= 1.")
 
   def coefs(self, method: str) -> tuple[float, ...]:
-    """``method``'s coefficients from the flags, as the registry takes them."""
+    """``method``'s coefficients from the flags, as the registry takes them.
+
+    Raises:
+      ValueError: naming the flag of a coefficient outside the range the
+        registry accepts (``[0, 1]`` or ``[0, inf)``).
+    """
     check_method(method)
-    swr = (self.swr_coef,)
-    if self.swr_head_coef is not None:
-      swr += (self.swr_head_coef,)
-    return {
-      "vanilla": (),
-      "swr": swr,
-      "l2": (self.l2_coef,),
-      "l2_init": (self.l2_init_coef,),
-      "snp": (self.snp_coef,),
-      "redo": (self.redo_tau,),
-    }[method]
+    upper = methods.REGISTRY[method].max_coef
+    upper = float("inf") if upper is None else upper
+    for name in COEF_FIELDS[method]:
+      value = getattr(self, name)
+      if not 0 <= value <= upper:
+        raise ValueError(
+          f"--{name.replace('_', '-')}: {method} takes a value in "
+          f"[0, {upper:g}]; got {value}."
+        )
+    return tuple(getattr(self, name) for name in COEF_FIELDS[method])
+
+  def keeps_outputs(self, method: str) -> bool:
+    """Whether ``method`` rescales with the outputs kept exactly.
+
+    SWR's methods with ``swr_head_coef`` 0 (see ``agent.keep_outputs``).
+    """
+    return "swr_head_coef" in COEF_FIELDS[method] and self.swr_head_coef == 0
 
   def intervene_every(self, method: str) -> int:
-    """The updates between two of ``method``'s interventions."""
+    """The updates between two of ``method``'s interventions (snp, redo)."""
     return {"snp": self.snp_every, "redo": self.redo_every}[method]
 
   @property
@@ -102,6 +138,11 @@ class Config:
   @property
   def minibatch_size(self) -> int:
     return self.batch_size // self.num_minibatches
+
+  @property
+  def steps_per_update(self) -> int:
+    """Optimizer steps per update: one per minibatch of every epoch."""
+    return self.update_epochs * self.num_minibatches
 
   @property
   def num_updates(self) -> int:

@@ -109,11 +109,14 @@ class Runner:
       config, first, first.params, method
     )
     self.tx = built.tx
+    self.hook = agent.loop_hook(built)
     self.obs_shape = envs.observation_shape(first, first.params)
 
   def new_agents(self, keys: jax.Array) -> agent.RunnerState:
     return jax.vmap(
-      lambda key: agent.new_agent(self.network, self.tx, self.obs_shape, key)
+      lambda key: agent.new_agent(
+        self.network, self.tx, self.obs_shape, key, self.hook
+      )
     )(keys)
 
   def visit(

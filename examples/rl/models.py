@@ -9,6 +9,19 @@ last: the two heads are initialised separately (orthogonal, scale 0.01 and
 is what ReDo's incoming/outgoing weights and SWR's proportional rescaling
 are defined on. ReLU replaces PureJaxRL's tanh, which is not positively
 homogeneous.
+
+SWR keeps a chain's function up to one positive factor on its output, the
+product of every layer's factor (Theorem 1): enough for a classifier's
+argmax, not for an actor-critic. A factor below 1 on the logits flattens
+the policy (its entropy rises; above 1, sharpens it) and scales the value,
+at every step; with the output layer's norm held near its initial ~1, the
+critic cannot reach values of order 100 (SWR 1e-3 stalled CartPole near
+60). Separate policy and value output layers would not help: both read the
+torso, whose factors scale them alike. So by default (``--swr-head-coef
+0``) the output layer is left out of SWR's pull and absorbs the torso's
+factors instead (``examples.rl.agent.keep_outputs``): the torso's norms are
+bounded as the paper's, and the logits and the value are exactly those of
+the optimizer's step. ``--swr-head-coef`` > 0 restores the paper's rule.
 """
 
 from __future__ import annotations

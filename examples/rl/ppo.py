@@ -8,8 +8,11 @@ the registry of ``examples.methods``, plug in as optimizer transforms or as
 interventions on the params every few updates:
 
 * ``vanilla``: clip the gradient's global norm, then Adam.
-* ``swr``: the same, then ``optax_swr.swr(--swr-coef)`` on the layers traced
-  by ``optax_swr.layers_from_linen``.
+* ``adamw``: the same with AdamW's decoupled weight decay (``--adamw-coef``).
+* ``swr``: Adam, then ``optax_swr.swr(--swr-coef)`` on the layers traced
+  by ``optax_swr.layers_from_linen``; the output layer's lambda is
+  ``--swr-head-coef``, 0 by default: it then absorbs the torso's factors,
+  so that the logits and the value are kept exactly (see below).
 * ``l2`` / ``l2_init``: ``optax_swr.baselines.l2`` / ``l2_init`` before the
   clipping, as terms of the loss.
 * ``snp``: Shrink & Perturb toward the initial params,
@@ -18,6 +21,12 @@ interventions on the params every few updates:
 * ``redo``: ReDo (Sokar et al., 2023), ``baselines.redo`` with the torso's
   activations on a minibatch and a fresh initialisation, after every
   ``--redo-every``-th update.
+* ``cbp``: continual backprop (Dohare et al., 2024),
+  ``baselines.continual_backprop(--cbp-rate)`` after every minibatch step,
+  on that minibatch's activations.
+* ``swr_redo``: SWR (``--swr-redo-coef``, the output layer's
+  ``--swr-head-coef``) and ReDo (``--swr-redo-tau``) at the last minibatch
+  step of every ``--redo-every``-th update, on that minibatch's activations.
 
 The network is a shared torso (two ReLU Dense layers of ``--width`` units on
 the flattened observation; for image observations, MinAtar's, a 16-channel
@@ -26,9 +35,13 @@ the flattened observation; for image observations, MinAtar's, a 16-channel
 value. The two heads are initialised separately (orthogonal, scale 0.01 and
 1, as PureJaxRL) but share that layer so that the network is a chain, which
 is what ReDo's incoming/outgoing weights and SWR's proportional rescaling
-are defined on. SWR multiplies the logits by one positive factor per step,
-so it keeps the greedy action but sharpens or flattens the policy; ReLU
-replaces PureJaxRL's tanh, which is not positively homogeneous.
+are defined on; ReLU replaces PureJaxRL's tanh, which is not positively
+homogeneous. The paper's SWR multiplies the network's output, logits and
+value, by one positive factor per step: it keeps the greedy action but
+flattens or sharpens the policy and scales the critic. With the output
+layer's lambda at 0 (the default) the output layer takes the inverse of the
+torso's factors instead, and the outputs are kept exactly
+(``examples/rl/models.py`` says why).
 
 The agent lives in modules of its own, which every RL protocol imports:
 ``config`` (``Config`` and its flags), ``envs`` (gymnax), ``models`` (the

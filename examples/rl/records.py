@@ -37,6 +37,7 @@ STATE_METRICS = (
   "dormant_fraction",
   "effective_rank",
   "entropy",
+  "value_error",
 )
 
 
