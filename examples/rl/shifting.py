@@ -32,9 +32,14 @@ starts from ``jax.random.key(s)`` and sees the shifts of seed ``s``, for
 ones already run. All seeds run vmapped, and one compiled program per method
 runs every phase, continual and fresh. From the repository root::
 
-  python -m examples.rl.shifting --phases 20 --steps-per-phase 100000 \\
-      --seeds 16 --methods vanilla,swr,l2_init --swr-head-coef 0 \\
-      --out /tmp/shifting.json
+  python -m examples.rl.shifting --out /tmp/shifting.json
+
+The defaults (CartPole-v1, 10 phases of 50,000 steps, 16 seeds) are the
+calibrated budget (``examples/rl/RESULTS.md``): the smallest calibrated at
+which vanilla's gap to a fresh agent excludes 0 with an interval whose
+half-width is at most a quarter of the gap (the power the comparisons of
+methods need, if their differences spread as much), in at most 8 minutes on
+2 CPU cores for the three default methods.
 
 ``--calibrate`` runs vanilla alone at each of ``--calibrate-steps`` steps per
 phase and reports its gap and collapse rates per setting, to find the
@@ -77,6 +82,7 @@ CONFIDENCE = stats.CONFIDENCE
 PHASE_METRICS = (
   "returns",
   "entropy",
+  "value_error",
   "dormant_fraction",
   "effective_rank",
   "weight_norms",
@@ -155,8 +161,11 @@ class PhaseRunner:
       return train(state, num_updates, shift)
 
     self.run = jax.jit(jax.vmap(one_seed))
+    hook = agent.loop_hook(built)
     self.new_agents = jax.jit(
-      jax.vmap(lambda key: agent.new_agent(network, built.tx, obs_shape, key))
+      jax.vmap(
+        lambda key: agent.new_agent(network, built.tx, obs_shape, key, hook)
+      )
     )
 
   def __call__(
@@ -495,8 +504,8 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
     default="vanilla,swr,l2_init",
     help=f"comma-separated, from {', '.join(METHODS)}",
   )
-  parser.add_argument("--phases", type=int, default=20, help="K")
-  parser.add_argument("--steps-per-phase", type=int, default=100_000)
+  parser.add_argument("--phases", type=int, default=10, help="K")
+  parser.add_argument("--steps-per-phase", type=int, default=50_000)
   parser.add_argument("--seeds", type=int, default=16, help="number of seeds")
   parser.add_argument("--seed", type=int, default=0, help="the first seed")
   parser.add_argument("--out", help="write the results to this JSON file")

@@ -1,0 +1,200 @@
+"""The tables and figure of the shifting-observation protocol, for RESULTS.md.
+
+Reads ``examples.rl.shifting``'s JSON files: calibration runs (``--calibrate``)
+and method runs. From the per-phase numbers it builds the calibration table
+(vanilla's gap per budget) and the methods' table: each method's gap on
+phases 2..K (continual minus fresh return, per seed), its difference from
+vanilla paired by seed with Holm's correction over the table
+(``examples.paper.stats.holm``: Bonferroni intervals), the power of that
+difference (``shifting.power``), the share of vanilla's gap it recovers,
+and the collapse rate and entropy of the continual and fresh agents. The
+figure shows, per phase, each method's continual and fresh returns. From
+the repository root::
+
+  python -m examples.rl.shifting_report \\
+      --calibration examples/rl/results/shifting_calibration_k10.json \\
+      --runs examples/rl/results/shifting.json \\
+      --figure examples/rl/figures/shifting.png --write examples/rl/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import json
+from typing import Any
+
+import numpy as np
+
+from examples.paper import stats
+from examples.paper import summarize_results
+from examples.rl import shifting
+
+
+def load(path: str) -> dict[str, Any]:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def later(values: Any) -> np.ndarray:
+  """``[seed][phase]`` values (None as NaN), phases 2..K only."""
+  return np.array(values, float)[:, 1:]
+
+
+def calibration_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
+  """One row per (phases, steps per phase) of the calibration runs."""
+  lines = [
+    "| phases K | steps per phase | vanilla continual | fresh | gap (continual − fresh) "
+    "| collapsed, continual / fresh | wall time |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for run in runs:
+    for row in run["calibration"]:
+      gap = row["gap"]
+      rates = row["collapse_rate"]
+      lines.append(
+        f"| {run['config']['phases']} | {row['steps_per_phase']:,} | "
+        f"{row['continual_mean']:.1f} | {row['fresh_mean']:.1f} | "
+        f"{gap['mean']:+.1f} [{gap['low']:+.1f}, {gap['high']:+.1f}] | "
+        f"{rates['continual']:.2f} / {rates['fresh']:.2f} | "
+        f"{row['vanilla']['wall_time_s']:.0f} s |"
+      )
+  return lines
+
+
+def method_lines(results: dict[str, Any]) -> list[str]:
+  """The methods' table: gaps, differences from vanilla, power, collapse."""
+  methods = results["methods"]
+  gaps = {
+    name: np.nanmean(
+      later(run["phase_returns"]) - later(run["fresh_returns"]), axis=1
+    )
+    for name, run in methods.items()
+  }
+  others = [name for name in methods if name != "vanilla"]
+  comparisons = (
+    stats.holm({name: (gaps[name], gaps["vanilla"]) for name in others})
+    if "vanilla" in methods and others
+    else {}
+  )
+  vanilla_gap = float(np.mean(gaps["vanilla"])) if "vanilla" in gaps else np.nan
+  lines = [
+    "| method | continual return | fresh return | gap (continual − fresh) | "
+    "− vanilla's gap (Holm p) | share of vanilla's gap recovered | power | "
+    "collapsed, continual / fresh | entropy, continual / fresh |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, run in methods.items():
+    continual = np.nanmean(later(run["phase_returns"]), axis=1)
+    fresh = np.nanmean(later(run["fresh_returns"]), axis=1)
+    comparison = comparisons.get(name)
+    versus = power = share = "—"
+    if comparison:
+      versus = f"{comparison.difference} ({comparison.holm_p:.3f})"
+      share = f"{-comparison.difference.mean / vanilla_gap:.0%}"
+      result = shifting.power(gaps["vanilla"], gaps[name] - gaps["vanilla"])
+      power = f"half-width {result.half_width:.1f} vs {result.target:.1f}: " + (
+        "enough" if result.enough else f"{result.seeds_needed} seeds needed"
+      )
+    collapsed = [
+      np.mean(later(run[f"{kind}_collapsed"])) for kind in ("phase", "fresh")
+    ]
+    entropy = [
+      np.nanmean(later(run[f"{kind}_entropy"])) for kind in ("phase", "fresh")
+    ]
+    lines.append(
+      f"| {name} | {continual.mean():.1f} | {fresh.mean():.1f} | "
+      f"{stats.paired(continual, fresh)} | {versus} | {share} | {power} | "
+      f"{collapsed[0]:.2f} / {collapsed[1]:.2f} | "
+      f"{entropy[0]:.2f} / {entropy[1]:.2f} |"
+    )
+  return lines
+
+
+def settings_line(results: dict[str, Any]) -> str:
+  config = results["config"]
+  return (
+    f"Settings: {config['env']}, {config['phases']} phases × "
+    f"{config['steps_per_phase']:,} steps ({config['num_updates_per_phase']} "
+    f"updates), {config['seeds']} seeds (from {config['seed']}); wall time "
+    f"{results['wall_time_s'] / 60:.1f} min. Numbers are means over phases "
+    "2..K and seeds; a gap or difference is paired by seed, 95% t interval "
+    "(Bonferroni over the table where Holm's p is given)."
+  )
+
+
+def figure(results: dict[str, Any], path: str) -> None:
+  """Per phase, each method's continual (solid) and fresh (dotted) return."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for name, run in results["methods"].items():
+    continual = np.nanmean(np.array(run["phase_returns"], float), axis=0)
+    fresh = np.nanmean(np.array(run["fresh_returns"], float), axis=0)
+    phases = np.arange(1, len(continual) + 1)
+    (line,) = ax.plot(phases, continual, marker=".", label=f"{name}, continual")
+    ax.plot(
+      phases, fresh, ls=":", color=line.get_color(), label=f"{name}, fresh"
+    )
+  ax.set(
+    xlabel="phase (a new permutation and sign flip of the observation)",
+    ylabel="return, last 10% of the phase",
+    title=f"{results['config']['env']}: continual vs fresh agents",
+  )
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown(
+  calibration: Sequence[str], runs: str | None, figure_path: str | None
+) -> str:
+  lines: list[str] = []
+  if calibration:
+    lines += ["### Calibration: vanilla PPO alone", ""]
+    lines += calibration_lines([load(path) for path in calibration]) + [""]
+  if runs:
+    results = load(runs)
+    lines += [
+      "### Methods at the default budget",
+      "",
+      settings_line(results),
+      "",
+    ]
+    lines += method_lines(results) + [""]
+    if figure_path:
+      figure(results, figure_path)
+      lines += [
+        f"![continual vs fresh per phase](figures/{figure_path.split('/')[-1]})"
+      ]
+  return "\n".join(lines).rstrip("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+    "--calibration", default="", help="calibration JSON files, comma-separated"
+  )
+  parser.add_argument("--runs", help="a shifting JSON of the methods")
+  parser.add_argument("--figure", help="write the figure to this PNG")
+  parser.add_argument(
+    "--write", help="replace the tables between FILE's markers"
+  )
+  args = parser.parse_args(argv)
+  calibration = [path for path in args.calibration.split(",") if path]
+  text = markdown(calibration, args.runs, args.figure)
+  if not args.write:
+    print(text)
+    return
+  with open(args.write, encoding="utf-8") as f:
+    content = summarize_results.replace_tables(f.read(), text, args.write)
+  with open(args.write, "w", encoding="utf-8") as f:
+    f.write(content)
+
+
+if __name__ == "__main__":
+  main()
