@@ -260,13 +260,15 @@ def markdown(
   figures: str | None,
   permuted_report: str | None = None,
   permuted_quick: str | None = None,
+  char_gpt_scale: str | None = None,
 ) -> str:
   """The tables (and figures) of the given JSON files.
 
   ``permuted`` are the selection runs (every grid, 3 seeds); ``permuted_report``
   the runs of each method at its chosen setting on more seeds, whose table
   and figure come first when given; ``permuted_quick`` the same on fewer
-  seeds (``make results``' run), a table after them.
+  seeds (``make results``' run), a table after them; ``char_gpt_scale`` a
+  char GPT at the issue's scale (its own table and figure).
   """
   lines: list[str] = []
   if char_gpt:
@@ -277,6 +279,18 @@ def markdown(
     if figures:
       plot_char_gpt(results, os.path.join(figures, "char_gpt.png"))
       lines += ["![char GPT](figures/char_gpt.png)", ""]
+  if char_gpt_scale:
+    results = selection.load(char_gpt_scale)
+    lines += [
+      "### Character GPT at the issue's scale",
+      "",
+      settings_line(results),
+      "",
+    ]
+    lines += char_gpt_lines(results) + [""] + layer_lines(results)[5:] + [""]
+    if figures:
+      plot_char_gpt(results, os.path.join(figures, "char_gpt_scale.png"))
+      lines += ["![char GPT at scale](figures/char_gpt_scale.png)", ""]
   if permuted_report:
     results = selection.load(permuted_report)
     lines += ["### Permuted vocabulary: each method at its chosen setting", ""]
@@ -319,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     "--permuted-quick",
     help="a permuted_vocab JSON of the chosen settings on fewer seeds",
   )
+  parser.add_argument(
+    "--char-gpt-scale",
+    help="char_gpt JSON files at the issue's scale, comma-separated (merged)",
+  )
   parser.add_argument("--figures", help="write the figures into this folder")
   parser.add_argument(
     "--write", help="replace the tables between FILE's markers"
@@ -332,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.figures,
     args.permuted_report,
     args.permuted_quick,
+    args.char_gpt_scale,
   )
   if not args.write:
     print(text)

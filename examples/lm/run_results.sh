@@ -51,6 +51,17 @@ if [[ "$MODE" == full ]]; then
     --out "$OUT/char_gpt_coef_swr.json"
   run examples.lm.char_gpt --no-progress --lr 3e-3 --methods swr_logits,swr_adamw \
     --swr 0,1e-4 --out "$OUT/char_gpt_coef_small.json"
+  # The issue's scale, one seed at the small GPT's chosen settings: a
+  # 1.05M-parameter GPT at context 128, 1,000 steps (about 27 min here).
+  SCALE=(--no-progress --dim 144 --depth 4 --heads 4 --context 128 --batch-size 16
+    --steps 1000 --eval-every 100 --seeds 1 --lr 3e-3)
+  run examples.lm.char_gpt "${SCALE[@]}" --methods adamw,swr,adamh --adamw 0.1 \
+    --swr 1 --out "$OUT/char_gpt_1m.json"
+  run examples.lm.char_gpt "${SCALE[@]}" --methods swr_chain_rule --swr 0.01 \
+    --out "$OUT/char_gpt_1m_chain_rule.json"
+  # λ = 1 hurt at this scale: SWR at 0.01 too.
+  run examples.lm.char_gpt "${SCALE[@]}" --methods swr --swr 0.01 \
+    --out "$OUT/char_gpt_1m_swr.json"
   # The calibration of the continual protocol (Adam alone).
   for steps in 100 300; do
     run "${PERMUTED[@]}" --methods adam --steps-per-task "$steps" \
@@ -82,6 +93,7 @@ run "${PERMUTED[@]}" --from-selection "$SELECTION" --seeds 3 \
 
 "$PY" -m examples.lm.report \
   --char-gpt "$(joined "$OUT"/char_gpt.json "$OUT"/char_gpt_coef*.json)" \
+  --char-gpt-scale "$(joined "$OUT"/char_gpt_1m*.json)" \
   --permuted "$SELECTION" --permuted-report "$OUT/permuted_vocab_report.json" \
   --permuted-quick "$OUT/permuted_vocab_quick.json" \
   --figures examples/lm/figures --write examples/lm/RESULTS.md
