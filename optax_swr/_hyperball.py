@@ -22,11 +22,14 @@ initial Frobenius norm (modded-nanogpt's AdamH, levanter / marin's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+import functools
 from typing import Any, NamedTuple
+import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -65,8 +68,11 @@ def hyperball(
 
   Args:
     mask: which leaves to keep on their sphere. ``None`` (the default): every
-      floating leaf with ``ndim >= 2`` (kernels, conv kernels, embeddings;
-      not biases or normalization scales). Otherwise, as in ``optax.masked``:
+      floating leaf with ``ndim >= 2`` whose name (its last key) is not
+      ``bias`` or ``scale``: kernels, conv kernels, embeddings, but not
+      biases or normalization scales, even multi-dimensional ones (an
+      attention's ``[heads, head_dim]`` biases, which start at zero).
+      Otherwise, as in ``optax.masked``:
       a tree of booleans with the params' structure (or a prefix of it), or a
       function of the params returning one. A leaf that is not floating is
       never selected.
@@ -74,8 +80,10 @@ def hyperball(
   Returns:
     An ``optax.GradientTransformation`` with state :class:`HyperballState`.
     Its ``update`` needs the params: ``tx.update(updates, state, params)``.
-    ``init`` raises a ``ValueError`` if a selected leaf is all zeros (and
-    concrete, not traced): its sphere would be a single point.
+    ``init`` raises a ``ValueError`` if a selected leaf is all zeros: its
+    sphere would be a single point. Under ``jit`` the values are not known
+    when ``init`` is traced, so it warns (``UserWarning``) when it runs
+    instead, naming the leaves.
 
   Example:
     >>> import jax.numpy as jnp
@@ -125,7 +133,7 @@ def hyperball(
 def _selected(params: Any, mask: Any) -> Any:
   """A tree of bools with the params' structure: the leaves to project."""
   if mask is None:
-    flags = jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
+    flags = jax.tree_util.tree_map_with_path(_default_flag, params)
   else:
     tree = mask(params) if callable(mask) else mask
     try:
@@ -144,6 +152,17 @@ def _selected(params: Any, mask: Any) -> Any:
   return jax.tree.map(
     lambda flag, leaf: _check_flag(flag) and _is_floating(leaf), flags, params
   )
+
+
+# Leaves the default mask leaves out whatever their shape (flax's names).
+_NOT_MATRICES = ("bias", "scale")
+
+
+def _default_flag(path: Any, leaf: Any) -> bool:
+  name = (
+    getattr(path[-1], "key", getattr(path[-1], "name", None)) if path else None
+  )
+  return jnp.ndim(leaf) >= 2 and name not in _NOT_MATRICES
 
 
 def _check_flag(flag: Any) -> bool:
@@ -172,18 +191,35 @@ def _norm(leaf: Any) -> jax.Array:
 def _check_nonzero(target_norms: Any) -> None:
   """Raises where a concrete selected leaf has norm 0 (a sphere of one point)."""
   flat = jax.tree_util.tree_flatten_with_path(target_norms)[0]
+  traced = [(p, n) for p, n in flat if isinstance(n, jax.core.Tracer)]
   zero = [
     jax.tree_util.keystr(path)
     for path, norm in flat
     if not isinstance(norm, jax.core.Tracer) and float(norm) == 0.0
   ]
   if zero:
-    raise ValueError(
-      f"hyperball: the params at {', '.join(zero)} are all zeros at init, "
-      "so their sphere is a single point and they could never move. "
-      "Initialise them non-zero, or leave them out: `hyperball(mask=...)` "
-      "with False at those paths."
+    raise ValueError(_zero_message(zero))
+  if traced:
+    paths = [jax.tree_util.keystr(path) for path, _ in traced]
+    jax.debug.callback(
+      functools.partial(_warn_zero, paths), [norm for _, norm in traced]
     )
+
+
+def _zero_message(paths: Sequence[str]) -> str:
+  return (
+    f"hyperball: the params at {', '.join(paths)} are all zeros at init, "
+    "so their sphere is a single point and they could never move. "
+    "Initialise them non-zero, or leave them out: `hyperball(mask=...)` "
+    "with False at those paths."
+  )
+
+
+def _warn_zero(paths: Sequence[str], norms: Sequence[Any]) -> None:
+  """At run time under jit: the warning ``init`` could not raise when traced."""
+  zero = [p for p, n in zip(paths, norms) if np.any(np.asarray(n) == 0)]
+  if zero:
+    warnings.warn(_zero_message(zero), UserWarning, stacklevel=2)
 
 
 def _project(target_norm: Any, update: Any, param: Any) -> Any:

@@ -158,7 +158,9 @@ def test_a_zero_initialised_leaf_is_refused_with_its_path():
 def test_a_traced_zero_leaf_and_a_step_to_zero_give_no_nan():
   tx = baselines.hyperball()
   zero = {"w": jnp.zeros((2, 2))}
-  state = jax.jit(tx.init)(zero)  # traced: no error, and no NaN after
+  with pytest.warns(UserWarning, match="all zeros at init"):
+    state = jax.jit(tx.init)(zero)  # traced: a warning, and no NaN after
+    jax.effects_barrier()
   updates, _ = jax.jit(tx.update)({"w": jnp.ones((2, 2))}, state, zero)
   chex.assert_tree_all_finite(updates)
   chex.assert_trees_all_equal(optax.apply_updates(zero, updates), zero)
@@ -174,3 +176,22 @@ def test_update_without_params_says_to_pass_them():
   params = {"w": jnp.ones((2, 2))}
   with pytest.raises(ValueError, match=r"params.*tx\.update\(updates, "):
     tx.update(params, tx.init(params))
+
+
+def test_default_mask_leaves_multi_dimensional_biases_and_scales_out():
+  # flax's attention has [heads, head_dim] biases that start at zero.
+  params = {
+    "query": {"kernel": jnp.ones((4, 2, 2)), "bias": jnp.zeros((2, 2))},
+    "norm": {"scale": jnp.ones((2, 2))},
+  }
+  state = baselines.hyperball().init(params)
+  assert state.target_norms["query"]["bias"] is None
+  assert state.target_norms["norm"]["scale"] is None
+  np.testing.assert_allclose(state.target_norms["query"]["kernel"], 4.0)
+
+
+def test_a_zero_leaf_traced_under_jit_warns_when_init_runs():
+  params = {"w": jnp.zeros((2, 2)), "v": jnp.ones((2, 2))}
+  with pytest.warns(UserWarning, match=r"\['w'\] are all zeros at init"):
+    jax.block_until_ready(jax.jit(baselines.hyperball().init)(params))
+    jax.effects_barrier()
