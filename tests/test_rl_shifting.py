@@ -203,3 +203,39 @@ def test_calibration_reports_vanilla_per_budget(tmp_path, capsys):
   assert "excludes 0" in printed.splitlines()[-1]
   with open(out) as file:
     assert json.load(file)["config"]["calibrate_steps"] == [640]
+
+
+def test_report_table_gaps_and_share_match_a_hand_computation():
+  """The methods' table reads phases 2..K: gap, difference, share recovered."""
+  from examples.rl import shifting_report
+
+  def run(continual, fresh):
+    seeds = len(continual)
+    flat = [[0.0] * 3 for _ in range(seeds)]
+    return {
+      "phase_returns": continual,
+      "fresh_returns": fresh,
+      "phase_collapsed": [[False] * 3] * seeds,
+      "fresh_collapsed": [[False] * 3] * seeds,
+      "phase_entropy": flat,
+      "fresh_entropy": flat,
+    }
+
+  # Phase 1 is the same for both (left out); gaps per seed: -100, -80, -120
+  # for vanilla and -50, -40, -60 for swr: half of vanilla's gap recovered.
+  vanilla = run(
+    [[9, 100, 100], [9, 120, 120], [9, 80, 80]],
+    [[9, 200, 200], [9, 200, 200], [9, 200, 200]],
+  )
+  swr = run(
+    [[9, 150, 150], [9, 160, 160], [9, 140, 140]],
+    [[9, 200, 200], [9, 200, 200], [9, 200, 200]],
+  )
+  lines = shifting_report.method_lines(
+    {"methods": {"vanilla": vanilla, "swr": swr}}
+  )
+  vanilla_row, swr_row = (line.split(" | ") for line in lines[2:])
+  assert vanilla_row[3].startswith("-100.0 [")
+  assert swr_row[3].startswith("-50.0 [")
+  assert swr_row[4].startswith("+50.0 [")
+  assert swr_row[5] == "50%"

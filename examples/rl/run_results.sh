@@ -31,6 +31,13 @@ if [[ "$MODE" == full ]]; then
     --seeds 16 --out "$OUT/shifting_calibration_k5.json"
   run examples.rl.shifting --calibrate --phases 10 --calibrate-steps 25000,50000,100000 \
     --seeds 16 --out "$OUT/shifting_calibration_k10.json"
+  # The default protocol at the power part 2 asks for (14.6 min).
+  run examples.rl.shifting --seeds 32 --out "$OUT/shifting_32_seeds.json"
+  # SWR's output in the exact mode (the default) against the paper's rule.
+  run examples.rl.ppo --env CartPole-v1 --total-steps 500000 --seeds 8 \
+    --methods vanilla,swr --swr-coef 1e-3 --out "$OUT/heads_exact.json"
+  run examples.rl.ppo --env CartPole-v1 --total-steps 500000 --seeds 8 \
+    --methods swr --swr-coef 1e-3 --swr-head-coef 1e-3 --out "$OUT/heads_paper_rule.json"
   for method in vanilla swr; do
     run examples.rl.continual --steps-per-visit 1000000 --cycles 2 --seeds 3 \
       --methods "$method" --out "$OUT/continual_1m_$method.json"
@@ -39,6 +46,7 @@ fi
 run examples.rl.shifting --out "$OUT/shifting.json"
 "$PY" -m examples.rl.shifting_report \
   --calibration "$OUT/shifting_calibration_k5.json,$OUT/shifting_calibration_k10.json" \
-  --runs "$OUT/shifting.json" --figure examples/rl/figures/shifting.png \
+  --runs "$OUT/shifting.json,$OUT/shifting_32_seeds.json" \
+  --figure examples/rl/figures/shifting.png \
   --write examples/rl/RESULTS.md
 echo "examples/rl/run_results.sh $MODE: $((SECONDS - start)) s"

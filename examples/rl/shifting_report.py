@@ -90,7 +90,7 @@ def method_lines(results: dict[str, Any]) -> list[str]:
     comparison = comparisons.get(name)
     versus = power = share = "—"
     if comparison:
-      versus = f"{comparison.difference} ({comparison.holm_p:.3f})"
+      versus = f"{_returns(comparison.difference)} ({comparison.holm_p:.3f})"
       share = f"{-comparison.difference.mean / vanilla_gap:.0%}"
       result = shifting.power(gaps["vanilla"], gaps[name] - gaps["vanilla"])
       power = f"half-width {result.half_width:.1f} vs {result.target:.1f}: " + (
@@ -104,11 +104,18 @@ def method_lines(results: dict[str, Any]) -> list[str]:
     ]
     lines.append(
       f"| {name} | {continual.mean():.1f} | {fresh.mean():.1f} | "
-      f"{stats.paired(continual, fresh)} | {versus} | {share} | {power} | "
+      f"{_returns(stats.paired(continual, fresh))} | {versus} | {share} | {power} | "
       f"{collapsed[0]:.2f} / {collapsed[1]:.2f} | "
       f"{entropy[0]:.2f} / {entropy[1]:.2f} |"
     )
   return lines
+
+
+def _returns(difference: stats.Difference) -> str:
+  """A difference of returns and its interval, to one decimal."""
+  return (
+    f"{difference.mean:+.1f} [{difference.low:+.1f}, {difference.high:+.1f}]"
+  )
 
 
 def settings_line(results: dict[str, Any]) -> str:
@@ -151,26 +158,22 @@ def figure(results: dict[str, Any], path: str) -> None:
 
 
 def markdown(
-  calibration: Sequence[str], runs: str | None, figure_path: str | None
+  calibration: Sequence[str], runs: Sequence[str], figure_path: str | None
 ) -> str:
+  """The calibration table, then one methods' table per run (the figure: the last)."""
   lines: list[str] = []
   if calibration:
     lines += ["### Calibration: vanilla PPO alone", ""]
     lines += calibration_lines([load(path) for path in calibration]) + [""]
-  if runs:
-    results = load(runs)
-    lines += [
-      "### Methods at the default budget",
-      "",
-      settings_line(results),
-      "",
-    ]
+  for index, path in enumerate(runs):
+    results = load(path)
+    title = f"Methods at the default budget, {results['config']['seeds']} seeds"
+    lines += [f"### {title}", "", settings_line(results), ""]
     lines += method_lines(results) + [""]
-    if figure_path:
+    if figure_path and index == len(runs) - 1:
       figure(results, figure_path)
-      lines += [
-        f"![continual vs fresh per phase](figures/{figure_path.split('/')[-1]})"
-      ]
+      name = figure_path.split("/")[-1]
+      lines += [f"![continual vs fresh per phase](figures/{name})"]
   return "\n".join(lines).rstrip("\n")
 
 
@@ -179,14 +182,19 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument(
     "--calibration", default="", help="calibration JSON files, comma-separated"
   )
-  parser.add_argument("--runs", help="a shifting JSON of the methods")
+  parser.add_argument(
+    "--runs",
+    default="",
+    help="shifting JSON files of the methods, comma-separated",
+  )
   parser.add_argument("--figure", help="write the figure to this PNG")
   parser.add_argument(
     "--write", help="replace the tables between FILE's markers"
   )
   args = parser.parse_args(argv)
   calibration = [path for path in args.calibration.split(",") if path]
-  text = markdown(calibration, args.runs, args.figure)
+  runs = [path for path in args.runs.split(",") if path]
+  text = markdown(calibration, runs, args.figure)
   if not args.write:
     print(text)
     return
