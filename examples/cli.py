@@ -128,6 +128,13 @@ def add_common_flags(
   parser.add_argument("--seeds", type=int, default=seeds)
   parser.add_argument("--batch-size", type=int, default=batch_size)
   parser.add_argument("--lr", type=float, default=lr, help="Adam")
+  add_workers_flag(parser)
+  parser.add_argument("--out", default=None, help="write the results as JSON")
+  parser.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def add_workers_flag(parser: argparse.ArgumentParser) -> None:
+  """``--workers``: the methods in that many processes, one CPU core each."""
   parser.add_argument(
     "--workers",
     type=int,
@@ -137,8 +144,6 @@ def add_common_flags(
       "(default: one per core on a CPU, 1 on a GPU or TPU)"
     ),
   )
-  parser.add_argument("--out", default=None, help="write the results as JSON")
-  parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def check_common_flags(args: argparse.Namespace) -> None:

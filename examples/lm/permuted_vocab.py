@@ -140,15 +140,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
       "coefficient)"
     ),
   )
-  parser.add_argument(
-    "--workers",
-    type=int,
-    default=None,
-    help=(
-      "train the methods in this many processes, one CPU core each "
-      "(default: one per core on a CPU, 1 on a GPU or TPU)"
-    ),
-  )
+  cli.add_workers_flag(parser)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

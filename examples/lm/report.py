@@ -355,10 +355,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   if not args.write:
     print(text)
     return
-  with open(args.write, encoding="utf-8") as f:
-    content = summarize_results.replace_tables(f.read(), text, args.write)
-  with open(args.write, "w", encoding="utf-8") as f:
-    f.write(content)
+  summarize_results.write_tables(args.write, text)
 
 
 if __name__ == "__main__":

@@ -89,9 +89,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.write is None:
     print(text)
     return
-  content = open(args.write).read() if os.path.exists(args.write) else ""
-  content = replace_tables(content, text, args.write)
-  with open(args.write, "w") as file:
+  write_tables(args.write, text)
+
+
+def write_tables(path: str, text: str) -> None:
+  """Puts ``text`` between the markers of the file at ``path`` (:func:`replace_tables`)."""
+  content = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+  content = replace_tables(content, text, path)
+  with open(path, "w", encoding="utf-8") as file:
     file.write(content)
 
 
