@@ -41,6 +41,11 @@ half-width is at most a quarter of the gap (the power the comparisons of
 methods need, if their differences spread as much), in at most 8 minutes on
 2 CPU cores for the three default methods.
 
+``--from-selection FILE`` runs each method at the setting chosen for it on
+selection seeds (``python -m examples.rl.selection``): vanilla's learning
+rate for every method, each method's coefficient its own
+(:func:`chosen_settings`).
+
 ``--calibrate`` runs vanilla alone at each of ``--calibrate-steps`` steps per
 phase and reports its gap and collapse rates per setting, to find the
 smallest budget at which a fresh agent beats the continual one with an
@@ -52,6 +57,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import dataclasses
+import json
 import math
 import time
 from typing import Any
@@ -494,6 +500,83 @@ def calibration_table(rows: Sequence[dict[str, Any]], phases: int) -> str:
   return "\n".join(lines)
 
 
+def chosen_settings(
+  path: str, args: argparse.Namespace, config: Config
+) -> dict[str, dict[str, float]]:
+  """Each method's Config fields as chosen in a selection file, checked.
+
+  Args:
+    path: the selection's JSON (``python -m examples.rl.selection``).
+    args: the parsed flags: ``methods``, ``seed``, ``seeds``, ``given`` (the
+      flags set on the command line), ``env``, ``phases``.
+    config: the run's config before the choices.
+
+  Returns:
+    ``{method: {"lr": ..., field: value}}``: the fields to set per method.
+
+  Raises:
+    ValueError: naming the flag, for a tuned flag given on the command line
+      (the selection sets it), a protocol flag that differs from the
+      selection's, seeds the selection used, or a method it did not choose
+      for.
+  """
+  with open(path, encoding="utf-8") as f:
+    selection = json.load(f)
+  chosen = selection["methods"]
+  missing = [m for m in args.methods if m not in chosen]
+  if missing:
+    raise ValueError(
+      f"--methods: {', '.join(missing)} not chosen in --from-selection "
+      f"(it chose for {', '.join(chosen)})."
+    )
+  tuned = {"lr", *(entry["field"] for entry in chosen.values())}
+  given = sorted(_flag(name) for name in tuned & set(args.given))
+  if given:
+    raise ValueError(
+      f"{', '.join(given)}: --from-selection sets each method's chosen "
+      "value; leave these flags out."
+    )
+  ours = {
+    **dataclasses.asdict(config),
+    "env": args.env,
+    "phases": args.phases,
+    "steps_per_phase": args.steps_per_phase,
+  }
+  for key, value in ours.items():
+    theirs = selection["config"].get(key, value)
+    if key not in tuned and key != "total_steps" and theirs != value:
+      raise ValueError(
+        f"{_flag(key)} {value} differs from --from-selection's {theirs}: a "
+        "chosen setting holds for its own protocol only."
+      )
+  first, count = selection["config"]["seed"], selection["config"]["seeds"]
+  overlap = sorted(set(range(first, first + count)) & set(args.seed_list))
+  if overlap:
+    raise ValueError(
+      f"--seed/--seeds: seeds {overlap[:5]} chose the settings of "
+      "--from-selection; report on others (seeds from 0)."
+    )
+  for method in args.methods:
+    if chosen[method]["at_edge"]:
+      print(
+        f"warning: {method}'s chosen {chosen[method]['field']}="
+        f"{chosen[method]['chosen']:g} lies at the {chosen[method]['at_edge']} "
+        "edge of the values tried",
+        flush=True,
+      )
+  return {
+    method: {
+      "lr": chosen[method]["lr"],
+      chosen[method]["field"]: chosen[method]["chosen"],
+    }
+    for method in args.methods
+  }
+
+
+def _flag(name: str) -> str:
+  return "--" + name.replace("_", "-")
+
+
 def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = cli.parser(__doc__)
   parser.add_argument(
@@ -510,6 +593,11 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0, help="the first seed")
   parser.add_argument("--out", help="write the results to this JSON file")
   parser.add_argument(
+    "--from-selection",
+    help="run each method at its setting chosen in this JSON "
+    "(python -m examples.rl.selection)",
+  )
+  parser.add_argument(
     "--calibrate",
     action="store_true",
     help="run vanilla alone at each of --calibrate-steps",
@@ -521,6 +609,10 @@ def parse_flags(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   add_config_flags(parser, exclude=("total_steps", "network"))
   args = parser.parse_args(argv)
+  # What the command line set, for --from-selection (which sets the rest).
+  args.given = [
+    key for key, value in vars(args).items() if value != parser.get_default(key)
+  ]
   args.calibrate_steps = [
     int(s) for s in args.calibrate_steps.split(",") if s.strip()
   ]
@@ -534,12 +626,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cli.check_positive("--calibrate-steps", steps)
   cli.check_out_path(args.out)
   methods = ["vanilla"] if args.calibrate else parse_methods(args.methods)
+  if args.calibrate and args.from_selection:
+    raise ValueError(
+      "--from-selection: --calibrate runs vanilla at the flags' settings; "
+      "leave one of them out."
+    )
   env, env_params = envs.make_env(args.env)
   envs.observation_shift(env, env_params, 0, 0)  # --env: vector observations
   config = config_from_flags(
     args, total_steps=args.steps_per_phase, network="mlp"
   )
   seeds = seed_numbers(args.seed, args.seeds)
+  settings: dict[str, dict[str, float]] = {method: {} for method in methods}
+  if args.from_selection:
+    args.methods, args.seed_list = methods, seeds
+    settings = chosen_settings(args.from_selection, args, config)
   keys = jax.vmap(jax.random.key)(jnp.array(seeds))
   results: dict[str, Any] = {
     "config": {
@@ -558,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     },
     "versions": records.versions(),
   }
+  if args.from_selection:
+    results["selection"] = {"file": args.from_selection, "chosen": settings}
   start = time.perf_counter()
   if args.calibrate:
     for name in ("total_steps", "steps_per_phase", "num_updates_per_phase"):
@@ -574,7 +677,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     results["methods"] = {}
     for method in methods:
-      runner = PhaseRunner(config, env, env_params, method)
+      chosen = dataclasses.replace(config, **settings[method])
+      runner = PhaseRunner(chosen, env, env_params, method)
       results["methods"][method] = run_method(runner, method, keys, shifts)
     results["wall_time_s"] = time.perf_counter() - start
     results["summary"] = summarize(results["methods"])

@@ -7,12 +7,15 @@ phases 2..K (continual minus fresh return, per seed), its difference from
 vanilla paired by seed with Holm's correction over the table
 (``examples.paper.stats.holm``: Bonferroni intervals), the power of that
 difference (``shifting.power``), the share of vanilla's gap it recovers,
-and the collapse rate and entropy of the continual and fresh agents. The
-figure shows, per phase, each method's continual and fresh returns. From
+and the collapse rate and entropy of the continual and fresh agents. A
+selection file (``examples.rl.selection``) adds the table of the settings
+tried on the selection seeds, and a run made ``--from-selection`` names each
+method's chosen setting. The figure shows, per phase, each method's continual and fresh returns. From
 the repository root::
 
   python -m examples.rl.shifting_report \\
       --calibration examples/rl/results/shifting_calibration_k10.json \\
+      --selection examples/rl/results/shifting_selection.json \\
       --runs examples/rl/results/shifting.json \\
       --figure examples/rl/figures/shifting.png --write examples/rl/RESULTS.md
 """
@@ -62,6 +65,42 @@ def calibration_lines(runs: Sequence[dict[str, Any]]) -> list[str]:
   return lines
 
 
+def selection_lines(results: dict[str, Any]) -> list[str]:
+  """The settings tried per method, their scores, and the one chosen (bold)."""
+  config = results["config"]
+  lines = [
+    f"Selection seeds {config['seed']}..{config['seed'] + config['seeds'] - 1}"
+    f" ({config['seeds']}); score: the continual agent's return, mean over "
+    f"phases 2..K and seeds; wall time {results['wall_time_s'] / 60:.0f} min. "
+    "Vanilla's learning rate first; every other method at it.",
+    "",
+    "| method | flag | values tried: continual return | chosen |",
+    "|---|---|---|---|",
+  ]
+  for name, entry in results["methods"].items():
+    tried = ", ".join(
+      (
+        f"**{value:g}: {score:.1f}**"
+        if value == entry["chosen"]
+        else f"{value:g}: {score:.1f}"
+      )
+      for value, score in entry["tried"]
+    )
+    edge = f" (at the {entry['at_edge']} edge)" if entry["at_edge"] else ""
+    flag = "--" + entry["field"].replace("_", "-")
+    lines.append(f"| {name} | {flag} | {tried} | {entry['chosen']:g}{edge} |")
+  return lines
+
+
+def _setting(results: dict[str, Any], name: str) -> str:
+  """``name``, with its chosen setting in a run made ``--from-selection``."""
+  chosen = results.get("selection", {}).get("chosen", {}).get(name)
+  if not chosen:
+    return name
+  fields = [f"{key} {value:g}" for key, value in chosen.items() if key != "lr"]
+  return f"{name} ({', '.join(fields) or 'lr ' + format(chosen['lr'], 'g')})"
+
+
 def method_lines(results: dict[str, Any]) -> list[str]:
   """The methods' table: gaps, differences from vanilla, power, collapse."""
   methods = results["methods"]
@@ -103,7 +142,7 @@ def method_lines(results: dict[str, Any]) -> list[str]:
       np.nanmean(later(run[f"{kind}_entropy"])) for kind in ("phase", "fresh")
     ]
     lines.append(
-      f"| {name} | {continual.mean():.1f} | {fresh.mean():.1f} | "
+      f"| {_setting(results, name)} | {continual.mean():.1f} | {fresh.mean():.1f} | "
       f"{_returns(stats.paired(continual, fresh))} | {versus} | {share} | {power} | "
       f"{collapsed[0]:.2f} / {collapsed[1]:.2f} | "
       f"{entropy[0]:.2f} / {entropy[1]:.2f} |"
@@ -120,8 +159,14 @@ def _returns(difference: stats.Difference) -> str:
 
 def settings_line(results: dict[str, Any]) -> str:
   config = results["config"]
+  chosen = results.get("selection", {}).get("chosen", {})
+  lr = (
+    f"learning rate {next(iter(chosen.values()))['lr']:g} (vanilla's chosen)"
+    if chosen
+    else f"learning rate {config['lr']:g}"
+  )
   return (
-    f"Settings: {config['env']}, {config['phases']} phases × "
+    f"Settings: {config['env']}, {lr}, {config['phases']} phases × "
     f"{config['steps_per_phase']:,} steps ({config['num_updates_per_phase']} "
     f"updates), {config['seeds']} seeds (from {config['seed']}); wall time "
     f"{results['wall_time_s'] / 60:.1f} min. Numbers are means over phases "
@@ -158,16 +203,30 @@ def figure(results: dict[str, Any], path: str) -> None:
 
 
 def markdown(
-  calibration: Sequence[str], runs: Sequence[str], figure_path: str | None
+  calibration: Sequence[str],
+  runs: Sequence[str],
+  figure_path: str | None,
+  selection: str | None = None,
 ) -> str:
-  """The calibration table, then one methods' table per run (the figure: the last)."""
+  """The calibration table, the selection's, then one methods' table per run.
+
+  The figure is drawn from the last run.
+  """
   lines: list[str] = []
   if calibration:
     lines += ["### Calibration: vanilla PPO alone", ""]
     lines += calibration_lines([load(path) for path in calibration]) + [""]
+  if selection:
+    lines += ["### Selection: each method's setting, on seeds of its own", ""]
+    lines += selection_lines(load(selection)) + [""]
   for index, path in enumerate(runs):
     results = load(path)
-    title = f"Methods at the default budget, {results['config']['seeds']} seeds"
+    seeds = results["config"]["seeds"]
+    title = (
+      f"Methods at their selected settings, {seeds} seeds"
+      if "selection" in results
+      else f"Methods at the default budget, {seeds} seeds"
+    )
     lines += [f"### {title}", "", settings_line(results), ""]
     lines += method_lines(results) + [""]
     if figure_path and index == len(runs) - 1:
@@ -187,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     default="",
     help="shifting JSON files of the methods, comma-separated",
   )
+  parser.add_argument(
+    "--selection", help="the JSON of python -m examples.rl.selection"
+  )
   parser.add_argument("--figure", help="write the figure to this PNG")
   parser.add_argument(
     "--write", help="replace the tables between FILE's markers"
@@ -194,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   calibration = [path for path in args.calibration.split(",") if path]
   runs = [path for path in args.runs.split(",") if path]
-  text = markdown(calibration, runs, args.figure)
+  text = markdown(calibration, runs, args.figure, args.selection)
   if not args.write:
     print(text)
     return
