@@ -176,27 +176,32 @@ def settings_line(results: dict[str, Any]) -> str:
 
 
 def figure(results: dict[str, Any], path: str) -> None:
-  """Per phase, each method's continual (solid) and fresh (dotted) return."""
+  """Per phase and method: the continual return, and its gap to a fresh agent."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, (returns, gaps) = plt.subplots(1, 2, figsize=(10, 4))
   for name, run in results["methods"].items():
-    continual = np.nanmean(np.array(run["phase_returns"], float), axis=0)
-    fresh = np.nanmean(np.array(run["fresh_returns"], float), axis=0)
-    phases = np.arange(1, len(continual) + 1)
-    (line,) = ax.plot(phases, continual, marker=".", label=f"{name}, continual")
-    ax.plot(
-      phases, fresh, ls=":", color=line.get_color(), label=f"{name}, fresh"
-    )
-  ax.set(
+    continual = np.array(run["phase_returns"], float)
+    fresh = np.array(run["fresh_returns"], float)
+    phases = np.arange(1, continual.shape[1] + 1)
+    label = _setting(results, name)
+    returns.plot(phases, np.nanmean(continual, axis=0), marker=".", label=label)
+    gaps.plot(phases, np.nanmean(continual - fresh, axis=0), marker=".")
+  gaps.axhline(0.0, color="grey", lw=0.8)
+  returns.set(
     xlabel="phase (a new permutation and sign flip of the observation)",
-    ylabel="return, last 10% of the phase",
-    title=f"{results['config']['env']}: continual vs fresh agents",
+    ylabel="continual agent's return, last 10%",
+    title=f"{results['config']['env']}, {results['config']['seeds']} seeds",
   )
-  ax.legend(fontsize=7, ncol=2)
+  gaps.set(
+    xlabel="phase",
+    ylabel="continual − fresh return (mean over seeds)",
+    title="the gap to a fresh agent on the same phase",
+  )
+  returns.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -232,7 +237,7 @@ def markdown(
     if figure_path and index == len(runs) - 1:
       figure(results, figure_path)
       name = figure_path.split("/")[-1]
-      lines += [f"![continual vs fresh per phase](figures/{name})"]
+      lines += [f"![continual return and gap per phase](figures/{name})"]
   return "\n".join(lines).rstrip("\n")
 
 
