@@ -63,6 +63,14 @@ def test_search_stops_at_the_methods_bound():
   assert found["at_edge"] is None  # a bound is not an edge
 
 
+def test_search_ranks_a_nan_score_last():
+  grid = selection.Grid("cbp_rate", (1e-5, 1e-4, 1e-3), 10.0)
+  found = selection.search(
+    grid, lambda value: np.nan if value == 1e-3 else value, max_extensions=0
+  )
+  assert found["chosen"] == 1e-4 and found["at_edge"] is None
+
+
 def test_select_tunes_vanillas_rate_first_then_each_coefficient_at_it():
   calls = []
 

@@ -96,7 +96,8 @@ def search(
 
   Args:
     grid: the values to try first.
-    score: a value's score (here: the continual return of a run).
+    score: a value's score (here: the continual return of a run); a NaN
+      (no episode ended to score) ranks below every number.
     upper: the largest value allowed; an extension past it is clipped to it
       (a best at the bound is not an edge).
     max_extensions: how many values may be added beyond the edges.
@@ -105,7 +106,7 @@ def search(
     ``chosen`` (the best value), ``at_edge`` (``"low"``, ``"high"`` or
     None) and ``tried`` (``[value, score]`` pairs, ascending).
   """
-  scores = {value: score(value) for value in grid.values}
+  scores = {value: _rankable(score(value)) for value in grid.values}
   for _ in range(max_extensions):
     edge = _edge(scores, upper)
     if edge is None:
@@ -116,13 +117,20 @@ def search(
     )
     if upper is not None:
       value = min(value, upper)
-    scores[value] = score(value)
+    scores[value] = _rankable(score(value))
   chosen = max(scores, key=lambda value: scores[value])
   return {
     "chosen": chosen,
     "at_edge": _edge(scores, upper),
-    "tried": [[value, scores[value]] for value in sorted(scores)],
+    "tried": [  # None for a NaN score: JSON has no NaN
+      [value, None if np.isinf(scores[value]) else scores[value]]
+      for value in sorted(scores)
+    ],
   }
+
+
+def _rankable(score: float) -> float:
+  return -np.inf if np.isnan(score) else score
 
 
 def _edge(scores: dict[float, float], upper: float | None) -> str | None:
@@ -291,12 +299,18 @@ def table(results: dict[str, Any]) -> str:
   lines = []
   for method, entry in results["methods"].items():
     tried = ", ".join(
-      f"{value:g}: {score:.1f}" + ("*" if value == entry["chosen"] else "")
+      f"{value:g}: {score_text(score)}"
+      + ("*" if value == entry["chosen"] else "")
       for value, score in entry["tried"]
     )
     edge = f" (at the {entry['at_edge']} edge)" if entry["at_edge"] else ""
     lines.append(f"{method:8s} {entry['field']}: {tried}{edge}")
   return "\n".join(lines)
+
+
+def score_text(score: float | None) -> str:
+  """A score to one decimal; ``nan`` for None."""
+  return "nan" if score is None else f"{score:.1f}"
 
 
 if __name__ == "__main__":

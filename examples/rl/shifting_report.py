@@ -31,6 +31,7 @@ import numpy as np
 
 from examples.paper import stats
 from examples.paper import summarize_results
+from examples.rl import selection
 from examples.rl import shifting
 
 
@@ -80,9 +81,9 @@ def selection_lines(results: dict[str, Any]) -> list[str]:
   for name, entry in results["methods"].items():
     tried = ", ".join(
       (
-        f"**{value:g}: {score:.1f}**"
+        f"**{value:g}: {selection.score_text(score)}**"
         if value == entry["chosen"]
-        else f"{value:g}: {score:.1f}"
+        else f"{value:g}: {selection.score_text(score)}"
       )
       for value, score in entry["tried"]
     )
