@@ -394,6 +394,115 @@ def test_continual_first_visit_is_the_fresh_run_and_the_agent_carries_on(
   assert figure.stat().st_size > 0
 
 
+def test_random_policy_scores_are_finite_and_fixed_by_the_key(tmp_path):
+  from examples.rl import scores  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path / "random.json"
+  # 400 steps of 8 environments, 50 each: Breakout's random episodes are
+  # about 11 steps long, so some 35 end per seed.
+  written = scores.main(
+    ["--games=Breakout", "--steps=400", "--seeds=2", f"--out={out}"]
+  )
+  with open(out) as file:
+    assert json.load(file)["games"] == written["games"]
+  breakout = written["games"]["Breakout"]
+  assert set(breakout) == {
+    "mean",
+    "stderr",
+    "episodes",
+    "seed_means",
+    "seed_episodes",
+  }
+  assert np.isfinite(breakout["mean"]) and breakout["stderr"] > 0
+  assert breakout["episodes"] == sum(breakout["seed_episodes"]) > 0
+  again = scores.random_policy_scores(["Breakout"], 400, 2, jax.random.key(0))
+  assert again == written["games"]
+  other = scores.random_policy_scores(["Breakout"], 400, 2, jax.random.key(1))
+  assert other != again
+  with pytest.raises(ValueError, match="--steps: 100 is not a positive"):
+    scores.random_policy_scores(["Breakout"], 100, 2, jax.random.key(0))
+
+
+def _synthetic_continual_run() -> tuple[dict, dict]:
+  """Three games A, B, C, two cycles, two seeds; C's scale is noise.
+
+  The random policy scores A 1 (SE 0.1), B 0 (SE 0), C 5 (SE 1). Vanilla's
+  fresh agents: A [9, 11] (mean 10, SE 1: scale 9, noise 2.2), B [4, 4]
+  (scale 4), C [5, 7] (mean 6, SE 1: scale 1 <= noise 2 (1 + 1) = 4). SWR's:
+  A [10, 10] (scale 9), B [2, 2] (scale 2), C [20, 20] (scale 15, clear of
+  noise, but C is left out of every method's average for vanilla's).
+  """
+  games = ["A", "B", "C"]
+
+  def run(fresh, scores):
+    return {
+      "fresh": {g: {"score": f} for g, f in zip(games, fresh)},
+      "visits": [
+        {"game": games[i % 3], "cycle": i // 3, "score": score}
+        for i, score in enumerate(scores)
+      ],
+    }
+
+  results = {
+    "config": {"games": games, "cycles": 2, "seeds": 2},
+    "methods": {
+      "vanilla": run(
+        [[9, 11], [4, 4], [5, 7]],
+        [[10, 10], [2, 4], [0, 0], [19, 10], [4, 8], [None, 9]],
+      ),
+      "swr": run(
+        [[10, 10], [2, 2], [20, 20]],
+        [[10, 10], [1, 3], [0, 0], [10, 10], [0, 2], [0, 0]],
+      ),
+    },
+  }
+  random_scores = {
+    "games": {
+      "A": {"mean": 1.0, "stderr": 0.1},
+      "B": {"mean": 0.0, "stderr": 0.0},
+      "C": {"mean": 5.0, "stderr": 1.0},
+    }
+  }
+  return results, random_scores
+
+
+def test_normalized_table_against_hand_computed_values(tmp_path):
+  from examples.rl import continual_report  # pylint: disable=g-import-not-at-top
+
+  results, random_scores = _synthetic_continual_run()
+  normalized = continual_report.normalized_visits(results, random_scores)
+  assert list(normalized.left_out) == ["C"]
+  assert "vanilla: 1.00 <= 4.00" in normalized.left_out["C"]
+  assert "swr" not in normalized.left_out["C"]
+  first, second = normalized.spans
+  assert normalized.spans == {first: [2, 3], second: [4, 5, 6]}
+  # Vanilla, visit 2 (B): 2 / 4, 4 / 4; visit 4 (A): 18 / 9, 9 / 9; visit 5
+  # (B): 4 / 4, 8 / 4. SWR, visit 2: 1 / 2, 3 / 2; visit 4: 1, 1; visit 5:
+  # 0, 1. Visits 3 and 6 (C) are left out.
+  expected = {
+    "vanilla": {first: [0.5, 1.0], second: [1.5, 1.5]},
+    "swr": {first: [0.5, 1.5], second: [0.5, 1.0]},
+  }
+  for method, spans in expected.items():
+    for label, values in spans.items():
+      np.testing.assert_allclose(normalized.per_seed[method][label], values)
+  table = continual_report.normalized_table(results, random_scores)
+  # t(1) = 12.706: half-widths 12.706 sd / sqrt(2), 3.18 for sd 0.354.
+  assert "| vanilla | 0.75 ± 3.18 | - | 1.50 ± 0.00 | - |" in table
+  assert (
+    "| swr | 1.00 ± 6.35 | +0.25 ± 3.18 | 0.75 ± 3.18 | -0.75 ± 3.18 |"
+    in (table)
+  )
+  assert "| C | 5.000 ± 1.000 | 1.00 (4.00); left out |" in table
+  assert "Left out: C, fresh - random within noise" in table
+  without_c = tmp_path / "random.json"
+  without_c.write_text(
+    json.dumps({"games": {g: random_scores["games"][g] for g in "AB"}})
+  )
+  with pytest.raises(ValueError, match="no random policy's score for C;"):
+    continual_report.load_random_scores(str(without_c), ["A", "B", "C"])
+
+
 def _swr_step(config: Config, method: str, grads_scale: float):
   """Outputs before and after one step of ``method`` from params pushed off
   their initial norms (so that SWR acts), and the layers' factors."""
