@@ -218,3 +218,19 @@ def test_the_report_marks_each_choice_and_names_the_setting():
   assert shifting_report._setting(run, "swr") == "swr (swr_coef 1e-05)"
   run["selection"]["chosen"]["vanilla"] = {"lr": 3e-3}
   assert shifting_report._setting(run, "vanilla") == "vanilla (lr 0.003)"
+
+
+def test_kernel_norms_are_each_kernels_norm_averaged_over_seeds():
+  from examples.rl import layer_norms  # pylint: disable=g-import-not-at-top
+
+  params = {
+    "params": {
+      "Dense_0": {"kernel": np.array([[[3.0, 4.0]], [[0.0, 1.0]]])},
+      "head": {"kernel": np.ones((2, 2, 2)), "bias": np.ones((2, 2))},
+    }
+  }
+  norms = layer_norms.kernel_norms(params)
+  assert norms == {
+    "params/Dense_0/kernel": pytest.approx(3.0),  # (5 + 1) / 2
+    "params/head/kernel": pytest.approx(2.0),
+  }

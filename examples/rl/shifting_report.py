@@ -103,7 +103,12 @@ def _setting(results: dict[str, Any], name: str) -> str:
 
 
 def method_lines(results: dict[str, Any]) -> list[str]:
-  """The methods' table: gaps, differences from vanilla, power, collapse."""
+  """The methods' table: returns, gaps, differences from vanilla, power, collapse.
+
+  Two differences from vanilla, each corrected over the table: the
+  continual return's (did the agent gain?) and the gap's (did it lose less
+  against a fresh agent of its own?).
+  """
   methods = results["methods"]
   gaps = {
     name: np.nanmean(
@@ -117,18 +122,35 @@ def method_lines(results: dict[str, Any]) -> list[str]:
     if "vanilla" in methods and others
     else {}
   )
+  # A gap also narrows when the fresh agents get worse: the continual
+  # return's own difference from vanilla's says whether the agent gained.
+  continuals = {
+    name: np.nanmean(later(run["phase_returns"]), axis=1)
+    for name, run in methods.items()
+  }
+  continual_comparisons = (
+    stats.holm(
+      {name: (continuals[name], continuals["vanilla"]) for name in others}
+    )
+    if "vanilla" in methods and others
+    else {}
+  )
   vanilla_gap = float(np.mean(gaps["vanilla"])) if "vanilla" in gaps else np.nan
   lines = [
-    "| method | continual return | fresh return | gap (continual − fresh) | "
-    "− vanilla's gap (Holm p) | share of vanilla's gap recovered | power | "
+    "| method | continual return | − vanilla's (Holm p) | fresh return | "
+    "gap (continual − fresh) | − vanilla's gap (Holm p) | "
+    "share of vanilla's gap recovered | power | "
     "collapsed, continual / fresh | entropy, continual / fresh |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, run in methods.items():
     continual = np.nanmean(later(run["phase_returns"]), axis=1)
     fresh = np.nanmean(later(run["fresh_returns"]), axis=1)
     comparison = comparisons.get(name)
-    versus = power = share = "—"
+    versus = power = share = gained = "—"
+    if name in continual_comparisons:
+      gain = continual_comparisons[name]
+      gained = f"{_returns(gain.difference)} ({gain.holm_p:.3f})"
     if comparison:
       versus = f"{_returns(comparison.difference)} ({comparison.holm_p:.3f})"
       share = f"{-comparison.difference.mean / vanilla_gap:.0%}"
@@ -143,7 +165,8 @@ def method_lines(results: dict[str, Any]) -> list[str]:
       np.nanmean(later(run[f"{kind}_entropy"])) for kind in ("phase", "fresh")
     ]
     lines.append(
-      f"| {_setting(results, name)} | {continual.mean():.1f} | {fresh.mean():.1f} | "
+      f"| {_setting(results, name)} | {continual.mean():.1f} | {gained} | "
+      f"{fresh.mean():.1f} | "
       f"{_returns(stats.paired(continual, fresh))} | {versus} | {share} | {power} | "
       f"{collapsed[0]:.2f} / {collapsed[1]:.2f} | "
       f"{entropy[0]:.2f} / {entropy[1]:.2f} |"
