@@ -144,7 +144,7 @@ def method_lines(results: dict[str, Any]) -> list[str]:
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, run in methods.items():
-    continual = np.nanmean(later(run["phase_returns"]), axis=1)
+    continual = continuals[name]
     fresh = np.nanmean(later(run["fresh_returns"]), axis=1)
     comparison = comparisons.get(name)
     versus = power = share = gained = "—"
