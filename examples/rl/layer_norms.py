@@ -28,15 +28,15 @@ from examples.rl.config import check_method
 from examples.rl.config import config_from_flags
 
 
-def kernel_norms(params: Any) -> dict[str, float]:
-  """Each kernel's Frobenius norm, averaged over the leading seed axis.
+def kernel_norms(params: Any) -> dict[str, np.ndarray]:
+  """Each kernel's Frobenius norm, per seed.
 
   Args:
     params: the agents' params, vmapped over seeds (every leaf
       ``[seed, ...]``).
 
   Returns:
-    ``{path: mean norm}`` for the leaves named ``kernel``.
+    ``{path: [seed] norms}`` for the leaves named ``kernel``.
   """
   norms = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -44,7 +44,7 @@ def kernel_norms(params: Any) -> dict[str, float]:
       continue
     per_seed = jnp.sqrt(jnp.sum(leaf.reshape(leaf.shape[0], -1) ** 2, axis=1))
     name = "/".join(str(getattr(p, "key", p)) for p in path)
-    norms[name] = float(np.mean(per_seed))
+    norms[name] = np.asarray(per_seed, float)
   return norms
 
 
@@ -52,7 +52,7 @@ def per_phase(
   runner: shifting.PhaseRunner,
   keys: jax.Array,
   shifts: Sequence[envs.ShiftParams],
-) -> list[dict[str, float]]:
+) -> list[dict[str, np.ndarray]]:
   """:func:`kernel_norms` at the start and after each phase of the continual agents."""
   state = runner.new_agents(keys)
   norms = [kernel_norms(state.train_state.params)]
@@ -62,7 +62,7 @@ def per_phase(
   return norms
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
+def main(argv: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
   parser = cli.parser(__doc__)
   parser.add_argument("--env", default="CartPole-v1", help="gymnax name")
   parser.add_argument("--method", default="swr", help="one of the agent's")
@@ -84,10 +84,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
   runner = shifting.PhaseRunner(config, env, env_params, args.method)
   norms = per_phase(runner, keys, shifts)
   names = list(norms[0])
-  print("phase  " + "  ".join(f"{name:>18s}" for name in names))
+  print("mean over seeds [smallest, largest seed]")
+  print("phase  " + "  ".join(f"{name:>26s}" for name in names))
   for phase, row in enumerate(norms):
     label = "start" if phase == 0 else f"{phase:5d}"
-    print(f"{label}  " + "  ".join(f"{row[n]:18.1f}" for n in names))
+    cells = [
+      f"{np.mean(row[n]):8.1f} [{np.min(row[n]):6.1f}, {np.max(row[n]):6.1f}]"
+      for n in names
+    ]
+    print(f"{label}  " + "  ".join(f"{cell:>26s}" for cell in cells))
   return norms
 
 
